@@ -1,0 +1,4 @@
+//! Subcommands of the `kokichi` binary.
+
+pub mod codec;
+pub mod run;

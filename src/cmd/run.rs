@@ -1,0 +1,150 @@
+//! `kokichi run`: offline speech-to-speech over a file, streamed frame by frame exactly as the
+//! live daemon runs it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use kokichi::audio;
+use kokichi::backend::{self, BackendKind, Precision};
+use kokichi::lm::GenConfig;
+use kokichi::lm::sampling::Sampling;
+use kokichi::model_dir;
+use kokichi::session::Engine;
+use kokichi::weights::{self, OutTensor};
+
+/// Sampling flags shared by `run` and `serve`.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Greedy decoding of text and audio (deterministic).
+    #[arg(long, conflicts_with_all = ["temperature", "topk", "text_temperature", "text_topk"])]
+    pub greedy: bool,
+    /// Audio sampling temperature (Moshi: 0.8).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Audio top-k (Moshi: 250).
+    #[arg(long)]
+    pub topk: Option<usize>,
+    /// Text sampling temperature (Moshi: 0.7).
+    #[arg(long)]
+    pub text_temperature: Option<f32>,
+    /// Text top-k (Moshi: 25).
+    #[arg(long)]
+    pub text_topk: Option<usize>,
+    /// Seed of the samplers (text uses it, audio uses it + 1).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    pub fn gen_config(&self) -> Result<GenConfig> {
+        if self.greedy {
+            return Ok(GenConfig::greedy());
+        }
+        let text = Sampling {
+            temperature: self.text_temperature.unwrap_or(Sampling::TEXT.temperature),
+            top_k: self.text_topk.unwrap_or(Sampling::TEXT.top_k),
+        };
+        let audio = Sampling {
+            temperature: self.temperature.unwrap_or(Sampling::AUDIO.temperature),
+            top_k: self.topk.unwrap_or(Sampling::AUDIO.top_k),
+        };
+        for (name, t) in [("--temperature", audio.temperature), ("--text-temperature", text.temperature)] {
+            if !t.is_finite() || t < 0.0 {
+                bail!("{name} must be a finite value >= 0, got {t}");
+            }
+        }
+        Ok(GenConfig {
+            text,
+            audio,
+            text_seed: self.seed,
+            audio_seed: self.seed.map(|s| s.wrapping_add(1)),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Model folder (kokichi or Kyutai snapshot) or Hugging Face repo id.
+    #[arg(long)]
+    pub model: String,
+    /// Spoken input (wav, flac, mp3, ogg).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The model's voice, 24 kHz mono wav, as long as the input.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Write the inner monologue here.
+    #[arg(long)]
+    pub transcript: Option<PathBuf>,
+    /// Write the produced tokens `[1, 1 + dep_q, T]` (text first) here.
+    #[arg(long)]
+    pub dump_tokens: Option<PathBuf>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()> {
+    let gen_config = a.sampling.gen_config()?;
+    let files = model_dir::resolve(&a.model)?;
+    let device = backend::device(backend_kind, dtype)?;
+    tracing::info!(backend = %backend_kind, adapter = %backend::adapter_name(&device), model = %files.source, "loading");
+    let t0 = Instant::now();
+    let engine = Engine::load(&files, &device, dtype.dtype())?;
+    tracing::info!(ms = t0.elapsed().as_millis() as u64, "model loaded");
+    let mut pcm = audio::read_audio(&a.input, engine.sample_rate() as u32)?;
+    if pcm.is_empty() {
+        bail!("{}: no audio samples", a.input.display());
+    }
+    let frame = engine.frame_size();
+    let frames = pcm.len().div_ceil(frame);
+    pcm.resize(frames * frame, 0.0);
+    let mut session = engine.init_session(gen_config)?;
+    let mut out_pcm = Vec::with_capacity(pcm.len());
+    let mut transcript = String::new();
+    let dep_q = engine.lm.config.dep_q;
+    let mut tokens: Vec<Vec<i64>> = Vec::new();
+    let t0 = Instant::now();
+    for chunk in pcm.chunks_exact(frame) {
+        let out = engine
+            .step(&mut [&mut session], chunk)?
+            .pop()
+            .context("no output for the frame")?;
+        out_pcm.extend_from_slice(&out.pcm);
+        if let (Some(t), Some(a)) = (out.text, &out.audio) {
+            if let Some(p) = engine.text_piece(t) {
+                transcript.push_str(&p);
+            }
+            let mut col = vec![t];
+            col.extend_from_slice(a);
+            tokens.push(col);
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    tracing::info!(
+        frames,
+        ms_per_frame = 1000.0 * secs / frames as f64,
+        rtf = secs / (frames as f64 * frame as f64 / engine.sample_rate() as f64),
+        "done"
+    );
+    audio::write_wav(&a.output, &out_pcm, engine.sample_rate() as u32)?;
+    if let Some(p) = &a.transcript {
+        let mut f = std::fs::File::create(p).with_context(|| format!("{}", p.display()))?;
+        writeln!(f, "{}", transcript.trim()).with_context(|| format!("{}", p.display()))?;
+    }
+    if let Some(p) = &a.dump_tokens {
+        let t = tokens.len();
+        let k = 1 + dep_q;
+        let mut flat = vec![0i64; k * t];
+        for (i, col) in tokens.iter().enumerate() {
+            for (s, &v) in col.iter().enumerate() {
+                flat[s * t + i] = v;
+            }
+        }
+        weights::write_tensors(p, vec![("tokens".into(), vec![1, k, t], OutTensor::I64(flat))])?;
+    }
+    Ok(())
+}

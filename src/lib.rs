@@ -1,0 +1,19 @@
+//! kokichi: a local speech-to-speech runtime. Microphone audio becomes Mimi codec tokens, the
+//! Moshi language model answers in audio tokens, and Mimi turns them back into sound. No ASR or
+//! TTS stage sits in between.
+//!
+//! The models are reimplemented in Burn and run on its wgpu backend (or the `flex` CPU backend);
+//! real Kyutai checkpoints load unchanged.
+
+pub mod audio;
+pub mod backend;
+pub mod error;
+pub mod lm;
+pub mod mimi;
+pub mod model_dir;
+pub mod nn;
+pub mod session;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

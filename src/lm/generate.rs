@@ -1,0 +1,261 @@
+//! Streaming generation with Moshi's acoustic delays, as the reference `LMGen`.
+//!
+//! Each stream (text, Moshi's audio, the user's audio) is shifted by its delay. Every step takes
+//! the user's codes of one frame, feeds the temporal transformer the tokens due at this step
+//! (start tokens while a stream is still inside its delay), samples the text token, runs the
+//! depth transformer for the generated audio streams, and returns the tokens that are complete
+//! once the delays are undone. With a maximum delay of 1 the first step returns nothing.
+//!
+//! The token history lives on the host, per stream, in a ring of `max_delay + 2` steps, so
+//! streams of one batch may be at different positions and a session can run forever.
+
+use rand::rngs::StdRng;
+
+use super::model::{LmModel, UNGENERATED_TOKEN};
+use super::sampling::{self, Sampling};
+use crate::backend;
+use crate::error::{Error, Result};
+use crate::nn::transformer::TransformerState;
+
+/// Sampling settings of a session.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GenConfig {
+    pub text: Sampling,
+    pub audio: Sampling,
+    /// Seeds of the text and audio generators; `None` draws from the OS.
+    pub text_seed: Option<u64>,
+    pub audio_seed: Option<u64>,
+}
+
+impl GenConfig {
+    pub fn greedy() -> Self {
+        Self {
+            text: Sampling::GREEDY,
+            audio: Sampling::GREEDY,
+            text_seed: Some(0),
+            audio_seed: Some(0),
+        }
+    }
+}
+
+impl Default for GenConfig {
+    fn default() -> Self {
+        Self {
+            text: Sampling::TEXT,
+            audio: Sampling::AUDIO,
+            text_seed: None,
+            audio_seed: None,
+        }
+    }
+}
+
+/// Generation state of one stream.
+#[derive(Clone, Debug)]
+pub struct GenRow {
+    /// `[1 + n_q][ring]` token history.
+    cache: Vec<Vec<i64>>,
+    /// Steps taken.
+    offset: usize,
+    config: GenConfig,
+    text_rng: StdRng,
+    audio_rng: StdRng,
+}
+
+/// Generation state of a batch of streams.
+#[derive(Clone, Debug)]
+pub struct LmState {
+    transformer: TransformerState,
+    rows: Vec<GenRow>,
+}
+
+impl LmState {
+    /// A state of no streams (a placeholder while a session's state is lent to a batch).
+    pub fn empty() -> Self {
+        LmState {
+            transformer: TransformerState { rows: Vec::new(), steps: 0 },
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn batch(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Steps taken by each stream.
+    pub fn offsets(&self) -> Vec<usize> {
+        self.rows.iter().map(|r| r.offset).collect()
+    }
+
+    pub fn merge(parts: Vec<LmState>) -> LmState {
+        let mut tr = Vec::with_capacity(parts.len());
+        let mut rows = Vec::new();
+        for p in parts {
+            tr.push(p.transformer);
+            rows.extend(p.rows);
+        }
+        LmState {
+            transformer: TransformerState::merge(tr),
+            rows,
+        }
+    }
+
+    pub fn split(self) -> Vec<LmState> {
+        self.transformer
+            .split()
+            .into_iter()
+            .zip(self.rows)
+            .map(|(t, r)| LmState {
+                transformer: t,
+                rows: vec![r],
+            })
+            .collect()
+    }
+}
+
+/// Tokens produced by one step: `text` `[B]` and `audio` `[B, dep_q]` (row-major). Rows of a
+/// mixed batch whose delays are still filling hold `-2` (not generated).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOut {
+    pub text: Vec<i64>,
+    pub audio: Vec<i64>,
+}
+
+impl LmModel {
+    /// A fresh generation state, one row per entry of `configs`.
+    pub fn init_state(&self, configs: &[GenConfig]) -> Result<LmState> {
+        let c = &self.config;
+        let ring = c.max_delay() + 2;
+        let rows = configs
+            .iter()
+            .map(|cfg| GenRow {
+                cache: vec![vec![UNGENERATED_TOKEN; ring]; c.n_q + 1],
+                offset: 0,
+                config: *cfg,
+                text_rng: sampling::rng(cfg.text_seed),
+                audio_rng: sampling::rng(cfg.audio_seed),
+            })
+            .collect();
+        Ok(LmState {
+            transformer: self.init_transformer_state(configs.len())?,
+            rows,
+        })
+    }
+
+    /// One generation step. `user_codes` holds `[B, n_q - dep_q]` codes (row-major, extra
+    /// columns ignored if `cols` is larger). Returns `None` while the delays of every row are filling.
+    pub fn step(&self, state: &mut LmState, user_codes: &[i64], cols: usize) -> Result<Option<StepOut>> {
+        let forced = vec![None; state.rows.len()];
+        self.step_forced(state, user_codes, cols, &forced)
+    }
+
+    /// Like [`LmModel::step`], with optional forced text tokens per row (teacher forcing).
+    pub fn step_forced(
+        &self,
+        state: &mut LmState,
+        user_codes: &[i64],
+        cols: usize,
+        forced_text: &[Option<i64>],
+    ) -> Result<Option<StepOut>> {
+        let c = &self.config;
+        let b = state.rows.len();
+        let k = c.n_q + 1;
+        let dep_q = c.dep_q;
+        let user = c.user_streams();
+        if cols < user || user_codes.len() != b * cols {
+            return Err(Error::input(format!(
+                "expected [{b}, {user}] user codes, got {} values in rows of {cols}",
+                user_codes.len()
+            )));
+        }
+        if let Some(bad) = user_codes.iter().find(|&&v| v < 0 || v >= c.card as i64) {
+            return Err(Error::input(format!("user code {bad} outside 0..{}", c.card)));
+        }
+        let ring = c.max_delay() + 2;
+        let initial = |s: usize| if s == 0 { c.text_card as i64 } else { c.card as i64 };
+        // Write the user's codes at their delayed positions and gather this step's input.
+        let mut input = vec![0i64; b * k];
+        for (r, row) in state.rows.iter_mut().enumerate() {
+            for u in 0..user {
+                let s = dep_q + 1 + u;
+                let pos = (row.offset + c.delays[s]) % ring;
+                row.cache[s][pos] = user_codes[r * cols + u];
+            }
+            for s in 0..k {
+                input[r * k + s] = if row.offset <= c.delays[s] {
+                    initial(s)
+                } else {
+                    row.cache[s][row.offset % ring]
+                };
+            }
+        }
+        let (out, text_logits) = self.forward_text(&input, b, 1, Some(&mut state.transformer))?;
+        let text_logits = backend::read_floats(text_logits)?;
+        let vocab = c.text_out();
+        let mut scratch = Vec::new();
+        let mut text = Vec::with_capacity(b);
+        for (r, row) in state.rows.iter_mut().enumerate() {
+            let t = match forced_text.get(r).copied().flatten() {
+                Some(t) => t,
+                None => sampling::sample(
+                    &text_logits[r * vocab..(r + 1) * vocab],
+                    row.config.text,
+                    &mut row.text_rng,
+                    &mut scratch,
+                ) as i64,
+            };
+            text.push(t);
+        }
+        // Depth transformer: one codebook at a time, each fed the previous token.
+        let mut dep_state = self.init_depformer_state(b)?;
+        let mut audio = vec![0i64; b * dep_q];
+        let mut prev = text.clone();
+        for step in 0..dep_q {
+            let logits = self.depformer_step(step, &prev, out.clone(), &mut dep_state)?;
+            let logits = backend::read_floats(logits)?;
+            for (r, row) in state.rows.iter_mut().enumerate() {
+                let tok = sampling::sample(
+                    &logits[r * c.card..(r + 1) * c.card],
+                    row.config.audio,
+                    &mut row.audio_rng,
+                    &mut scratch,
+                ) as i64;
+                audio[r * dep_q + step] = tok;
+                prev[r] = tok;
+            }
+        }
+        // Store the generated tokens and read back the undelayed ones.
+        let max_delay = c.max_delay();
+        let mut any_ready = false;
+        let mut out_text = Vec::with_capacity(b);
+        let mut out_audio = Vec::with_capacity(b * dep_q);
+        for (r, row) in state.rows.iter_mut().enumerate() {
+            row.offset += 1;
+            let pos = row.offset % ring;
+            row.cache[0][pos] = text[r];
+            for s in 0..dep_q {
+                row.cache[1 + s][pos] = audio[r * dep_q + s];
+            }
+            let ready = row.offset > max_delay;
+            any_ready |= ready;
+            for s in 0..=dep_q {
+                let v = if ready {
+                    row.cache[s][(row.offset - max_delay + c.delays[s]) % ring]
+                } else {
+                    UNGENERATED_TOKEN
+                };
+                if s == 0 {
+                    out_text.push(v);
+                } else {
+                    out_audio.push(v);
+                }
+            }
+        }
+        if !any_ready {
+            return Ok(None);
+        }
+        Ok(Some(StepOut {
+            text: out_text,
+            audio: out_audio,
+        }))
+    }
+}

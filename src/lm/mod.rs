@@ -1,0 +1,10 @@
+//! The Moshi audio language model.
+
+pub mod config;
+pub mod generate;
+pub mod model;
+pub mod sampling;
+
+pub use config::LmConfig;
+pub use generate::{GenConfig, LmState, StepOut};
+pub use model::LmModel;

@@ -1,0 +1,282 @@
+//! The Moshi language model: a temporal transformer over 12.5 Hz frames whose input is the sum
+//! of the text embedding and one embedding per audio stream, a text head (`text_linear`), and a
+//! depth transformer ([`depformer`](super::depformer)) that emits a frame's audio codebooks one
+//! by one.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::module::linear;
+
+use super::config::LmConfig;
+use crate::backend;
+use crate::error::{Error, Result};
+use crate::nn::norm::{Norm, NormKind};
+use crate::nn::transformer::{Transformer, TransformerState};
+use crate::weights::WeightFile;
+
+/// Token meaning "no input": its embedding is zero.
+pub const ZERO_TOKEN: i64 = -1;
+/// Token meaning "not generated yet".
+pub const UNGENERATED_TOKEN: i64 = -2;
+
+#[derive(Module, Debug)]
+pub struct LmModel {
+    /// One table `[card + 1, dim]` per audio stream.
+    pub emb: Vec<Param<Tensor<2>>>,
+    /// `[text_card + 1, dim]`.
+    pub text_emb: Param<Tensor<2>>,
+    pub transformer: Transformer,
+    pub out_norm: Norm,
+    /// `[text_out, dim]`.
+    pub text_linear: Param<Tensor<2>>,
+    /// `[depformer_dim, dim]`, one per step (multi-linear) or shared.
+    pub depformer_in: Vec<Param<Tensor<2>>>,
+    /// `[card + 1, depformer_dim]` for steps 1..dep_q (step 0 takes the text token).
+    pub depformer_emb: Vec<Param<Tensor<2>>>,
+    /// `[text_card + 1, depformer_dim]`.
+    pub depformer_text_emb: Param<Tensor<2>>,
+    pub depformer: Transformer,
+    /// Audio heads `[card, depformer_dim]`, one per generated stream.
+    pub linears: Vec<Param<Tensor<2>>>,
+    #[module(skip)]
+    pub config: LmConfig,
+}
+
+fn lin(x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<3> {
+    linear(x, w.val().transpose(), None)
+}
+
+impl LmModel {
+    /// Loads a checkpoint in the reference key layout (f32, f16 or bf16 on disk).
+    pub fn load(path: &Path, config: LmConfig, device: &Device, dtype: DType) -> Result<Self> {
+        config.validate()?;
+        let mut w = WeightFile::open(path, device, dtype)?;
+        let c = &config;
+        let p = |w: &mut WeightFile, name: String, shape: [usize; 2]| -> Result<Param<Tensor<2>>> {
+            Ok(Param::from_tensor(w.tensor(&name, shape)?))
+        };
+        let emb = (0..c.n_q)
+            .map(|k| p(&mut w, format!("emb.{k}.weight"), [c.card + 1, c.dim]))
+            .collect::<Result<Vec<_>>>()?;
+        let text_emb = p(&mut w, "text_emb.weight".into(), [c.text_card + 1, c.dim])?;
+        let transformer = Transformer::load(&mut w, "transformer", c.transformer_spec()?)?;
+        let out_norm = Norm::load(&mut w, "out_norm", NormKind::parse(&c.norm)?, c.dim)?;
+        let text_linear = p(&mut w, "text_linear.weight".into(), [c.text_out(), c.dim])?;
+        let n_in = if c.depformer_multi_linear {
+            c.depformer_weights_per_step_schedule
+                .as_ref()
+                .and_then(|s| s.iter().max().map(|m| m + 1))
+                .unwrap_or(c.dep_q)
+        } else {
+            1
+        };
+        let depformer_in = (0..n_in)
+            .map(|k| p(&mut w, format!("depformer_in.{k}.weight"), [c.depformer_dim, c.dim]))
+            .collect::<Result<Vec<_>>>()?;
+        let depformer_emb = (0..c.dep_q - 1)
+            .map(|k| p(&mut w, format!("depformer_emb.{k}.weight"), [c.card + 1, c.depformer_dim]))
+            .collect::<Result<Vec<_>>>()?;
+        let depformer_text_emb = p(&mut w, "depformer_text_emb.weight".into(), [c.text_card + 1, c.depformer_dim])?;
+        let depformer = Transformer::load(&mut w, "depformer", c.depformer_spec()?)?;
+        let linears = (0..c.dep_q)
+            .map(|k| p(&mut w, format!("linears.{k}.weight"), [c.card, c.depformer_dim]))
+            .collect::<Result<Vec<_>>>()?;
+        w.finish()?;
+        Ok(Self {
+            emb,
+            text_emb,
+            transformer,
+            out_norm,
+            text_linear,
+            depformer_in,
+            depformer_emb,
+            depformer_text_emb,
+            depformer,
+            linears,
+            config,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.text_emb.val().device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.text_emb.val().dtype()
+    }
+
+    /// Looks up `tokens` (`[B * T]`, `-1` = zero vector) in `table`, giving `[B, T, dim]`.
+    fn embed(&self, table: &Param<Tensor<2>>, tokens: &[i64], b: usize, t: usize) -> Result<Tensor<3>> {
+        let w = table.val();
+        let [rows, dim] = w.dims();
+        let mut zero = Vec::new();
+        let mut idx = Vec::with_capacity(tokens.len());
+        for (i, &tok) in tokens.iter().enumerate() {
+            if tok == ZERO_TOKEN {
+                zero.push(i);
+                idx.push(0);
+            } else if tok < 0 || tok as usize >= rows {
+                return Err(Error::input(format!("token {tok} outside 0..{rows}")));
+            } else {
+                idx.push(tok);
+            }
+        }
+        let device = w.device();
+        let e = w.select(0, backend::ints(idx, [tokens.len()], &device));
+        let e = if zero.is_empty() {
+            e
+        } else {
+            let mut keep = vec![1f32; tokens.len()];
+            zero.iter().for_each(|&i| keep[i] = 0.0);
+            e * backend::floats(keep, [tokens.len(), 1], &device, self.dtype())
+        };
+        Ok(e.reshape([b, t, dim]))
+    }
+
+    /// Runs the temporal transformer on token columns `tokens` `[B, 1 + n_q, T]` (host values,
+    /// text first). Returns the normalised output `[B, T, dim]` and text logits `[B, T, text_out]`.
+    pub fn forward_text(
+        &self,
+        tokens: &[i64],
+        b: usize,
+        t: usize,
+        state: Option<&mut TransformerState>,
+    ) -> Result<(Tensor<3>, Tensor<3>)> {
+        let k = self.config.n_q + 1;
+        if tokens.len() != b * k * t {
+            return Err(Error::input(format!("{} tokens for [{b}, {k}, {t}]", tokens.len())));
+        }
+        let stream = |s: usize| -> Vec<i64> {
+            (0..b).flat_map(|r| tokens[(r * k + s) * t..(r * k + s + 1) * t].iter().copied()).collect()
+        };
+        let mut x = self.embed(&self.text_emb, &stream(0), b, t)?;
+        for (i, table) in self.emb.iter().enumerate() {
+            x = x + self.embed(table, &stream(i + 1), b, t)?;
+        }
+        let out = self.transformer.forward(x, state)?;
+        let out = self.out_norm.forward(out);
+        let logits = lin(out.clone(), &self.text_linear);
+        Ok((out, logits))
+    }
+
+    /// Depth-transformer step `step` for one time step: input projection of `transformer_out`
+    /// `[B, 1, dim]` plus the embedding of the previous token (`prev`, one per row).
+    /// Returns audio logits `[B, 1, card]`.
+    pub fn depformer_step(
+        &self,
+        step: usize,
+        prev: &[i64],
+        transformer_out: Tensor<3>,
+        state: &mut TransformerState,
+    ) -> Result<Tensor<3>> {
+        let b = prev.len();
+        let proj = self.depformer_input(step, transformer_out)?;
+        let table = if step == 0 {
+            &self.depformer_text_emb
+        } else {
+            self.depformer_emb
+                .get(step - 1)
+                .ok_or_else(|| Error::input(format!("depformer step {step} beyond dep_q")))?
+        };
+        let x = proj + self.embed(table, prev, b, 1)?;
+        let y = self.depformer.forward(x, Some(state))?;
+        Ok(lin(y, &self.linears[step]))
+    }
+
+    fn depformer_input(&self, step: usize, transformer_out: Tensor<3>) -> Result<Tensor<3>> {
+        let idx = if self.depformer_in.len() == 1 {
+            0
+        } else {
+            match &self.config.depformer_weights_per_step_schedule {
+                Some(s) => s[step],
+                None => step,
+            }
+        };
+        let w = self
+            .depformer_in
+            .get(idx)
+            .ok_or_else(|| Error::input(format!("no depformer input projection for step {step}")))?;
+        Ok(lin(transformer_out, w))
+    }
+
+    /// Teacher-forced logits, as the reference `LMModel.forward`: `codes` `[B, 1 + n_q, T]`
+    /// (host, undelayed). Returns text logits `[B, T, text_out]` and audio logits
+    /// `[B, dep_q, T, card]`, both aligned with `codes`; positions beyond a stream's delay at the
+    /// end are invalid (see [`LmModel::valid_mask`]).
+    pub fn forward_teacher(&self, codes: &[i64], b: usize, t: usize) -> Result<(Tensor<3>, Tensor<4>)> {
+        let c = &self.config;
+        let k = c.n_q + 1;
+        if codes.len() != b * k * t {
+            return Err(Error::input(format!("{} codes for [{b}, {k}, {t}]", codes.len())));
+        }
+        let initial = |s: usize| if s == 0 { c.text_card as i64 } else { c.card as i64 };
+        // Delayed sequence with one initial step in front: [B, K, T + 1].
+        let mut delayed = vec![0i64; b * k * (t + 1)];
+        for r in 0..b {
+            for s in 0..k {
+                let d = c.delays[s];
+                let base = (r * k + s) * (t + 1);
+                delayed[base] = initial(s);
+                for i in 0..t {
+                    delayed[base + 1 + i] = if i < d { initial(s) } else { codes[(r * k + s) * t + i - d] };
+                }
+            }
+        }
+        let take = |from: usize| -> Vec<i64> {
+            (0..b * k).flat_map(|row| delayed[row * (t + 1) + from..row * (t + 1) + from + t].iter().copied()).collect()
+        };
+        let (out, text_logits) = self.forward_text(&take(0), b, t, None)?;
+        let next = take(1);
+        // Depformer over the dep_q steps of every time step at once: [B * T, dep_q, depformer_dim].
+        let mut inputs = Vec::with_capacity(c.dep_q);
+        for step in 0..c.dep_q {
+            let proj = self.depformer_input(step, out.clone())?;
+            let src = if step == 0 { 0 } else { step };
+            let toks: Vec<i64> = (0..b).flat_map(|r| next[(r * k + src) * t..(r * k + src + 1) * t].iter().copied()).collect();
+            let table = if step == 0 { &self.depformer_text_emb } else { &self.depformer_emb[step - 1] };
+            inputs.push((proj + self.embed(table, &toks, b, t)?).reshape([b * t, 1, c.depformer_dim]));
+        }
+        let y = self.depformer.forward(Tensor::cat(inputs, 1), None)?;
+        let mut logits = Vec::with_capacity(c.dep_q);
+        for step in 0..c.dep_q {
+            let ys = y.clone().narrow(1, step, 1);
+            logits.push(lin(ys, &self.linears[step]).reshape([b, 1, t, c.card]));
+        }
+        let logits = Tensor::cat(logits, 1);
+        // Undelay: stream s's prediction for time i sits at delayed position i + d.
+        let text_logits = shift_left(text_logits.unsqueeze_dim(1), c.delays[0]).squeeze_dim(1);
+        let parts: Vec<Tensor<4>> = (0..c.dep_q)
+            .map(|s| shift_left(logits.clone().narrow(1, s, 1), c.delays[s + 1]))
+            .collect();
+        Ok((text_logits, Tensor::cat(parts, 1)))
+    }
+
+    /// Whether position `i` of stream `s` (0 = text) has a valid teacher-forced logit.
+    pub fn valid_mask(&self, s: usize, i: usize, t: usize) -> bool {
+        i + self.config.delays[s] < t
+    }
+
+    /// A fresh streaming state of the temporal transformer for `batch` streams.
+    pub fn init_transformer_state(&self, batch: usize) -> Result<TransformerState> {
+        self.transformer.init_state(batch)
+    }
+
+    /// A fresh depformer state (one per frame).
+    pub fn init_depformer_state(&self, batch: usize) -> Result<TransformerState> {
+        self.depformer.init_state(batch)
+    }
+}
+
+/// Shifts `[B, S, T, C]` left by `d` along T, padding with zeros at the end.
+fn shift_left(x: Tensor<4>, d: usize) -> Tensor<4> {
+    if d == 0 {
+        return x;
+    }
+    let [b, s, t, c] = x.dims();
+    let d = d.min(t);
+    let pad = Tensor::zeros([b, s, d, c], (&x.device(), x.dtype()));
+    Tensor::cat(vec![x.narrow(2, d, t - d), pad], 2)
+}

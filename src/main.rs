@@ -1,0 +1,46 @@
+//! The `kokichi` command line.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+use kokichi::backend::{BackendKind, Precision};
+
+#[derive(Parser, Debug)]
+#[command(name = "kokichi", version, about = "Local speech-to-speech: Mimi codec + Moshi LM in Burn")]
+struct Cli {
+    /// Compute backend: wgpu (Vulkan/Metal/DX12) or cpu (Burn's flex backend).
+    #[arg(long, global = true, default_value = "wgpu")]
+    backend: BackendKind,
+    /// Float type of weights and activations: f32, or f16 on GPUs.
+    #[arg(long, global = true, default_value = "f32")]
+    dtype: Precision,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Encode audio into Mimi codes.
+    Encode(cmd::codec::EncodeArgs),
+    /// Decode Mimi codes back into audio.
+    Decode(cmd::codec::DecodeArgs),
+    /// Offline speech-to-speech: answer a spoken file with the model's voice.
+    Run(cmd::run::RunArgs),
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Encode(a) => cmd::codec::encode(cli.backend, cli.dtype, a),
+        Command::Decode(a) => cmd::codec::decode(cli.backend, cli.dtype, a),
+        Command::Run(a) => cmd::run::run(cli.backend, cli.dtype, a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

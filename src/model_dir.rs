@@ -1,0 +1,179 @@
+//! Finding a model's files: a kokichi model folder, a Kyutai Hugging Face snapshot folder, or
+//! a Hugging Face repo id fetched with `hf-hub` (progress bar on stderr).
+//!
+//! kokichi folder: `config.json` (`{"mimi": {...}, "lm": {...}, "mimi_codebooks": n}`),
+//! `mimi.safetensors`, `model.safetensors`, optional `tokenizer.model`.
+//! Kyutai snapshot: `model.safetensors`, `tokenizer-e351c8d8-checkpoint125.safetensors`,
+//! `tokenizer_spm_32k_3.model`, with the moshiko configuration (or a Kyutai `config.json`).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::lm::LmConfig;
+use crate::mimi::MimiConfig;
+
+pub const KYUTAI_MIMI: &str = "tokenizer-e351c8d8-checkpoint125.safetensors";
+pub const KYUTAI_LM: &str = "model.safetensors";
+pub const KYUTAI_TOKENIZER: &str = "tokenizer_spm_32k_3.model";
+
+/// Everything needed to load a model.
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    pub mimi: PathBuf,
+    pub lm: PathBuf,
+    pub tokenizer: Option<PathBuf>,
+    pub mimi_config: MimiConfig,
+    pub lm_config: LmConfig,
+    /// Active Mimi codebooks (`dep_q` for Moshi).
+    pub codebooks: usize,
+    /// Where the files came from, for logs.
+    pub source: String,
+}
+
+fn require(path: PathBuf) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, "model file not found")))
+    }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        msg: format!("invalid JSON: {e}"),
+    })
+}
+
+fn in_file(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Config { setting, msg } => Error::File {
+            path: path.to_path_buf(),
+            msg: format!("config `{setting}`: {msg}"),
+        },
+        other => other,
+    }
+}
+
+/// Resolves `spec`: a folder, or a Hugging Face repo id such as `kyutai/moshiko-pytorch-bf16`.
+pub fn resolve(spec: &str) -> Result<ModelFiles> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return from_dir(path);
+    }
+    if path.exists() {
+        return Err(Error::File {
+            path: path.to_path_buf(),
+            msg: "a model must be a folder (config.json + mimi.safetensors + model.safetensors) or a Hugging Face repo id".into(),
+        });
+    }
+    let looks_like_repo = spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.starts_with('/');
+    if !looks_like_repo {
+        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such model folder")));
+    }
+    download(spec)
+}
+
+/// Reads a model folder of either kind.
+pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
+    let config = dir.join("config.json");
+    if config.is_file() {
+        let json = read_json(&config)?;
+        if json.get("lm").is_some() || json.get("mimi").is_some() {
+            let mimi_config = match json.get("mimi") {
+                Some(m) => MimiConfig::from_json(&m.to_string()).map_err(|e| in_file(&config, e))?,
+                None => MimiConfig::v0_1(),
+            };
+            let lm_config = match json.get("lm") {
+                Some(l) => LmConfig::from_json(&l.to_string()).map_err(|e| in_file(&config, e))?,
+                None => LmConfig::moshiko(),
+            };
+            let codebooks = json
+                .get("mimi_codebooks")
+                .and_then(|v| v.as_u64())
+                .map_or(lm_config.dep_q, |v| v as usize);
+            let tok = dir.join("tokenizer.model");
+            return Ok(ModelFiles {
+                mimi: require(dir.join("mimi.safetensors"))?,
+                lm: require(dir.join("model.safetensors"))?,
+                tokenizer: tok.is_file().then_some(tok),
+                mimi_config,
+                lm_config,
+                codebooks,
+                source: dir.display().to_string(),
+            });
+        }
+        // A Kyutai config.json: the LM's keyword arguments at the top level plus file names.
+        let name = |key: &str, default: &str| {
+            json.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string()
+        };
+        let lm_config = LmConfig::from_json(&json.to_string()).map_err(|e| in_file(&config, e))?;
+        let tok = dir.join(name("tokenizer_name", KYUTAI_TOKENIZER));
+        let codebooks = lm_config.dep_q.max(lm_config.n_q - lm_config.dep_q);
+        return Ok(ModelFiles {
+            mimi: require(dir.join(name("mimi_name", KYUTAI_MIMI)))?,
+            lm: require(dir.join(name("moshi_name", KYUTAI_LM)))?,
+            tokenizer: tok.is_file().then_some(tok),
+            mimi_config: MimiConfig::v0_1(),
+            lm_config,
+            codebooks,
+            source: dir.display().to_string(),
+        });
+    }
+    if dir.join(KYUTAI_MIMI).is_file() {
+        let tok = dir.join(KYUTAI_TOKENIZER);
+        return Ok(ModelFiles {
+            mimi: require(dir.join(KYUTAI_MIMI))?,
+            lm: require(dir.join(KYUTAI_LM))?,
+            tokenizer: tok.is_file().then_some(tok),
+            mimi_config: MimiConfig::v0_1(),
+            lm_config: LmConfig::moshiko(),
+            codebooks: 8,
+            source: dir.display().to_string(),
+        });
+    }
+    Err(Error::File {
+        path: dir.to_path_buf(),
+        msg: format!("not a model folder: no config.json and no {KYUTAI_MIMI}"),
+    })
+}
+
+/// Downloads a Kyutai repository's files into the Hugging Face cache.
+fn download(repo: &str) -> Result<ModelFiles> {
+    let err = |msg: String| Error::Download {
+        repo: repo.to_string(),
+        msg,
+    };
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let r = api.model(repo.to_string());
+    // A config.json is optional (moshiko has none).
+    let config = r.get("config.json").ok();
+    let dir = match &config {
+        Some(c) => {
+            let json = read_json(c)?;
+            let name = |key: &str, default: &str| {
+                json.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string()
+            };
+            for f in [name("moshi_name", KYUTAI_LM), name("mimi_name", KYUTAI_MIMI), name("tokenizer_name", KYUTAI_TOKENIZER)] {
+                r.get(&f).map_err(|e| err(format!("{f}: {e}")))?;
+            }
+            c.parent().map(Path::to_path_buf)
+        }
+        None => {
+            let mut parent = None;
+            for f in [KYUTAI_LM, KYUTAI_MIMI, KYUTAI_TOKENIZER] {
+                let p = r.get(f).map_err(|e| err(format!("{f}: {e}")))?;
+                parent = p.parent().map(Path::to_path_buf);
+            }
+            parent
+        }
+    };
+    let dir = dir.ok_or_else(|| err("download folder unknown".into()))?;
+    let mut files = from_dir(&dir)?;
+    files.source = format!("{repo} ({})", dir.display());
+    Ok(files)
+}

@@ -1,0 +1,7 @@
+//! Building blocks shared by the codec and the language model.
+
+pub mod attention;
+pub mod conv;
+pub mod norm;
+pub mod rope;
+pub mod transformer;

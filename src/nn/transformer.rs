@@ -1,0 +1,531 @@
+//! The streaming transformer shared by Mimi (LayerNorm, GELU MLP, LayerScale), Moshi's temporal
+//! transformer (RMSNorm, SiLU gating) and its depth transformer (weights per step).
+//!
+//! Batch mode (`state = None`) sees the whole sequence at once with the causal `context` mask.
+//! Streaming mode keeps, per stream, a position offset and a ring KV cache per layer; streams in
+//! one batch may be at different offsets, which is what lets the daemon batch sessions that
+//! joined at different times.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, relu, sigmoid, silu, tanh};
+use burn::tensor::module::linear;
+
+use super::attention::{KvCache, attend, mask_bias};
+use super::norm::{Norm, NormKind};
+use super::rope::RopeTables;
+use crate::error::{Error, Result};
+use crate::weights::WeightFile;
+
+/// Positional embedding of a transformer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PosEmb {
+    None,
+    /// RoPE with interleaved pairs (`rope`) or halves (`rope_concat`).
+    Rope { interleave: bool },
+    /// Additive sinusoidal embedding (`sin`).
+    Sin,
+}
+
+impl PosEmb {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(PosEmb::None),
+            "rope" => Ok(PosEmb::Rope { interleave: true }),
+            "rope_concat" => Ok(PosEmb::Rope { interleave: false }),
+            "sin" => Ok(PosEmb::Sin),
+            other => Err(Error::config(
+                "positional_embedding",
+                format!("`{other}` is not supported (none, rope, rope_concat, sin)"),
+            )),
+        }
+    }
+}
+
+/// Feed-forward activation: a plain GELU MLP (`gating = "none"`) or a gated unit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Ffn {
+    Mlp,
+    Gated(Act),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    Silu,
+    Gelu,
+    Relu,
+    Sigmoid,
+    Tanh,
+}
+
+impl Ffn {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "none" => Ffn::Mlp,
+            "silu" => Ffn::Gated(Act::Silu),
+            "gelu" => Ffn::Gated(Act::Gelu),
+            "relu" => Ffn::Gated(Act::Relu),
+            "sigmoid" => Ffn::Gated(Act::Sigmoid),
+            "tanh" => Ffn::Gated(Act::Tanh),
+            other => return Err(Error::config("gating", format!("unknown gating `{other}`"))),
+        })
+    }
+}
+
+impl Act {
+    fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Act::Silu => silu(x),
+            Act::Gelu => gelu(x),
+            Act::Relu => relu(x),
+            Act::Sigmoid => sigmoid(x),
+            Act::Tanh => tanh(x),
+        }
+    }
+}
+
+/// Hyperparameters of a [`Transformer`].
+#[derive(Clone, Debug)]
+pub struct TransformerSpec {
+    pub d_model: usize,
+    pub num_heads: usize,
+    pub num_layers: usize,
+    pub dim_feedforward: usize,
+    pub context: Option<usize>,
+    pub norm: NormKind,
+    pub layer_scale: bool,
+    pub ffn: Ffn,
+    pub pos_emb: PosEmb,
+    pub max_period: f64,
+    /// 0 for shared weights, else the number of steps with their own weights.
+    pub weights_per_step: usize,
+    pub schedule: Option<Vec<usize>>,
+}
+
+impl TransformerSpec {
+    /// Hidden width of a gated FFN, as the reference derives it.
+    pub fn gated_hidden(&self) -> usize {
+        if self.dim_feedforward == 4 * self.d_model {
+            21 * self.d_model / 8
+        } else {
+            2 * self.dim_feedforward / 3
+        }
+    }
+
+    fn weight_sets(&self) -> usize {
+        match (&self.schedule, self.weights_per_step) {
+            (_, 0) => 1,
+            (Some(s), _) => s.iter().copied().max().map_or(1, |m| m + 1),
+            (None, n) => n,
+        }
+    }
+
+    /// Capacity of each stream's KV ring.
+    pub fn cache_capacity(&self) -> Result<usize> {
+        match (self.context, self.weights_per_step) {
+            (Some(c), _) if c > 0 => Ok(c),
+            (_, n) if n > 0 => Ok(n),
+            _ => Err(Error::config("context", "streaming needs a positive context")),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.num_heads == 0 || self.d_model % self.num_heads != 0 || (self.d_model / self.num_heads) % 2 != 0 {
+            return Err(Error::config(
+                "num_heads",
+                format!("d_model {} must split into an even head size over {} heads", self.d_model, self.num_heads),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One transformer layer.
+#[derive(Module, Debug)]
+pub struct Layer {
+    pub norm1: Norm,
+    pub norm2: Norm,
+    /// `[3 d, d]` per weight set.
+    pub in_proj: Vec<Param<Tensor<2>>>,
+    /// `[d, d]` per weight set.
+    pub out_proj: Vec<Param<Tensor<2>>>,
+    /// MLP `linear1` `[f, d]` or gating `linear_in` `[2 h, d]`, per weight set.
+    pub ffn_in: Vec<Param<Tensor<2>>>,
+    /// MLP `linear2` `[d, f]` or gating `linear_out` `[d, h]`, per weight set.
+    pub ffn_out: Vec<Param<Tensor<2>>>,
+    pub scale1: Option<Param<Tensor<1>>>,
+    pub scale2: Option<Param<Tensor<1>>>,
+}
+
+/// A stack of layers with its hyperparameters.
+#[derive(Module, Debug)]
+pub struct Transformer {
+    pub layers: Vec<Layer>,
+    #[module(skip)]
+    pub spec: TransformerSpec,
+}
+
+/// Streaming state of one stream.
+#[derive(Clone, Debug)]
+pub struct RowState {
+    pub offset: usize,
+    caches: Vec<KvCache>,
+}
+
+/// Streaming state of a batch of streams.
+#[derive(Clone, Debug)]
+pub struct TransformerState {
+    pub rows: Vec<RowState>,
+    /// Steps processed since the state was created (selects per-step weights).
+    pub steps: usize,
+}
+
+impl TransformerState {
+    pub fn merge(parts: Vec<TransformerState>) -> TransformerState {
+        let steps = parts.first().map_or(0, |p| p.steps);
+        TransformerState {
+            rows: parts.into_iter().flat_map(|p| p.rows).collect(),
+            steps,
+        }
+    }
+
+    pub fn split(self) -> Vec<TransformerState> {
+        let steps = self.steps;
+        self.rows
+            .into_iter()
+            .map(|r| TransformerState { rows: vec![r], steps })
+            .collect()
+    }
+}
+
+fn lin(x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<3> {
+    linear(x, w.val().transpose(), None)
+}
+
+/// Applies one weight set per time step (`weights_per_step`), or the shared one.
+fn per_step(x: Tensor<3>, ws: &[Param<Tensor<2>>], schedule: Option<&[usize]>, step: usize) -> Result<Tensor<3>> {
+    if ws.len() == 1 {
+        return Ok(lin(x, &ws[0]));
+    }
+    let t = x.dims()[1];
+    let mut outs = Vec::with_capacity(t);
+    for i in 0..t {
+        let mut idx = step + i;
+        if let Some(s) = schedule {
+            idx = *s.get(idx).ok_or_else(|| Error::input(format!("step {idx} beyond the weights schedule")))?;
+        }
+        let w = ws
+            .get(idx)
+            .ok_or_else(|| Error::input(format!("step {idx} has no weights ({} sets)", ws.len())))?;
+        outs.push(lin(x.clone().narrow(1, i, 1), w));
+    }
+    Ok(Tensor::cat(outs, 1))
+}
+
+fn split_rows(w: &mut WeightFile, name: &str, sets: usize, rows: usize, cols: usize) -> Result<Vec<Param<Tensor<2>>>> {
+    let t: Tensor<2> = w.tensor(name, [sets * rows, cols])?;
+    Ok((0..sets).map(|i| Param::from_tensor(t.clone().narrow(0, i * rows, rows))).collect())
+}
+
+impl Transformer {
+    /// Loads `{prefix}.layers.{i}.*` in the reference checkpoint layout.
+    pub fn load(w: &mut WeightFile, prefix: &str, spec: TransformerSpec) -> Result<Self> {
+        spec.check()?;
+        let d = spec.d_model;
+        let sets = spec.weight_sets();
+        let mut layers = Vec::with_capacity(spec.num_layers);
+        for i in 0..spec.num_layers {
+            let p = format!("{prefix}.layers.{i}");
+            let in_proj = split_rows(w, &format!("{p}.self_attn.in_proj_weight"), sets, 3 * d, d)?;
+            let out_proj = split_rows(w, &format!("{p}.self_attn.out_proj.weight"), sets, d, d)?;
+            let (ffn_in, ffn_out) = match spec.ffn {
+                Ffn::Mlp => {
+                    let f = spec.dim_feedforward;
+                    (
+                        vec![Param::from_tensor(w.tensor(&format!("{p}.linear1.weight"), [f, d])?)],
+                        vec![Param::from_tensor(w.tensor(&format!("{p}.linear2.weight"), [d, f])?)],
+                    )
+                }
+                Ffn::Gated(_) => {
+                    let h = spec.gated_hidden();
+                    let mut fi = Vec::new();
+                    let mut fo = Vec::new();
+                    for s in 0..sets {
+                        let g = if spec.weights_per_step > 0 {
+                            format!("{p}.gating.{s}")
+                        } else {
+                            format!("{p}.gating")
+                        };
+                        fi.push(Param::from_tensor(w.tensor(&format!("{g}.linear_in.weight"), [2 * h, d])?));
+                        fo.push(Param::from_tensor(w.tensor(&format!("{g}.linear_out.weight"), [d, h])?));
+                    }
+                    (fi, fo)
+                }
+            };
+            let (scale1, scale2) = if spec.layer_scale {
+                (
+                    Some(Param::from_tensor(w.tensor(&format!("{p}.layer_scale_1.scale"), [d])?)),
+                    Some(Param::from_tensor(w.tensor(&format!("{p}.layer_scale_2.scale"), [d])?)),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(Layer {
+                norm1: Norm::load(w, &format!("{p}.norm1"), spec.norm, d)?,
+                norm2: Norm::load(w, &format!("{p}.norm2"), spec.norm, d)?,
+                in_proj,
+                out_proj,
+                ffn_in,
+                ffn_out,
+                scale1,
+                scale2,
+            });
+        }
+        Ok(Self { layers, spec })
+    }
+
+    /// A fresh streaming state for `batch` streams.
+    pub fn init_state(&self, batch: usize) -> Result<TransformerState> {
+        let cap = self.spec.cache_capacity()?;
+        Ok(TransformerState {
+            rows: (0..batch)
+                .map(|_| RowState {
+                    offset: 0,
+                    caches: (0..self.spec.num_layers).map(|_| KvCache::new(cap)).collect(),
+                })
+                .collect(),
+            steps: 0,
+        })
+    }
+
+    /// Runs `x` `[B, T, d]`: the whole sequence (`state = None`) or the next `T` steps of each stream.
+    pub fn forward(&self, x: Tensor<3>, mut state: Option<&mut TransformerState>) -> Result<Tensor<3>> {
+        let [b, t, c] = x.dims();
+        if c != self.spec.d_model {
+            return Err(Error::input(format!("transformer input width {c}, expected {}", self.spec.d_model)));
+        }
+        let device = x.device();
+        let dtype = x.dtype();
+        let (offsets, step) = match state.as_deref() {
+            Some(s) => {
+                if s.rows.len() != b {
+                    return Err(Error::input(format!("transformer state holds {} streams, input has {b}", s.rows.len())));
+                }
+                (s.rows.iter().map(|r| r.offset).collect::<Vec<_>>(), s.steps)
+            }
+            None => (vec![0; b], 0),
+        };
+        let head_dim = c / self.spec.num_heads;
+        let rope = match self.spec.pos_emb {
+            PosEmb::Rope { .. } => Some(RopeTables::new(&offsets, t, head_dim, self.spec.max_period, &device)),
+            _ => None,
+        };
+        let mut x = x;
+        if self.spec.pos_emb == PosEmb::Sin {
+            x = x + sin_embedding(&offsets, t, c, self.spec.max_period, &device).cast(dtype);
+        }
+        // Batch mode: one mask for every stream.
+        let batch_bias = state.is_none().then(|| {
+            let pos: Vec<i64> = (0..t as i64).collect();
+            mask_bias(&pos, &pos, self.spec.context, &device, dtype)
+        });
+        for (li, layer) in self.layers.iter().enumerate() {
+            let schedule = self.spec.schedule.as_deref();
+            // Self-attention block.
+            let h = layer.norm1.forward(x.clone());
+            let qkv = per_step(h, &layer.in_proj, schedule, step)?;
+            let heads = self.spec.num_heads;
+            let qkv = qkv.reshape([b, t, 3, heads, head_dim]).permute([2, 0, 3, 1, 4]);
+            let mut q: Tensor<4> = qkv.clone().narrow(0, 0, 1).reshape([b, heads, t, head_dim]);
+            let mut k: Tensor<4> = qkv.clone().narrow(0, 1, 1).reshape([b, heads, t, head_dim]);
+            let v: Tensor<4> = qkv.narrow(0, 2, 1).reshape([b, heads, t, head_dim]);
+            if let (Some(r), PosEmb::Rope { interleave }) = (&rope, self.spec.pos_emb) {
+                q = r.apply(q, interleave);
+                k = r.apply(k, interleave);
+            }
+            let attn = match state.as_deref_mut() {
+                None => attend(q, k, v, batch_bias.clone().ok_or_else(|| Error::input("mask"))?),
+                Some(s) => {
+                    let mut outs = Vec::with_capacity(b);
+                    for (bi, row) in s.rows.iter_mut().enumerate() {
+                        let (ck, cv, kpos) = row.caches[li].append(
+                            k.clone().narrow(0, bi, 1),
+                            v.clone().narrow(0, bi, 1),
+                        )?;
+                        let qpos: Vec<i64> = (0..t).map(|i| (row.offset + i) as i64).collect();
+                        let bias = mask_bias(&qpos, &kpos, self.spec.context, &device, dtype);
+                        outs.push(attend(q.clone().narrow(0, bi, 1), ck, cv, bias));
+                    }
+                    Tensor::cat(outs, 0)
+                }
+            };
+            let attn = attn.swap_dims(1, 2).reshape([b, t, c]);
+            let mut update = per_step(attn, &layer.out_proj, schedule, step)?;
+            if let Some(s) = &layer.scale1 {
+                update = update * s.val().reshape([1, 1, c]);
+            }
+            x = x + update;
+            // Feed-forward block.
+            let h = layer.norm2.forward(x.clone());
+            let mut update = match self.spec.ffn {
+                Ffn::Mlp => lin(gelu(lin(h, &layer.ffn_in[0])), &layer.ffn_out[0]),
+                Ffn::Gated(act) => {
+                    let hidden = self.spec.gated_hidden();
+                    let mut outs = Vec::with_capacity(t);
+                    // Per-step weights apply to one time step at a time.
+                    let steps: Vec<(usize, Tensor<3>)> = if layer.ffn_in.len() == 1 {
+                        vec![(0, h)]
+                    } else {
+                        (0..t).map(|i| (i, h.clone().narrow(1, i, 1))).collect()
+                    };
+                    for (i, hs) in steps {
+                        let idx = if layer.ffn_in.len() == 1 {
+                            0
+                        } else {
+                            let s = step + i;
+                            match schedule {
+                                Some(sch) => *sch.get(s).ok_or_else(|| Error::input("step beyond the schedule"))?,
+                                None => s,
+                            }
+                        };
+                        let wi = layer.ffn_in.get(idx).ok_or_else(|| Error::input(format!("no FFN weights for step {idx}")))?;
+                        let g = lin(hs, wi);
+                        let [gb, gt, _] = g.dims();
+                        let g = g.reshape([gb, gt, 2, hidden]);
+                        let a = act.apply(g.clone().narrow(2, 0, 1)).reshape([gb, gt, hidden]);
+                        let lin_part = g.narrow(2, 1, 1).reshape([gb, gt, hidden]);
+                        outs.push(lin(a * lin_part, &layer.ffn_out[idx]));
+                    }
+                    Tensor::cat(outs, 1)
+                }
+            };
+            if let Some(s) = &layer.scale2 {
+                update = update * s.val().reshape([1, 1, c]);
+            }
+            x = x + update;
+        }
+        if let Some(s) = state {
+            for r in &mut s.rows {
+                r.offset += t;
+            }
+            s.steps += t;
+        }
+        Ok(x)
+    }
+}
+
+/// The reference's sinusoidal embedding `[B, T, C]` (cos half, then sin half), in f32.
+fn sin_embedding(offsets: &[usize], t: usize, c: usize, max_period: f64, device: &Device) -> Tensor<3> {
+    let half = c / 2;
+    let mut v = Vec::with_capacity(offsets.len() * t * c);
+    for &off in offsets {
+        for i in 0..t {
+            let pos = (off + i) as f32;
+            let phases: Vec<f32> = (0..half)
+                .map(|j| pos / (max_period as f32).powf(j as f32 / (half as f32 - 1.0)))
+                .collect();
+            v.extend(phases.iter().map(|p| p.cos()));
+            v.extend(phases.iter().map(|p| p.sin()));
+        }
+    }
+    Tensor::from_data(TensorData::new(v, [offsets.len(), t, c]), (device, burn::tensor::DType::F32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn random_transformer(device: &Device, spec: TransformerSpec) -> Transformer {
+        let d = spec.d_model;
+        let rnd = |shape: [usize; 2]| Param::from_tensor(Tensor::random(shape, Distribution::Normal(0.0, 0.3), device));
+        let norm = || Norm {
+            weight: Param::from_tensor(Tensor::random([d], Distribution::Uniform(0.7, 1.3), device)),
+            bias: Some(Param::from_tensor(Tensor::random([d], Distribution::Normal(0.0, 0.1), device))),
+            rms: false,
+            eps: 1e-5,
+        };
+        let layers = (0..spec.num_layers)
+            .map(|_| Layer {
+                norm1: norm(),
+                norm2: norm(),
+                in_proj: vec![rnd([3 * d, d])],
+                out_proj: vec![rnd([d, d])],
+                ffn_in: vec![rnd([spec.dim_feedforward, d])],
+                ffn_out: vec![rnd([d, spec.dim_feedforward])],
+                scale1: None,
+                scale2: None,
+            })
+            .collect();
+        Transformer { layers, spec }
+    }
+
+    fn spec(context: usize) -> TransformerSpec {
+        TransformerSpec {
+            d_model: 16,
+            num_heads: 2,
+            num_layers: 2,
+            dim_feedforward: 32,
+            context: Some(context),
+            norm: NormKind::LayerNorm,
+            layer_scale: false,
+            ffn: Ffn::Mlp,
+            pos_emb: PosEmb::Rope { interleave: true },
+            max_period: 10000.0,
+            weights_per_step: 0,
+            schedule: None,
+        }
+    }
+
+    #[test]
+    fn whole_equals_steps_within_context() {
+        let device = Device::flex();
+        let tr = random_transformer(&device, spec(24));
+        let x = Tensor::random([2, 24, 16], Distribution::Normal(0.0, 1.0), &device);
+        let whole = tr.forward(x.clone(), None).unwrap();
+        for chunk in [1, 2, 3, 8, 24] {
+            let mut st = tr.init_state(2).unwrap();
+            let outs: Vec<Tensor<3>> = (0..24 / chunk)
+                .map(|i| tr.forward(x.clone().narrow(1, i * chunk, chunk), Some(&mut st)).unwrap())
+                .collect();
+            let d = (whole.clone() - Tensor::cat(outs, 1)).abs().max().into_scalar::<f32>();
+            assert!(d < 1e-4, "chunk {chunk}: {d}");
+        }
+    }
+
+    #[test]
+    fn single_steps_match_batch_mask_beyond_context() {
+        // One position per step: the ring of `context` slots sees exactly the keys the batch
+        // mask allows (delta < context), however long the stream runs.
+        let device = Device::flex();
+        let tr = random_transformer(&device, spec(5));
+        let x = Tensor::random([1, 40, 16], Distribution::Normal(0.0, 1.0), &device);
+        let whole = tr.forward(x.clone(), None).unwrap();
+        let mut st = tr.init_state(1).unwrap();
+        let outs: Vec<Tensor<3>> = (0..40).map(|i| tr.forward(x.clone().narrow(1, i, 1), Some(&mut st)).unwrap()).collect();
+        let d = (whole - Tensor::cat(outs, 1)).abs().max().into_scalar::<f32>();
+        assert!(d < 1e-4, "{d}");
+        assert_eq!(st.rows[0].offset, 40);
+    }
+
+    #[test]
+    fn rows_at_different_offsets_step_together() {
+        let device = Device::flex();
+        let tr = random_transformer(&device, spec(6));
+        let xa = Tensor::random([1, 10, 16], Distribution::Normal(0.0, 1.0), &device);
+        let xb = Tensor::random([1, 3, 16], Distribution::Normal(0.0, 1.0), &device);
+        let mut sa = tr.init_state(1).unwrap();
+        for i in 0..7 {
+            tr.forward(xa.clone().narrow(1, i, 1), Some(&mut sa)).unwrap();
+        }
+        let mut sb = tr.init_state(1).unwrap();
+        let mut merged = TransformerState::merge(vec![sa.clone(), sb.clone()]);
+        let y = tr
+            .forward(Tensor::cat(vec![xa.clone().narrow(1, 7, 1), xb.clone().narrow(1, 0, 1)], 0), Some(&mut merged))
+            .unwrap();
+        let ya = tr.forward(xa.narrow(1, 7, 1), Some(&mut sa)).unwrap();
+        let yb = tr.forward(xb.narrow(1, 0, 1), Some(&mut sb)).unwrap();
+        let d = (y - Tensor::cat(vec![ya, yb], 0)).abs().max().into_scalar::<f32>();
+        assert!(d < 1e-5, "{d}");
+    }
+}

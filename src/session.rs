@@ -1,0 +1,182 @@
+//! One speech-to-speech step for any number of live sessions:
+//! audio frame -> `encode_step` -> `lm.step` -> `decode_step` -> audio frame (+ a text token).
+//!
+//! The [`Engine`] holds the immutable weights (share it with `Arc`); each conversation owns a
+//! [`SessionState`]. Stepping several sessions merges their states into one batch for the
+//! model calls and splits them again, so sessions that started at different times still run
+//! together. Sessions whose delays are still filling get silence for that frame.
+
+use std::mem;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use crate::backend;
+use crate::error::{Error, Result};
+use crate::lm::model::UNGENERATED_TOKEN;
+use crate::lm::{GenConfig, LmModel, LmState};
+use crate::mimi::{DecState, EncState, Mimi};
+use crate::model_dir::ModelFiles;
+use crate::tokenizer::Tokenizer;
+
+/// The models of a speech-to-speech system.
+pub struct Engine {
+    pub mimi: Mimi,
+    pub lm: LmModel,
+    pub tokenizer: Option<Tokenizer>,
+    pub source: String,
+}
+
+/// Streaming state of one conversation.
+pub struct SessionState {
+    enc: EncState,
+    lm: LmState,
+    dec: DecState,
+    /// Frames stepped so far.
+    pub frames: u64,
+}
+
+/// What one session produced in one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrameOut {
+    /// One frame of 24 kHz audio (silence while the model's delays fill).
+    pub pcm: Vec<f32>,
+    /// The inner-monologue text token of this frame, if generated.
+    pub text: Option<i64>,
+    /// The generated audio codes of this frame, if generated.
+    pub audio: Option<Vec<i64>>,
+}
+
+impl Engine {
+    /// Loads the codec, the LM and the tokenizer of a model.
+    pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        let lm_cfg = &files.lm_config;
+        let codebooks = files.codebooks;
+        if codebooks < lm_cfg.dep_q || codebooks < lm_cfg.user_streams() {
+            return Err(Error::config(
+                "mimi_codebooks",
+                format!(
+                    "{codebooks} Mimi codebooks cannot feed an LM with {} generated and {} user streams",
+                    lm_cfg.dep_q,
+                    lm_cfg.user_streams()
+                ),
+            ));
+        }
+        if files.mimi_config.quantizer.bins != lm_cfg.card {
+            return Err(Error::config(
+                "lm.card",
+                format!("LM vocabulary {} differs from the codec's {} bins", lm_cfg.card, files.mimi_config.quantizer.bins),
+            ));
+        }
+        let mimi = Mimi::load(&files.mimi, files.mimi_config.clone(), codebooks, device, dtype)?;
+        let lm = LmModel::load(&files.lm, lm_cfg.clone(), device, dtype)?;
+        let tokenizer = files.tokenizer.as_deref().map(Tokenizer::load).transpose()?;
+        Ok(Self {
+            mimi,
+            lm,
+            tokenizer,
+            source: files.source.clone(),
+        })
+    }
+
+    pub fn frame_size(&self) -> usize {
+        self.mimi.frame_size()
+    }
+
+    pub fn sample_rate(&self) -> usize {
+        self.mimi.sample_rate()
+    }
+
+    /// A fresh conversation.
+    pub fn init_session(&self, config: GenConfig) -> Result<SessionState> {
+        Ok(SessionState {
+            enc: self.mimi.init_enc_state(1)?,
+            lm: self.lm.init_state(&[config])?,
+            dec: self.mimi.init_dec_state(1)?,
+            frames: 0,
+        })
+    }
+
+    /// The text of a generated token as Moshi streams it ("▁" as a space), or `None` for
+    /// padding, start/end and other control tokens.
+    pub fn text_piece(&self, token: i64) -> Option<String> {
+        let c = &self.lm.config;
+        if token < 0 || token == 0 || token as usize == c.existing_text_padding_id || token as usize >= c.text_out() {
+            return None;
+        }
+        match &self.tokenizer {
+            Some(t) => t.decode_piece(token as u32),
+            None => Some(format!("[{token}]")),
+        }
+    }
+
+    /// Steps each session by one frame. `pcm` holds one frame per session, concatenated.
+    pub fn step(&self, sessions: &mut [&mut SessionState], pcm: &[f32]) -> Result<Vec<FrameOut>> {
+        let b = sessions.len();
+        let frame = self.frame_size();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        if pcm.len() != b * frame {
+            return Err(Error::input(format!("{} samples for {b} frames of {frame}", pcm.len())));
+        }
+        if sessions.iter().any(|s| s.enc.batch() != 1) {
+            return Err(Error::input("sessions must hold one stream each"));
+        }
+        let mut enc = EncState::merge(sessions.iter_mut().map(|s| mem::replace(&mut s.enc, EncState::empty())).collect());
+        let mut lm = LmState::merge(sessions.iter_mut().map(|s| mem::replace(&mut s.lm, LmState::empty())).collect());
+        let result = self.step_merged(&mut enc, &mut lm, sessions, pcm);
+        for (s, (e, l)) in sessions.iter_mut().zip(enc.split().into_iter().zip(lm.split())) {
+            s.enc = e;
+            s.lm = l;
+            s.frames += 1;
+        }
+        result
+    }
+
+    fn step_merged(
+        &self,
+        enc: &mut EncState,
+        lm: &mut LmState,
+        sessions: &mut [&mut SessionState],
+        pcm: &[f32],
+    ) -> Result<Vec<FrameOut>> {
+        let b = sessions.len();
+        let frame = self.frame_size();
+        let codes = self.mimi.encode_step(enc, self.mimi.pcm_tensor(pcm.to_vec(), [b, frame]))?;
+        let q = codes.dims()[1];
+        let codes = backend::read_ints(codes)?;
+        let dep_q = self.lm.config.dep_q;
+        let mut outs: Vec<FrameOut> = (0..b)
+            .map(|_| FrameOut {
+                pcm: vec![0.0; frame],
+                text: None,
+                audio: None,
+            })
+            .collect();
+        let Some(step) = self.lm.step(lm, &codes, q)? else {
+            return Ok(outs);
+        };
+        let ready: Vec<usize> = (0..b).filter(|&r| step.text[r] != UNGENERATED_TOKEN).collect();
+        let mut tokens = Vec::with_capacity(ready.len() * dep_q);
+        for &r in &ready {
+            tokens.extend_from_slice(&step.audio[r * dep_q..(r + 1) * dep_q]);
+            outs[r].text = Some(step.text[r]);
+            outs[r].audio = Some(step.audio[r * dep_q..(r + 1) * dep_q].to_vec());
+        }
+        let mut dec = DecState::merge(ready.iter().map(|&r| mem::replace(&mut sessions[r].dec, DecState::empty())).collect());
+        let decoded = self
+            .mimi
+            .codes_tensor(tokens, [ready.len(), dep_q, 1])
+            .and_then(|c| self.mimi.decode_chunk(&mut dec, c))
+            .and_then(backend::read_floats);
+        for (&r, d) in ready.iter().zip(dec.split()) {
+            sessions[r].dec = d;
+        }
+        let audio = decoded?;
+        for (i, &r) in ready.iter().enumerate() {
+            outs[r].pcm.copy_from_slice(&audio[i * frame..(i + 1) * frame]);
+        }
+        Ok(outs)
+    }
+}

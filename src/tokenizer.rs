@@ -1,0 +1,453 @@
+//! The text side of Moshi: its inner monologue is a stream of SentencePiece token ids. We only
+//! need to turn ids back into text, so instead of binding the C++ library this module reads the
+//! `.model` file (a protobuf `ModelProto`) by hand and keeps the piece table. It can also write
+//! a minimal `.model` file, for our own small models and for tests.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// What a piece stands for, as in SentencePiece's `ModelProto.SentencePiece.Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceKind {
+    Normal,
+    Unknown,
+    Control,
+    UserDefined,
+    Unused,
+    /// One raw byte, written `<0xHH>`.
+    Byte,
+}
+
+impl PieceKind {
+    fn from_proto(value: u64) -> Option<Self> {
+        Some(match value {
+            1 => PieceKind::Normal,
+            2 => PieceKind::Unknown,
+            3 => PieceKind::Control,
+            4 => PieceKind::UserDefined,
+            5 => PieceKind::Unused,
+            6 => PieceKind::Byte,
+            _ => return None,
+        })
+    }
+
+    fn to_proto(self) -> u64 {
+        match self {
+            PieceKind::Normal => 1,
+            PieceKind::Unknown => 2,
+            PieceKind::Control => 3,
+            PieceKind::UserDefined => 4,
+            PieceKind::Unused => 5,
+            PieceKind::Byte => 6,
+        }
+    }
+}
+
+/// SentencePiece word boundary marker, shown as a space in text.
+const SPACE: char = '\u{2581}';
+
+/// A SentencePiece vocabulary that decodes token ids to text.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    pieces: Vec<(String, PieceKind)>,
+}
+
+impl Tokenizer {
+    /// Reads a SentencePiece `.model` file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let pieces = parse_model(&data).map_err(|msg| Error::File {
+            path: path.to_path_buf(),
+            msg: format!("not a valid SentencePiece model: {msg}"),
+        })?;
+        tracing::debug!("{}: {} pieces", path.display(), pieces.len());
+        Ok(Self { pieces })
+    }
+
+    /// A tokenizer with the given pieces; piece `i` gets id `i`.
+    pub fn from_pieces(pieces: Vec<(String, PieceKind)>) -> Self {
+        Self { pieces }
+    }
+
+    /// Encodes the piece table as a minimal `ModelProto`: the pieces with all scores 0, plus
+    /// `trainer_spec.byte_fallback` when there are byte pieces. SentencePiece itself loads it
+    /// if there are no byte pieces or all 256 of them.
+    pub fn to_model_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut piece = Vec::new();
+        for (text, kind) in &self.pieces {
+            piece.clear();
+            put_bytes(&mut piece, 1, text.as_bytes());
+            put_varint(&mut piece, 2 << 3 | 5);
+            piece.extend_from_slice(&0f32.to_le_bytes());
+            put_varint(&mut piece, 3 << 3);
+            put_varint(&mut piece, kind.to_proto());
+            put_bytes(&mut out, 1, &piece);
+        }
+        if self.pieces.iter().any(|(_, kind)| *kind == PieceKind::Byte) {
+            // The reference library refuses byte pieces unless `trainer_spec.byte_fallback` is set.
+            let mut spec = Vec::new();
+            put_varint(&mut spec, 35 << 3);
+            put_varint(&mut spec, 1);
+            put_bytes(&mut out, 2, &spec);
+        }
+        out
+    }
+
+    /// Number of pieces.
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// True when there are no pieces.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// The raw piece string of `id` (with `▁`, and `<0xHH>` for bytes).
+    pub fn piece(&self, id: u32) -> Option<&str> {
+        self.pieces.get(id as usize).map(|(text, _)| text.as_str())
+    }
+
+    /// The kind of piece `id`.
+    pub fn kind(&self, id: u32) -> Option<PieceKind> {
+        self.pieces.get(id as usize).map(|&(_, kind)| kind)
+    }
+
+    /// True when `id` is a control piece such as `<s>`, `</s>` or `<pad>`.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.kind(id) == Some(PieceKind::Control)
+    }
+
+    /// The text of one piece as it is streamed: `▁` becomes a space, no space is stripped.
+    /// Control, unknown and unused pieces give `None`, and so does a byte piece that is not
+    /// valid UTF-8 on its own.
+    pub fn decode_piece(&self, id: u32) -> Option<String> {
+        let (text, kind) = self.pieces.get(id as usize)?;
+        match kind {
+            PieceKind::Normal | PieceKind::UserDefined => Some(text.replace(SPACE, " ")),
+            PieceKind::Byte => byte_value(text)
+                .filter(u8::is_ascii)
+                .map(|b| char::from(b).to_string()),
+            PieceKind::Control | PieceKind::Unknown | PieceKind::Unused => None,
+        }
+    }
+
+    /// Decodes a sequence of ids to text, like SentencePiece's `decode_ids`: byte pieces are
+    /// joined and read as UTF-8 (invalid bytes become U+FFFD), `▁` becomes a space, the leading
+    /// space of the text is dropped, and control, unknown and unused pieces and out-of-range ids are skipped.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut text = String::new();
+        let mut bytes = Vec::new();
+        for &id in ids {
+            let Some((piece, kind)) = self.pieces.get(id as usize) else {
+                tracing::debug!(
+                    "decode: skipping id {id}, vocabulary has {}",
+                    self.pieces.len()
+                );
+                continue;
+            };
+            if *kind == PieceKind::Byte {
+                bytes.extend(byte_value(piece));
+                continue;
+            }
+            flush_bytes(&mut text, &mut bytes);
+            if matches!(kind, PieceKind::Normal | PieceKind::UserDefined) {
+                let piece = match text.is_empty() {
+                    true => piece.strip_prefix(SPACE).unwrap_or(piece),
+                    false => piece,
+                };
+                text.push_str(&piece.replace(SPACE, " "));
+            }
+        }
+        flush_bytes(&mut text, &mut bytes);
+        text
+    }
+}
+
+fn flush_bytes(text: &mut String, bytes: &mut Vec<u8>) {
+    if !bytes.is_empty() {
+        text.push_str(&String::from_utf8_lossy(bytes));
+        bytes.clear();
+    }
+}
+
+/// The byte of a `<0xHH>` piece.
+fn byte_value(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// Reads the pieces (field 1) of a `ModelProto`, skipping every other field.
+fn parse_model(data: &[u8]) -> std::result::Result<Vec<(String, PieceKind)>, String> {
+    let mut reader = Reader { data, pos: 0 };
+    let mut pieces = Vec::new();
+    while !reader.done() {
+        match reader.key()? {
+            (1, 2) => {
+                let piece = parse_piece(reader.bytes()?)
+                    .map_err(|e| format!("piece {}: {e}", pieces.len()))?;
+                pieces.push(piece);
+            }
+            (1, wire) => return Err(format!("pieces field has wire type {wire}")),
+            (_, wire) => reader.skip(wire)?,
+        }
+    }
+    if pieces.is_empty() {
+        return Err("no pieces".into());
+    }
+    if u32::try_from(pieces.len()).is_err() {
+        return Err(format!(
+            "{} pieces is more than 32-bit ids can address",
+            pieces.len()
+        ));
+    }
+    Ok(pieces)
+}
+
+fn parse_piece(data: &[u8]) -> std::result::Result<(String, PieceKind), String> {
+    let mut reader = Reader { data, pos: 0 };
+    let mut text = String::new();
+    let mut kind = PieceKind::Normal;
+    while !reader.done() {
+        match reader.key()? {
+            (1, 2) => {
+                let raw = reader.bytes()?;
+                text = std::str::from_utf8(raw)
+                    .map_err(|_| "piece text is not UTF-8")?
+                    .to_owned();
+            }
+            (2, 5) => {
+                reader.take(4)?;
+            }
+            (3, 0) => {
+                let value = reader.varint()?;
+                kind = PieceKind::from_proto(value)
+                    .ok_or_else(|| format!("unknown piece type {value}"))?;
+            }
+            (field @ 1..=3, wire) => return Err(format!("field {field} has wire type {wire}")),
+            (_, wire) => reader.skip(wire)?,
+        }
+    }
+    Ok((text, kind))
+}
+
+/// A cursor over protobuf wire-format bytes. Errors name the byte offset.
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn done(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.data.len());
+        let end = end.ok_or_else(|| format!("truncated at byte {}", self.pos))?;
+        let bytes = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn varint(&mut self) -> std::result::Result<u64, String> {
+        let start = self.pos;
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let &[byte] = self.take(1)? else {
+                return Err(format!("truncated at byte {}", self.pos));
+            };
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(format!("varint too long at byte {start}"))
+    }
+
+    /// Field number and wire type of the next field.
+    fn key(&mut self) -> std::result::Result<(u64, u8), String> {
+        let start = self.pos;
+        let key = self.varint()?;
+        let field = key >> 3;
+        if field == 0 {
+            return Err(format!("field number 0 at byte {start}"));
+        }
+        Ok((field, (key & 7) as u8))
+    }
+
+    fn bytes(&mut self) -> std::result::Result<&'a [u8], String> {
+        let len = self.varint()?;
+        let len = usize::try_from(len)
+            .map_err(|_| format!("length {len} too large at byte {}", self.pos))?;
+        self.take(len)
+    }
+
+    fn skip(&mut self, wire: u8) -> std::result::Result<(), String> {
+        match wire {
+            0 => self.varint().map(drop),
+            1 => self.take(8).map(drop),
+            2 => self.bytes().map(drop),
+            5 => self.take(4).map(drop),
+            _ => Err(format!(
+                "unsupported wire type {wire} near byte {}",
+                self.pos
+            )),
+        }
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    put_varint(out, field << 3 | 2);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn temp_file(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("kokichi-tok-{}-{name}", std::process::id()))
+    }
+
+    fn sample() -> Tokenizer {
+        let p = |s: &str, k| (s.to_string(), k);
+        use PieceKind::*;
+        Tokenizer::from_pieces(vec![
+            p("<unk>", Unknown),
+            p("<s>", Control),
+            p("</s>", Control),
+            p("<pad>", Control),
+            p("▁Hello", Normal),
+            p("▁wor", Normal),
+            p("ld", Normal),
+            p("<0x21>", Byte),
+            p("<0xC3>", Byte),
+            p("<0xA9>", Byte),
+            p("▁", Normal),
+            p("<|user|>", UserDefined),
+            p("<unused>", Unused),
+        ])
+    }
+
+    #[test]
+    fn model_bytes_round_trip() {
+        let tok = sample();
+        let path = temp_file("rt.model");
+        std::fs::write(&path, tok.to_model_bytes()).unwrap();
+        let loaded = Tokenizer::load(&path).unwrap();
+        assert_eq!(loaded.pieces, tok.pieces);
+        assert_eq!(loaded.len(), 13);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn other_fields_are_skipped() {
+        let mut data = Vec::new();
+        put_bytes(&mut data, 2, b"\x08\x01trainer spec"); // length-delimited
+        put_varint(&mut data, 5 << 3); // varint
+        put_varint(&mut data, 300);
+        put_varint(&mut data, 6 << 3 | 1); // fixed64
+        data.extend_from_slice(&[1; 8]);
+        data.extend(sample().to_model_bytes());
+        put_varint(&mut data, 7 << 3 | 5); // fixed32
+        data.extend_from_slice(&[2; 4]);
+        assert_eq!(parse_model(&data).unwrap(), sample().pieces);
+    }
+
+    #[test]
+    fn pieces_and_kinds() {
+        let tok = sample();
+        assert_eq!(tok.piece(4), Some("▁Hello"));
+        assert_eq!(tok.piece(13), None);
+        assert!(
+            tok.is_control(1) && tok.is_control(3) && !tok.is_control(0) && !tok.is_control(99)
+        );
+        assert_eq!(tok.kind(7), Some(PieceKind::Byte));
+    }
+
+    #[test]
+    fn decode_piece_streams_text() {
+        let tok = sample();
+        assert_eq!(tok.decode_piece(4).as_deref(), Some(" Hello"));
+        assert_eq!(tok.decode_piece(6).as_deref(), Some("ld"));
+        assert_eq!(tok.decode_piece(7).as_deref(), Some("!"));
+        assert_eq!(tok.decode_piece(8), None); // half of a UTF-8 character
+        assert_eq!(tok.decode_piece(11).as_deref(), Some("<|user|>"));
+        for id in [0, 1, 2, 3, 12, 99] {
+            assert_eq!(tok.decode_piece(id), None, "id {id}");
+        }
+    }
+
+    #[test]
+    fn decode_joins_pieces() {
+        let tok = sample();
+        assert_eq!(tok.decode(&[1, 4, 5, 6, 7, 2]), "Hello world!");
+        assert_eq!(tok.decode(&[3, 3, 5, 6, 10, 8, 9, 0, 12]), "world é");
+        assert_eq!(tok.decode(&[8, 4]), "\u{FFFD} Hello");
+        assert_eq!(tok.decode(&[7, 4, 999]), "! Hello");
+        assert_eq!(tok.decode(&[11, 4]), "<|user|> Hello");
+        assert_eq!(tok.decode(&[]), "");
+    }
+
+    #[test]
+    fn bad_files_are_errors_naming_the_file() {
+        let bytes = sample().to_model_bytes();
+        let cases: [(&str, &[u8]); 5] = [
+            ("truncated.model", &bytes[..bytes.len() - 3]),
+            ("garbage.model", b"hello, this is not a protobuf"),
+            ("empty.model", b""),
+            (
+                "overlong.model",
+                &[
+                    0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ],
+            ),
+            ("group.model", &[0x0b, 0x0c]),
+        ];
+        for (name, data) in cases {
+            let path = temp_file(name);
+            std::fs::write(&path, data).unwrap();
+            let err = Tokenizer::load(&path).unwrap_err();
+            assert!(matches!(err, Error::File { .. }), "{name}: {err}");
+            assert!(err.to_string().contains(name), "{name}: {err}");
+            std::fs::remove_file(&path).unwrap();
+        }
+        let missing = temp_file("missing.model");
+        assert!(
+            Tokenizer::load(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("missing.model")
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_or_a_prefix() {
+        let pieces = sample().pieces;
+        let bytes = sample().to_model_bytes();
+        for cut in 0..bytes.len() {
+            if let Ok(parsed) = parse_model(&bytes[..cut]) {
+                assert_eq!(parsed, pieces[..parsed.len()], "cut at {cut}");
+            }
+        }
+    }
+}

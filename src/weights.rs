@@ -1,0 +1,294 @@
+//! Reading and writing safetensors files in the reference checkpoint layout.
+//!
+//! Weights are taken by name with their expected shape. A missing tensor, a wrong shape, an
+//! unsupported dtype or a truncated file is an error naming the file and the tensor; tensors
+//! left over after a model has taken what it needs are reported as unexpected. bf16 and f16
+//! on disk are converted on the host to the dtype the model computes in (wgpu has no bf16).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+struct Entry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// An open safetensors file whose tensors a model takes one by one.
+pub struct WeightFile {
+    path: PathBuf,
+    data: memmap2::Mmap,
+    entries: BTreeMap<String, Entry>,
+    taken: BTreeSet<String>,
+    device: Device,
+    dtype: DType,
+}
+
+impl WeightFile {
+    /// Opens and validates `path`; tensors will be created on `device` in `dtype`.
+    pub fn open(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // Safety: the file is opened read-only and is not expected to change while loading.
+        let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (header, meta) = SafeTensors::read_metadata(&data).map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            msg: format!("not a valid safetensors file ({e:?}); truncated or corrupt?"),
+        })?;
+        let base = 8 + header;
+        let mut entries = BTreeMap::new();
+        for (name, info) in meta.tensors() {
+            entries.insert(
+                name.clone(),
+                Entry {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: base + info.data_offsets.0,
+                    end: base + info.data_offsets.1,
+                },
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            data,
+            entries,
+            taken: BTreeSet::new(),
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Whether the file holds a tensor of that name (taken or not).
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Names of all tensors in the file.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Shape of a tensor in the file, if present.
+    pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    fn err(&self, name: &str, msg: impl Into<String>) -> Error {
+        Error::Tensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+            msg: msg.into(),
+        }
+    }
+
+    /// Takes tensor `name` as host f32 values, checking its shape.
+    pub fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| self.err(name, "missing from the file"))?;
+        if entry.shape != shape {
+            return Err(self.err(
+                name,
+                format!("has shape {:?}, expected {:?}", entry.shape, shape),
+            ));
+        }
+        let bytes = &self.data[entry.start..entry.end];
+        let n: usize = shape.iter().product();
+        let values = match entry.dtype {
+            Dtype::F32 => decode(bytes, n, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            Dtype::F16 => decode(bytes, n, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            Dtype::BF16 => decode(bytes, n, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            Dtype::F64 => decode(bytes, n, 8, |b| {
+                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+            }),
+            other => None.ok_or_else(|| self.err(name, format!("unsupported dtype {other:?}")))?,
+        }
+        .ok_or_else(|| self.err(name, "data size does not match its shape and dtype"))?;
+        self.taken.insert(name.to_string());
+        Ok(values)
+    }
+
+    /// Takes tensor `name` onto the device, checking its shape.
+    pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let data = self.data(name, &shape)?;
+        Ok(Tensor::from_data(TensorData::new_like(data, shape), (&self.device, self.dtype)))
+    }
+
+    /// The values of `name` in the target dtype: 16-bit sources go straight to f16 when the
+    /// model computes in f16, without an f32 copy of the whole tensor.
+    fn data(&mut self, name: &str, shape: &[usize]) -> Result<HostData> {
+        if self.dtype == DType::F16 {
+            if let Some(e) = self.entries.get(name) {
+                if e.shape == shape && matches!(e.dtype, Dtype::F16 | Dtype::BF16) {
+                    let bytes = &self.data[e.start..e.end];
+                    let n: usize = shape.iter().product();
+                    if bytes.len() != n * 2 {
+                        return Err(self.err(name, "data size does not match its shape and dtype"));
+                    }
+                    let bf16 = e.dtype == Dtype::BF16;
+                    let values: Vec<half::f16> = bytes
+                        .chunks_exact(2)
+                        .map(|b| {
+                            if bf16 {
+                                half::f16::from_f32(half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                            } else {
+                                half::f16::from_le_bytes([b[0], b[1]])
+                            }
+                        })
+                        .collect();
+                    self.taken.insert(name.to_string());
+                    return Ok(HostData::F16(values));
+                }
+            }
+        }
+        Ok(HostData::F32(self.host(name, shape)?))
+    }
+
+    /// Takes tensor `name` stored as `stored`, reshaped to `shape` (same number of elements,
+    /// e.g. RMSNorm `alpha` stored as `[1, 1, d]`).
+    pub fn tensor_as<const D: usize>(
+        &mut self,
+        name: &str,
+        stored: &[usize],
+        shape: [usize; D],
+    ) -> Result<Tensor<D>> {
+        let data = self.data(name, stored)?;
+        Ok(Tensor::from_data(TensorData::new_like(data, shape), (&self.device, self.dtype)))
+    }
+
+    /// Marks a tensor as known but unused (e.g. `_initialized` flags of codebooks).
+    pub fn skip(&mut self, name: &str) {
+        if self.entries.contains_key(name) {
+            self.taken.insert(name.to_string());
+        }
+    }
+
+    /// Fails if tensors remain that the model did not take.
+    pub fn finish(self) -> Result<()> {
+        let left: Vec<&String> = self
+            .entries
+            .keys()
+            .filter(|k| !self.taken.contains(*k))
+            .collect();
+        match left.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::Tensor {
+                path: self.path.clone(),
+                name: (*first).clone(),
+                msg: format!(
+                    "unexpected tensor ({} unexpected in all); does the config match the weights?",
+                    left.len()
+                ),
+            }),
+        }
+    }
+}
+
+/// Host values in the dtype they will be uploaded from.
+enum HostData {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+trait NewLike {
+    fn new_like<const D: usize>(data: HostData, shape: [usize; D]) -> TensorData;
+}
+
+impl NewLike for TensorData {
+    fn new_like<const D: usize>(data: HostData, shape: [usize; D]) -> TensorData {
+        match data {
+            HostData::F32(v) => TensorData::new(v, shape),
+            HostData::F16(v) => TensorData::new(v, shape),
+        }
+    }
+}
+
+fn decode(bytes: &[u8], n: usize, size: usize, f: impl Fn(&[u8]) -> f32) -> Option<Vec<f32>> {
+    if bytes.len() != n * size {
+        return None;
+    }
+    Some(bytes.chunks_exact(size).map(f).collect())
+}
+
+/// Reads an integer tensor (i64, i32, u32, i16, u16, u8) from a safetensors file.
+/// Returns the values and their shape.
+pub fn read_int_tensor(path: &Path, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        msg: format!("not a valid safetensors file ({e:?})"),
+    })?;
+    let err = |msg: String| Error::Tensor {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        msg,
+    };
+    let view = st
+        .tensor(name)
+        .map_err(|_| err(format!("missing (file holds: {})", st.names().join(", "))))?;
+    let data = view.data();
+    let values: Vec<i64> = match view.dtype() {
+        Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect(),
+        Dtype::I32 => data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).collect(),
+        Dtype::U32 => data.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).collect(),
+        Dtype::I16 => data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as i64).collect(),
+        Dtype::U16 => data.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as i64).collect(),
+        Dtype::U8 => data.iter().map(|&b| b as i64).collect(),
+        other => return Err(err(format!("has dtype {other:?}, expected an integer type"))),
+    };
+    Ok((values, view.shape().to_vec()))
+}
+
+/// A tensor to write with [`write_tensors`].
+pub enum OutTensor {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+/// Writes named tensors to a safetensors file.
+pub fn write_tensors(path: &Path, tensors: Vec<(String, Vec<usize>, OutTensor)>) -> Result<()> {
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, shape, t) in tensors {
+        let (dtype, bytes) = match t {
+            OutTensor::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            OutTensor::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        owned.push((name, dtype, shape, bytes));
+    }
+    let mut views = Vec::new();
+    for (name, dtype, shape, bytes) in &owned {
+        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| {
+            Error::Tensor {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                msg: format!("cannot serialize: {e:?}"),
+            }
+        })?;
+        views.push((name.clone(), view));
+    }
+    let buf = safetensors::serialize(views, None).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        msg: format!("cannot serialize: {e:?}"),
+    })?;
+    std::fs::write(path, buf).map_err(|e| Error::io(path, e))
+}
