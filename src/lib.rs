@@ -7,6 +7,7 @@
 
 pub mod audio;
 pub mod backend;
+pub mod daemon;
 pub mod error;
 pub mod lm;
 pub mod mimi;

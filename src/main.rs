@@ -9,12 +9,12 @@ use kokichi::backend::{BackendKind, Precision};
 #[derive(Parser, Debug)]
 #[command(name = "kokichi", version, about = "Local speech-to-speech: Mimi codec + Moshi LM in Burn")]
 struct Cli {
-    /// Compute backend: wgpu (Vulkan/Metal/DX12) or cpu (Burn's flex backend).
-    #[arg(long, global = true, default_value = "wgpu")]
-    backend: BackendKind,
-    /// Float type of weights and activations: f32, or f16 on GPUs.
-    #[arg(long, global = true, default_value = "f32")]
-    dtype: Precision,
+    /// Compute backend: wgpu (Vulkan/Metal/DX12, the default) or cpu (Burn's flex backend).
+    #[arg(long, global = true)]
+    backend: Option<BackendKind>,
+    /// Float type of weights and activations: f32 (default), or f16 on GPUs.
+    #[arg(long, global = true)]
+    dtype: Option<Precision>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +27,10 @@ enum Command {
     Decode(cmd::codec::DecodeArgs),
     /// Offline speech-to-speech: answer a spoken file with the model's voice.
     Run(cmd::run::RunArgs),
+    /// The daemon: live sessions from the microphone and over WebSocket.
+    Serve(cmd::serve::ServeArgs),
+    /// Push-to-talk for a running daemon: press, release, toggle or status.
+    Ptt(cmd::serve::PttArgs),
 }
 
 fn main() {
@@ -34,10 +38,14 @@ fn main() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    let backend = cli.backend.unwrap_or_default();
+    let dtype = cli.dtype.unwrap_or_default();
     let result = match cli.command {
-        Command::Encode(a) => cmd::codec::encode(cli.backend, cli.dtype, a),
-        Command::Decode(a) => cmd::codec::decode(cli.backend, cli.dtype, a),
-        Command::Run(a) => cmd::run::run(cli.backend, cli.dtype, a),
+        Command::Encode(a) => cmd::codec::encode(backend, dtype, a),
+        Command::Decode(a) => cmd::codec::decode(backend, dtype, a),
+        Command::Run(a) => cmd::run::run(backend, dtype, a),
+        Command::Serve(a) => cmd::serve::serve(a, cli.backend, cli.dtype),
+        Command::Ptt(a) => cmd::serve::ptt(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,179 @@
+//! `kokichi serve`: the long-running daemon. One inference thread owns the weights and every
+//! session's state ([`runtime`]); tokio tasks move bytes between the sessions' bounded queues
+//! and the local audio devices, WebSocket clients or files ([`io`]).
+//!
+//! [`run`] takes the settings and a shutdown future, so tests start and stop it in process.
+
+pub mod config;
+pub mod control;
+pub mod io;
+pub mod local_audio;
+pub mod metrics;
+pub mod runtime;
+pub mod server;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+
+use crate::backend;
+use crate::error::{Error, Result};
+use crate::model_dir;
+use crate::session::Engine;
+pub use config::{DaemonConfig, TalkMode};
+use io::{AudioSink, FileSink, FileSource};
+use metrics::Metrics;
+use runtime::{NewSession, Runtime, RuntimeOptions};
+
+/// What a started daemon tells its caller.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub addr: SocketAddr,
+}
+
+/// Runs the daemon until `shutdown` resolves (or the file-backed session ends with
+/// `exit_when_done`).
+pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    serve(config, shutdown, None).await
+}
+
+/// Like [`run`], reporting the bound address once the daemon accepts connections.
+pub async fn serve(
+    config: DaemonConfig,
+    shutdown: impl Future<Output = ()> + Send,
+    ready: Option<oneshot::Sender<Ready>>,
+) -> Result<()> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let cfg = config.clone();
+    let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
+        let files = model_dir::resolve(&cfg.model)?;
+        let device = backend::device(cfg.backend, cfg.dtype)?;
+        tracing::info!(model = %files.source, backend = %cfg.backend, adapter = %backend::adapter_name(&device), "loading model");
+        Engine::load(&files, &device, cfg.dtype.dtype())
+    })
+    .await
+    .map_err(|e| Error::Backend(format!("model loading task failed: {e}")))??;
+    let engine = Arc::new(engine);
+    let metrics = Arc::new(Metrics::default());
+    let open_mode = config.mode == TalkMode::Open;
+    metrics.publish(|s| {
+        s.model = engine.source.clone();
+        s.backend = config.backend.to_string();
+        s.mode = if open_mode { "open".into() } else { "ptt".into() };
+    });
+    let (runtime, thread) = Runtime::start(
+        engine.clone(),
+        metrics.clone(),
+        RuntimeOptions {
+            max_sessions: config.max_sessions + 1,
+            batch_window: config.batch_window,
+            log_transcripts: config.log_transcripts,
+        },
+    )?;
+    let talk = Arc::new(AtomicBool::new(open_mode));
+    let file_done = Arc::new(Notify::new());
+    let mut local = None;
+    if let Some(input) = &config.input_file {
+        let source = FileSource::open(input, engine.sample_rate() as u32, engine.frame_size(), !config.fast_file)?;
+        let sink: Box<dyn AudioSink> = Box::new(DoneSink {
+            inner: config
+                .output_file
+                .as_ref()
+                .map(|o| FileSink::new(o.clone(), config.transcript_file.clone(), engine.sample_rate() as u32)),
+            done: file_done.clone(),
+        });
+        runtime.add(NewSession {
+            kind: format!("file {}", input.display()),
+            config: config.sampling,
+            source: Box::new(source),
+            sink,
+            // The file stands in for the microphone: push-to-talk gates it the same way.
+            talk: Some(talk.clone()),
+        })?;
+    } else if config.audio {
+        local = local_audio::start(&config, &runtime, metrics.clone(), talk.clone())?;
+    } else {
+        tracing::info!("local audio disabled: serving WebSocket clients only");
+    }
+    metrics.publish(|s| {
+        s.audio = match (&local, &config.input_file) {
+            (_, Some(f)) => format!("file {}", f.display()),
+            (Some(l), _) => l.describe(),
+            (None, _) => "none".into(),
+        }
+    });
+    let control = match control::serve(&config.control_socket, talk.clone(), open_mode) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("push-to-talk control socket unavailable: {e}");
+            None
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| Error::config("bind", format!("{}: {e}", config.bind)))?;
+    let addr = listener.local_addr().map_err(|e| Error::config("bind", e.to_string()))?;
+    let app = server::App {
+        config: config.clone(),
+        runtime: runtime.clone(),
+        metrics: metrics.clone(),
+        peers: Default::default(),
+    };
+    let stop_http = Arc::new(Notify::new());
+    let stop = stop_http.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, server::router(app).into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { stop.notified().await })
+            .await
+    });
+    tracing::info!(%addr, "kokichi listening");
+    if let Some(r) = ready {
+        let _ = r.send(Ready { addr });
+    }
+    let exit_on_file = config.exit_when_done && config.input_file.is_some();
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        _ = file_done.notified(), if exit_on_file => tracing::info!("input file finished"),
+    }
+    // Tell every session, flush the outputs, then stop serving.
+    runtime.stop();
+    let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("the inference thread panicked");
+    }
+    drop(local);
+    stop_http.notify_one();
+    match tokio::time::timeout(Duration::from_secs(3), http).await {
+        Ok(Ok(Err(e))) => tracing::warn!("http server: {e}"),
+        Err(_) => tracing::warn!("http connections did not close in time"),
+        _ => {}
+    }
+    drop(control);
+    Ok(())
+}
+
+/// Signals when the file-backed session closes.
+struct DoneSink {
+    inner: Option<FileSink>,
+    done: Arc<Notify>,
+}
+
+impl AudioSink for DoneSink {
+    fn push(&mut self, pcm: &[f32], text: Option<&str>) {
+        if let Some(s) = &mut self.inner {
+            s.push(pcm, text);
+        }
+    }
+
+    fn close(&mut self, reason: &str) {
+        if let Some(s) = &mut self.inner {
+            s.close(reason);
+        }
+        self.done.notify_one();
+    }
+}
