@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := $(CARGO_TARGET_DIR)/debug/kokichi
 OUT ?= out
 
-.PHONY: run test build bench bench-codec fixtures venv clean
+.PHONY: run test test-browser build bench bench-codec bench-daemon fixtures venv clean
 
 build:
 	cargo build --bin kokichi
@@ -22,24 +22,37 @@ run: build
 
 test:
 	cargo test --no-fail-fast -- --test-threads=2
+	$(MAKE) test-browser
+
+# The page at GET / in headless Chromium (Debian's `chromium`, driven by playwright-core from npm;
+# no browser download). Writes out/browser/screenshot.png.
+test-browser: build tests/browser/node_modules/.package-lock.json
+	cd tests/browser && KOKICHI_BIN=$(BIN) node --test page.test.mjs
+
+tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json tests/browser/package.json
+	cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
 
 $(PY):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q moshi==0.2.13 rustymimi==0.4.1
 
 venv: $(PY)
+	$(VENV)/bin/pip install -q moshi==0.2.13 rustymimi==0.4.1 protobuf
 
-fixtures: $(PY)
+fixtures: venv
 	NO_TORCH_COMPILE=1 $(PY) scripts/gen_mimi_fixtures.py
 	NO_TORCH_COMPILE=1 $(PY) scripts/gen_lm_fixtures.py
 	NO_TORCH_COMPILE=1 $(PY) scripts/gen_e2e_fixture.py
 	$(PY) scripts/make_spm_fixture.py
 
-bench-codec: $(PY)
+bench-codec: venv
 	cargo build --example bench_codec
 	NO_TORCH_COMPILE=1 $(PY) scripts/bench_codec.py --bin $(CARGO_TARGET_DIR)/debug/examples/bench_codec
 
-bench: bench-codec
+bench: bench-codec bench-daemon
 
 clean:
 	rm -rf $(OUT)
+
+bench-daemon:
+	cargo build --example bench_daemon
+	$(CARGO_TARGET_DIR)/debug/examples/bench_daemon --model $${KOKICHI_MODEL:-tests/fixtures/tiny_model} --backend $${KOKICHI_BACKEND:-cpu}

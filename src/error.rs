@@ -31,6 +31,9 @@ pub enum Error {
     /// The compute backend failed (no adapter, device lost, unsupported dtype).
     #[error("backend: {0}")]
     Backend(String),
+    /// A local audio device could not be listed or opened; `device` names it.
+    #[error("audio device `{device}`: {msg}")]
+    AudioDevice { device: String, msg: String },
     /// A model download failed.
     #[error("download {repo}: {msg}")]
     Download { repo: String, msg: String },

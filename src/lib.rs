@@ -13,7 +13,9 @@ pub mod lm;
 pub mod mimi;
 pub mod model_dir;
 pub mod nn;
+pub mod protocol;
 pub mod session;
+pub mod train;
 pub mod tokenizer;
 pub mod weights;
 

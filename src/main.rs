@@ -31,6 +31,12 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Push-to-talk for a running daemon: press, release, toggle or status.
     Ptt(cmd::serve::PttArgs),
+    /// Train a codec with Burn (resumes from --out).
+    TrainCodec(cmd::train::CodecArgs),
+    /// Train a language model with Burn (resumes from --out).
+    TrainLm(cmd::train::LmArgs),
+    /// List audio input and output devices with their default formats.
+    Devices,
 }
 
 fn main() {
@@ -46,6 +52,9 @@ fn main() {
         Command::Run(a) => cmd::run::run(backend, dtype, a),
         Command::Serve(a) => cmd::serve::serve(a, cli.backend, cli.dtype),
         Command::Ptt(a) => cmd::serve::ptt(a),
+        Command::TrainCodec(a) => cmd::train::codec(backend, a),
+        Command::TrainLm(a) => cmd::train::lm(backend, a),
+        Command::Devices => cmd::devices::devices(),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

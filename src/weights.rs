@@ -5,10 +5,11 @@
 //! left over after a model has taken what it needs are reported as unexpected. bf16 and f16
 //! on disk are converted on the host to the dtype the model computes in (wgpu has no bf16).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use burn::module::{Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::DType;
 use safetensors::{Dtype, SafeTensors};
@@ -30,6 +31,7 @@ pub struct WeightFile {
     taken: BTreeSet<String>,
     device: Device,
     dtype: DType,
+    slots: Slots,
 }
 
 impl WeightFile {
@@ -62,6 +64,7 @@ impl WeightFile {
             taken: BTreeSet::new(),
             device: device.clone(),
             dtype,
+            slots: Slots::default(),
         })
     }
 
@@ -183,15 +186,15 @@ impl WeightFile {
         }
     }
 
-    /// Fails if tensors remain that the model did not take.
-    pub fn finish(self) -> Result<()> {
+    /// Fails if tensors remain that the model did not take; returns the parameter slots.
+    pub fn finish(self) -> Result<Slots> {
         let left: Vec<&String> = self
             .entries
             .keys()
             .filter(|k| !self.taken.contains(*k))
             .collect();
         match left.first() {
-            None => Ok(()),
+            None => Ok(self.slots),
             Some(first) => Err(Error::Tensor {
                 path: self.path.clone(),
                 name: (*first).clone(),
@@ -204,8 +207,26 @@ impl WeightFile {
     }
 }
 
+impl Weights for WeightFile {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostData> {
+        self.data(name, shape)
+    }
+    fn skip(&mut self, name: &str) {
+        WeightFile::skip(self, name)
+    }
+    fn slots(&mut self) -> &mut Slots {
+        &mut self.slots
+    }
+}
+
 /// Host values in the dtype they will be uploaded from.
-enum HostData {
+pub enum HostData {
     F32(Vec<f32>),
     F16(Vec<half::f16>),
 }
@@ -220,6 +241,100 @@ impl NewLike for TensorData {
             HostData::F32(v) => TensorData::new(v, shape),
             HostData::F16(v) => TensorData::new(v, shape),
         }
+    }
+}
+
+impl HostData {
+    fn into_f32(self) -> Vec<f32> {
+        match self {
+            HostData::F32(v) => v,
+            HostData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+}
+
+/// Where a parameter lives in the checkpoint layout.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    pub name: String,
+    /// Index of this parameter among those stacked along dim 0 of one stored tensor.
+    pub part: usize,
+    pub parts: usize,
+    /// The stored tensor's shape.
+    pub stored: Vec<usize>,
+    /// Codebook centroids, stored as `embedding_sum` with unit `cluster_usage`.
+    pub codebook: bool,
+}
+
+/// Parameter id -> checkpoint slot, filled while a model is built.
+#[derive(Clone, Debug, Default)]
+pub struct Slots(pub HashMap<ParamId, Slot>);
+
+/// A source of model weights: a checkpoint ([`WeightFile`]) or fresh random values
+/// ([`RandomWeights`], for training). Models are built through this trait so that a trained
+/// model can be written back in the same layout ([`export`]).
+pub trait Weights {
+    fn device(&self) -> &Device;
+    fn dtype(&self) -> DType;
+    /// The values of `name`, stored with `shape`.
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostData>;
+    /// Marks a known tensor as used without reading it.
+    fn skip(&mut self, name: &str);
+    fn slots(&mut self) -> &mut Slots;
+}
+
+impl dyn Weights + '_ {
+    fn upload<const D: usize>(&self, data: HostData, shape: [usize; D]) -> Tensor<D> {
+        Tensor::from_data(TensorData::new_like(data, shape), (self.device(), self.dtype()))
+    }
+
+    fn register<const D: usize>(&mut self, t: Tensor<D>, slot: Slot) -> Param<Tensor<D>> {
+        let p = Param::from_tensor(t);
+        self.slots().0.insert(p.id, slot);
+        p
+    }
+
+    /// A parameter stored as `name` with exactly `shape`.
+    pub fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>> {
+        self.param_as(name, &shape, shape)
+    }
+
+    /// A parameter stored as `stored` (same element count), used as `shape`.
+    pub fn param_as<const D: usize>(&mut self, name: &str, stored: &[usize], shape: [usize; D]) -> Result<Param<Tensor<D>>> {
+        let data = self.take(name, stored)?;
+        let t = self.upload(data, shape);
+        Ok(self.register(t, Slot { name: name.into(), part: 0, parts: 1, stored: stored.to_vec(), codebook: false }))
+    }
+
+    /// `sets` parameters `[rows, cols]` stacked in one stored tensor `[sets * rows, cols]`.
+    pub fn param_parts(&mut self, name: &str, sets: usize, rows: usize, cols: usize) -> Result<Vec<Param<Tensor<2>>>> {
+        let stored = [sets * rows, cols];
+        let data = self.take(name, &stored)?;
+        let t: Tensor<2> = self.upload(data, stored);
+        Ok((0..sets)
+            .map(|i| {
+                let part = t.clone().narrow(0, i * rows, rows);
+                self.register(part, Slot { name: name.into(), part: i, parts: sets, stored: stored.to_vec(), codebook: false })
+            })
+            .collect())
+    }
+
+    /// Host f32 values of `name` (not a parameter).
+    pub fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Ok(self.take(name, shape)?.into_f32())
+    }
+
+    /// Codebook centroids `embedding_sum / clamp(cluster_usage, 1e-5)` of `{prefix}`.
+    pub fn codebook(&mut self, prefix: &str, bins: usize, dim: usize) -> Result<Param<Tensor<2>>> {
+        let usage = self.host(&format!("{prefix}.cluster_usage"), &[bins])?;
+        let mut sum = self.host(&format!("{prefix}.embedding_sum"), &[bins, dim])?;
+        self.skip(&format!("{prefix}._initialized"));
+        for (row, u) in sum.chunks_exact_mut(dim).zip(usage) {
+            let u = u.max(1e-5);
+            row.iter_mut().for_each(|v| *v /= u);
+        }
+        let t = self.upload(HostData::F32(sum), [bins, dim]);
+        Ok(self.register(t, Slot { name: prefix.into(), part: 0, parts: 1, stored: vec![bins, dim], codebook: true }))
     }
 }
 
@@ -262,6 +377,7 @@ pub fn read_int_tensor(path: &Path, name: &str) -> Result<(Vec<i64>, Vec<usize>)
 /// A tensor to write with [`write_tensors`].
 pub enum OutTensor {
     F32(Vec<f32>),
+    F16(Vec<half::f16>),
     I64(Vec<i64>),
 }
 
@@ -271,6 +387,7 @@ pub fn write_tensors(path: &Path, tensors: Vec<(String, Vec<usize>, OutTensor)>)
     for (name, shape, t) in tensors {
         let (dtype, bytes) = match t {
             OutTensor::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            OutTensor::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             OutTensor::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         };
         owned.push((name, dtype, shape, bytes));
@@ -291,4 +408,134 @@ pub fn write_tensors(path: &Path, tensors: Vec<(String, Vec<usize>, OutTensor)>)
         msg: format!("cannot serialize: {e:?}"),
     })?;
     std::fs::write(path, buf).map_err(|e| Error::io(path, e))
+}
+
+/// Fresh weights for training, chosen by tensor name as PyTorch would initialise them:
+/// uniform(±1/√fan_in) for weights, zeros for biases, ones for norms, small normal embeddings
+/// and codebooks, LayerScale at `layer_scale`.
+pub struct RandomWeights {
+    device: Device,
+    dtype: DType,
+    rng: rand::rngs::StdRng,
+    pub layer_scale: f32,
+    slots: Slots,
+}
+
+impl RandomWeights {
+    pub fn new(device: &Device, dtype: DType, seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self {
+            device: device.clone(),
+            dtype,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            layer_scale: 0.01,
+            slots: Slots::default(),
+        }
+    }
+
+    pub fn into_slots(self) -> Slots {
+        self.slots
+    }
+
+    fn normal(&mut self, std: f32) -> f32 {
+        use rand::Rng;
+        let u1: f32 = self.rng.random::<f32>().max(1e-7);
+        let u2: f32 = self.rng.random::<f32>();
+        std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+}
+
+impl Weights for RandomWeights {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostData> {
+        use rand::Rng;
+        let n: usize = shape.iter().product();
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let fill = |v: f32| HostData::F32(vec![v; n]);
+        Ok(match leaf {
+            "cluster_usage" | "alpha" => fill(1.0),
+            "bias" => fill(0.0),
+            "scale" => fill(self.layer_scale),
+            "embedding_sum" => HostData::F32((0..n).map(|_| self.normal(0.1)).collect()),
+            "weight" if shape.len() == 1 => fill(1.0),
+            _ if name.contains("emb") && shape.len() == 2 => {
+                let std = 1.0 / (shape[1] as f32).sqrt();
+                HostData::F32((0..n).map(|_| self.normal(std)).collect())
+            }
+            _ => {
+                let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+                let b = 1.0 / (fan_in as f32).sqrt();
+                HostData::F32((0..n).map(|_| self.rng.random_range(-b..b)).collect())
+            }
+        })
+    }
+    fn skip(&mut self, _name: &str) {}
+    fn slots(&mut self) -> &mut Slots {
+        &mut self.slots
+    }
+}
+
+struct Collect {
+    values: HashMap<ParamId, (Vec<usize>, Vec<f32>)>,
+    error: Option<String>,
+}
+
+impl burn::module::ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let t = param.val();
+        let dims = t.dims().to_vec();
+        match t.try_into_vec_as::<f32>() {
+            Ok(v) => {
+                self.values.insert(param.id, (dims, v));
+            }
+            Err(e) => self.error = Some(format!("{e:?}")),
+        }
+    }
+}
+
+/// Writes `module`'s parameters in the checkpoint layout recorded in `slots` (f32, or f16 to
+/// halve the file).
+pub fn export<M: burn::module::Module>(module: &M, slots: &Slots, path: &Path, half: bool) -> Result<()> {
+    let mut c = Collect {
+        values: HashMap::new(),
+        error: None,
+    };
+    module.visit(&mut c);
+    if let Some(e) = c.error {
+        return Err(Error::Backend(format!("reading parameters: {e}")));
+    }
+    let mut groups: BTreeMap<String, Vec<(usize, &Slot, Vec<f32>)>> = BTreeMap::new();
+    for (id, (_, values)) in c.values {
+        if let Some(slot) = slots.0.get(&id) {
+            groups.entry(slot.name.clone()).or_default().push((slot.part, slot, values));
+        }
+    }
+    let out = |v: Vec<f32>| if half { OutTensor::F16(v.iter().map(|x| half::f16::from_f32(*x)).collect()) } else { OutTensor::F32(v) };
+    let mut tensors = Vec::new();
+    for (name, mut parts) in groups {
+        parts.sort_by_key(|p| p.0);
+        let slot = parts[0].1.clone();
+        if parts.len() != slot.parts {
+            return Err(Error::Tensor {
+                path: path.to_path_buf(),
+                name,
+                msg: format!("{} of {} parts found", parts.len(), slot.parts),
+            });
+        }
+        let data: Vec<f32> = parts.into_iter().flat_map(|p| p.2).collect();
+        if slot.codebook {
+            let bins = slot.stored[0];
+            tensors.push((format!("{name}.embedding_sum"), slot.stored.clone(), out(data)));
+            tensors.push((format!("{name}.cluster_usage"), vec![bins], out(vec![1.0; bins])));
+            tensors.push((format!("{name}._initialized"), vec![1], out(vec![1.0])));
+        } else {
+            tensors.push((name, slot.stored.clone(), out(data)));
+        }
+    }
+    write_tensors(path, tensors)
 }

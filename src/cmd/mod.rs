@@ -1,5 +1,7 @@
 //! Subcommands of the `kokichi` binary.
 
 pub mod codec;
+pub mod devices;
 pub mod run;
 pub mod serve;
+pub mod train;

@@ -217,6 +217,8 @@ impl AudioSource for QueueSource {
 pub enum OutMsg {
     Audio(Vec<f32>),
     Text(String),
+    /// An error to report to the client before closing.
+    Error(String),
     /// Close the connection with this WebSocket close code and reason.
     Closed(u16, String),
 }

@@ -4,8 +4,11 @@
 //!
 //! [`run`] takes the settings and a shutdown future, so tests start and stop it in process.
 
+pub mod chat;
 pub mod config;
 pub mod control;
+#[cfg(feature = "hotkey")]
+pub mod hotkey;
 pub mod io;
 pub mod local_audio;
 pub mod metrics;

@@ -31,11 +31,13 @@ pub struct NewSession {
 enum Command {
     Add(u64, NewSession),
     Remove(u64),
+    Reset(u64),
     Stop,
 }
 
 struct Live {
     kind: String,
+    config: GenConfig,
     state: SessionState,
     source: Box<dyn AudioSource>,
     sink: Box<dyn AudioSink>,
@@ -125,6 +127,13 @@ impl Runtime {
         }
     }
 
+    /// Starts a session's conversation over (fresh model state, same sampling settings).
+    pub fn reset(&self, id: u64) {
+        if self.commands.try_send(Command::Reset(id)).is_ok() {
+            self.waker.wake();
+        }
+    }
+
     /// Stops the thread after closing every session.
     pub fn stop(&self) {
         // A blocking send: the stop must not be lost behind a full queue.
@@ -174,6 +183,7 @@ impl Loop {
                 match cmd {
                     Command::Add(id, s) => self.add(id, s),
                     Command::Remove(id) => self.end(id, "closed"),
+                    Command::Reset(id) => self.reset(id),
                     Command::Stop => {
                         let ids: Vec<u64> = self.sessions.keys().copied().collect();
                         for id in ids {
@@ -234,6 +244,7 @@ impl Loop {
                     id,
                     Live {
                         kind: s.kind,
+                        config: s.config,
                         state,
                         source: s.source,
                         sink: s.sink,
@@ -251,6 +262,19 @@ impl Loop {
             }
         }
         self.publish_sessions();
+    }
+
+    fn reset(&mut self, id: u64) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            match self.engine.init_session(s.config) {
+                Ok(state) => {
+                    s.state = state;
+                    s.pending = None;
+                    tracing::info!(id, "session restarted");
+                }
+                Err(e) => tracing::error!(id, "cannot restart: {e}"),
+            }
+        }
     }
 
     fn end(&mut self, id: u64, reason: &str) {

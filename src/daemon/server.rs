@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
@@ -37,9 +38,26 @@ pub struct App {
 
 pub fn router(app: App) -> Router {
     Router::new()
+        .route("/", get(|| async { page("text/html; charset=utf-8", include_str!("../../assets/web/index.html")) }))
+        .route("/app.js", get(|| async { page("text/javascript", include_str!("../../assets/web/app.js")) }))
+        .route("/worklet.js", get(|| async { page("text/javascript", include_str!("../../assets/web/worklet.js")) }))
         .route("/api/status", get(status))
         .route("/api/pcm", get(pcm))
+        .route("/api/chat", get(super::chat::chat))
         .with_state(app)
+}
+
+/// The web page (compiled in, so the daemon is one file).
+fn page(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn status(State(app): State<App>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -174,6 +192,73 @@ enum Format {
     S16,
 }
 
+/// What an incoming message asks for.
+pub enum Incoming {
+    /// Samples were appended.
+    Samples,
+    /// Start the conversation over with a fresh model state.
+    Restart,
+    /// Nothing to do.
+    Nothing,
+    /// The client is leaving.
+    Close,
+}
+
+/// One wire protocol over the WebSocket: how messages map to samples and back.
+pub trait Wire: Send {
+    /// Sent once the session exists.
+    fn greeting(&mut self) -> Vec<Message> {
+        Vec::new()
+    }
+    /// Decodes an incoming message, appending audio to `samples`.
+    fn incoming(&mut self, msg: Message, samples: &mut Vec<f32>) -> Result<Incoming, String>;
+    /// Encodes one frame of the model's voice.
+    fn audio(&mut self, pcm: &[f32]) -> Result<Vec<Message>, String>;
+    fn text(&mut self, piece: &str) -> Message;
+    fn error(&mut self, e: &str) -> Message;
+}
+
+/// `/api/pcm`: raw little-endian samples.
+struct PcmWire(Format);
+
+impl Wire for PcmWire {
+    fn incoming(&mut self, msg: Message, samples: &mut Vec<f32>) -> Result<Incoming, String> {
+        let size = if self.0 == Format::F32 { 4 } else { 2 };
+        match msg {
+            Message::Binary(b) => {
+                if b.len() % size != 0 {
+                    return Err(format!("binary message of {} bytes is not whole {size}-byte samples", b.len()));
+                }
+                if self.0 == Format::F32 {
+                    let start = samples.len();
+                    samples.extend(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                    if samples[start..].iter().any(|v| !v.is_finite()) {
+                        return Err("samples must be finite".into());
+                    }
+                } else {
+                    samples.extend(b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f32 / 32768.0));
+                }
+                Ok(Incoming::Samples)
+            }
+            Message::Text(_) => Err("text messages are not accepted on /api/pcm".into()),
+            Message::Close(_) => Ok(Incoming::Close),
+            _ => Ok(Incoming::Nothing),
+        }
+    }
+
+    fn audio(&mut self, pcm: &[f32]) -> Result<Vec<Message>, String> {
+        Ok(vec![Message::Binary(encode(pcm, self.0).into())])
+    }
+
+    fn text(&mut self, piece: &str) -> Message {
+        Message::Text(piece.into())
+    }
+
+    fn error(&mut self, e: &str) -> Message {
+        Message::Text(format!("error: {e}").into())
+    }
+}
+
 async fn pcm(
     ws: WebSocketUpgrade,
     State(app): State<App>,
@@ -181,14 +266,28 @@ async fn pcm(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authorize(&app, &headers, &q) {
-        return r;
-    }
     let format = match q.get("format").map(String::as_str) {
         None | Some("f32") => Format::F32,
         Some("s16") => Format::S16,
         Some(other) => return (StatusCode::BAD_REQUEST, format!("format `{other}`: expected f32 or s16\n")).into_response(),
     };
+    upgrade(ws, app, peer, headers, q, "pcm", move || Ok(Box::new(PcmWire(format)) as Box<dyn Wire>))
+}
+
+/// Shared admission for every WebSocket endpoint: token, origin, sampling parameters, the
+/// per-peer connection limit and the message size limit.
+pub fn upgrade(
+    ws: WebSocketUpgrade,
+    app: App,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    q: HashMap<String, String>,
+    kind: &'static str,
+    wire: impl FnOnce() -> Result<Box<dyn Wire>, String> + Send + 'static,
+) -> Response {
+    if let Err(r) = authorize(&app, &headers, &q) {
+        return r;
+    }
     let sampling = match gen_from_query(app.config.sampling, &q) {
         Ok(g) => g,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
@@ -200,7 +299,10 @@ async fn pcm(
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
-            pcm_session(socket, app, peer, format, sampling).await;
+            match wire() {
+                Ok(w) => session(socket, app, peer, kind, sampling, w).await,
+                Err(e) => tracing::error!("{kind} session: {e}"),
+            }
             drop(slot);
         })
 }
@@ -212,13 +314,16 @@ fn close(code: u16, reason: &str) -> Message {
     }))
 }
 
-async fn pcm_session(socket: WebSocket, app: App, peer: SocketAddr, format: Format, sampling: GenConfig) {
+/// A slow consumer gets this long per message before it is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn session(socket: WebSocket, app: App, peer: SocketAddr, kind: &str, sampling: GenConfig, mut wire: Box<dyn Wire>) {
     let rt = &app.runtime;
     let input = FrameInput::new(rt.frame_size, app.config.backlog_frames, rt.waker());
     let outbox = Outbox::new(app.config.backlog_frames * 4 + 16);
     let (mut tx, mut rx) = socket.split();
     let id = match rt.add(NewSession {
-        kind: format!("pcm {peer}"),
+        kind: format!("{kind} {peer}"),
         config: sampling,
         source: Box::new(QueueSource(input.clone())),
         sink: Box::new(QueueSink(outbox.clone())),
@@ -226,52 +331,64 @@ async fn pcm_session(socket: WebSocket, app: App, peer: SocketAddr, format: Form
     }) {
         Ok(id) => id,
         Err(e) => {
-            let _ = tx.send(Message::Text(format!("error: {e}").into())).await;
+            let _ = tx.send(wire.error(&e.to_string())).await;
             let _ = tx.send(close(close_code::AGAIN, "no free session")).await;
             return;
         }
     };
-    let sample_bytes = if format == Format::F32 { 4 } else { 2 };
+    tracing::info!(%peer, kind, "client connected");
+    let wire = std::sync::Arc::new(tokio::sync::Mutex::new(wire));
+    let greeting = wire.lock().await.greeting();
     let reader = async {
         let mut samples: Vec<f32> = Vec::new();
         while let Some(msg) = rx.next().await {
-            match msg {
-                Ok(Message::Binary(b)) => {
-                    if b.len() % sample_bytes != 0 {
-                        return Some(format!("binary message of {} bytes is not whole {sample_bytes}-byte samples", b.len()));
-                    }
-                    samples.clear();
-                    if format == Format::F32 {
-                        samples.extend(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-                        if samples.iter().any(|v| !v.is_finite()) {
-                            return Some("samples must be finite".into());
-                        }
-                    } else {
-                        samples.extend(b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f32 / 32768.0));
-                    }
-                    input.write(&samples);
-                }
-                Ok(Message::Text(_)) => return Some("text messages are not accepted on /api/pcm".into()),
-                Ok(Message::Close(_)) => return None,
-                Ok(_) => {}
+            let msg = match msg {
+                Ok(m) => m,
                 Err(e) => return Some(format!("protocol error: {e}")),
+            };
+            samples.clear();
+            match wire.lock().await.incoming(msg, &mut samples) {
+                Ok(Incoming::Samples) => input.write(&samples),
+                Ok(Incoming::Restart) => rt.reset(id),
+                Ok(Incoming::Nothing) => {}
+                Ok(Incoming::Close) => return None,
+                Err(e) => return Some(e),
             }
         }
         None
     };
     let writer = async {
+        for m in greeting {
+            if tx.send(m).await.is_err() {
+                return;
+            }
+        }
         loop {
             while let Some(m) = outbox.queue.pop() {
-                let msg = match m {
-                    OutMsg::Audio(pcm) => Message::Binary(encode(&pcm, format).into()),
-                    OutMsg::Text(t) => Message::Text(t.into()),
+                let msgs = match m {
+                    OutMsg::Audio(pcm) => match wire.lock().await.audio(&pcm) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::error!("encoding audio: {e}");
+                            return;
+                        }
+                    },
+                    OutMsg::Text(t) => vec![wire.lock().await.text(&t)],
+                    OutMsg::Error(e) => vec![wire.lock().await.error(&e)],
                     OutMsg::Closed(code, reason) => {
-                        let _ = tx.send(close(code, &reason)).await;
+                        let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(close(code, &reason))).await;
                         return;
                     }
                 };
-                if tx.send(msg).await.is_err() {
-                    return;
+                for msg in msgs {
+                    match tokio::time::timeout(SEND_TIMEOUT, tx.send(msg)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            tracing::warn!(%peer, "client not reading: dropping it");
+                            return;
+                        }
+                    }
                 }
             }
             outbox.notify.notified().await;
@@ -282,12 +399,12 @@ async fn pcm_session(socket: WebSocket, app: App, peer: SocketAddr, format: Form
         err = reader => {
             if let Some(e) = err {
                 tracing::warn!(%peer, "closing client: {e}");
-                outbox.queue.push(OutMsg::Text(format!("error: {e}")));
+                outbox.queue.push(OutMsg::Error(e));
                 outbox.queue.push(OutMsg::Closed(close_code::POLICY, "malformed message".into()));
                 outbox.notify.notify_one();
                 rt.remove(id);
                 // Let the writer deliver the error and the close.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
             } else {
                 rt.remove(id);
             }
@@ -296,7 +413,7 @@ async fn pcm_session(socket: WebSocket, app: App, peer: SocketAddr, format: Form
             rt.remove(id);
         }
     }
-    tracing::info!(%peer, "pcm client disconnected");
+    tracing::info!(%peer, kind, "client disconnected");
 }
 
 fn encode(pcm: &[f32], format: Format) -> Vec<u8> {

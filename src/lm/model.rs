@@ -15,7 +15,7 @@ use crate::backend;
 use crate::error::{Error, Result};
 use crate::nn::norm::{Norm, NormKind};
 use crate::nn::transformer::{Transformer, TransformerState};
-use crate::weights::WeightFile;
+use crate::weights::{Slots, WeightFile, Weights};
 
 /// Token meaning "no input": its embedding is zero.
 pub const ZERO_TOKEN: i64 = -1;
@@ -52,19 +52,30 @@ fn lin(x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<3> {
 impl LmModel {
     /// Loads a checkpoint in the reference key layout (f32, f16 or bf16 on disk).
     pub fn load(path: &Path, config: LmConfig, device: &Device, dtype: DType) -> Result<Self> {
-        config.validate()?;
         let mut w = WeightFile::open(path, device, dtype)?;
+        let lm = Self::build(&mut w, config)?;
+        w.finish()?;
+        Ok(lm)
+    }
+
+    /// A freshly initialised model (training), with the slots to export it.
+    pub fn random(config: LmConfig, device: &Device, seed: u64) -> Result<(Self, Slots)> {
+        let mut w = crate::weights::RandomWeights::new(device, DType::F32, seed);
+        let lm = Self::build(&mut w, config)?;
+        Ok((lm, w.into_slots()))
+    }
+
+    /// Builds the model from any weight source.
+    pub fn build(w: &mut dyn Weights, config: LmConfig) -> Result<Self> {
+        config.validate()?;
         let c = &config;
-        let p = |w: &mut WeightFile, name: String, shape: [usize; 2]| -> Result<Param<Tensor<2>>> {
-            Ok(Param::from_tensor(w.tensor(&name, shape)?))
-        };
         let emb = (0..c.n_q)
-            .map(|k| p(&mut w, format!("emb.{k}.weight"), [c.card + 1, c.dim]))
+            .map(|k| w.param(&format!("emb.{k}.weight"), [c.card + 1, c.dim]))
             .collect::<Result<Vec<_>>>()?;
-        let text_emb = p(&mut w, "text_emb.weight".into(), [c.text_card + 1, c.dim])?;
-        let transformer = Transformer::load(&mut w, "transformer", c.transformer_spec()?)?;
-        let out_norm = Norm::load(&mut w, "out_norm", NormKind::parse(&c.norm)?, c.dim)?;
-        let text_linear = p(&mut w, "text_linear.weight".into(), [c.text_out(), c.dim])?;
+        let text_emb = w.param("text_emb.weight", [c.text_card + 1, c.dim])?;
+        let transformer = Transformer::load(w, "transformer", c.transformer_spec()?)?;
+        let out_norm = Norm::load(w, "out_norm", NormKind::parse(&c.norm)?, c.dim)?;
+        let text_linear = w.param("text_linear.weight", [c.text_out(), c.dim])?;
         let n_in = if c.depformer_multi_linear {
             c.depformer_weights_per_step_schedule
                 .as_ref()
@@ -74,17 +85,16 @@ impl LmModel {
             1
         };
         let depformer_in = (0..n_in)
-            .map(|k| p(&mut w, format!("depformer_in.{k}.weight"), [c.depformer_dim, c.dim]))
+            .map(|k| w.param(&format!("depformer_in.{k}.weight"), [c.depformer_dim, c.dim]))
             .collect::<Result<Vec<_>>>()?;
         let depformer_emb = (0..c.dep_q - 1)
-            .map(|k| p(&mut w, format!("depformer_emb.{k}.weight"), [c.card + 1, c.depformer_dim]))
+            .map(|k| w.param(&format!("depformer_emb.{k}.weight"), [c.card + 1, c.depformer_dim]))
             .collect::<Result<Vec<_>>>()?;
-        let depformer_text_emb = p(&mut w, "depformer_text_emb.weight".into(), [c.text_card + 1, c.depformer_dim])?;
-        let depformer = Transformer::load(&mut w, "depformer", c.depformer_spec()?)?;
+        let depformer_text_emb = w.param("depformer_text_emb.weight", [c.text_card + 1, c.depformer_dim])?;
+        let depformer = Transformer::load(w, "depformer", c.depformer_spec()?)?;
         let linears = (0..c.dep_q)
-            .map(|k| p(&mut w, format!("linears.{k}.weight"), [c.card, c.depformer_dim]))
+            .map(|k| w.param(&format!("linears.{k}.weight"), [c.card, c.depformer_dim]))
             .collect::<Result<Vec<_>>>()?;
-        w.finish()?;
         Ok(Self {
             emb,
             text_emb,

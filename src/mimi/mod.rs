@@ -10,6 +10,7 @@
 pub mod config;
 pub mod quantizer;
 pub mod seanet;
+pub mod train;
 
 use std::path::Path;
 
@@ -20,7 +21,7 @@ use burn::tensor::module::linear;
 use crate::error::{Error, Result};
 use crate::nn::conv::{Conv1d, ConvSpec, ConvState, ConvTr1d, ConvTrState};
 use crate::nn::transformer::{Transformer, TransformerState};
-use crate::weights::WeightFile;
+use crate::weights::{Slots, WeightFile, Weights};
 pub use config::MimiConfig;
 use quantizer::SplitRvq;
 use seanet::{DecoderState, SeanetDecoder, SeanetEncoder};
@@ -34,18 +35,16 @@ pub struct ProjectedTransformer {
 }
 
 impl ProjectedTransformer {
-    fn load(w: &mut WeightFile, prefix: &str, cfg: &MimiConfig) -> Result<Self> {
+    fn load(w: &mut dyn Weights, prefix: &str, cfg: &MimiConfig) -> Result<Self> {
         let t = &cfg.transformer;
         let spec = cfg.transformer_spec()?;
         let input_proj = (t.d_model != t.input_dimension)
-            .then(|| w.tensor(&format!("{prefix}.input_proj.weight"), [t.d_model, t.input_dimension]))
-            .transpose()?
-            .map(burn::module::Param::from_tensor);
+            .then(|| w.param(&format!("{prefix}.input_proj.weight"), [t.d_model, t.input_dimension]))
+            .transpose()?;
         let out = t.output_dimensions[0];
         let output_proj = (t.d_model != out)
-            .then(|| w.tensor(&format!("{prefix}.output_projs.0.weight"), [out, t.d_model]))
-            .transpose()?
-            .map(burn::module::Param::from_tensor);
+            .then(|| w.param(&format!("{prefix}.output_projs.0.weight"), [out, t.d_model]))
+            .transpose()?;
         Ok(Self {
             input_proj,
             output_proj,
@@ -259,6 +258,24 @@ impl DecState {
 impl Mimi {
     /// Loads a checkpoint in the reference key layout.
     pub fn load(path: &Path, config: MimiConfig, num_codebooks: usize, device: &Device, dtype: DType) -> Result<Self> {
+        let mut w = WeightFile::open(path, device, dtype)?;
+        let mimi = Self::build(&mut w, config, num_codebooks)?;
+        w.finish()?;
+        Ok(mimi)
+    }
+
+    /// A freshly initialised codec (training), with the slots to export it.
+    pub fn random(config: MimiConfig, num_codebooks: usize, device: &Device, seed: u64) -> Result<(Self, Slots)> {
+        let mut w = crate::weights::RandomWeights::new(device, DType::F32, seed);
+        if let Some(s) = config.transformer.layer_scale {
+            w.layer_scale = s as f32;
+        }
+        let mimi = Self::build(&mut w, config, num_codebooks)?;
+        Ok((mimi, w.into_slots()))
+    }
+
+    /// Builds the codec from any weight source.
+    pub fn build(w: &mut dyn Weights, config: MimiConfig, num_codebooks: usize) -> Result<Self> {
         config.validate()?;
         if num_codebooks == 0 || num_codebooks > config.quantizer.n_q {
             return Err(Error::config(
@@ -266,23 +283,22 @@ impl Mimi {
                 format!("{num_codebooks} active codebooks requested, the codec has {}", config.quantizer.n_q),
             ));
         }
-        let mut w = WeightFile::open(path, device, dtype)?;
         let dim = config.seanet.dimension;
         let stride = config.resample_stride();
-        let encoder = SeanetEncoder::load(&mut w, "encoder", &config.seanet)?;
-        let decoder = SeanetDecoder::load(&mut w, "decoder", &config.seanet)?;
-        let encoder_transformer = ProjectedTransformer::load(&mut w, "encoder_transformer", &config)?;
-        let decoder_transformer = ProjectedTransformer::load(&mut w, "decoder_transformer", &config)?;
+        let encoder = SeanetEncoder::load(w, "encoder", &config.seanet)?;
+        let decoder = SeanetDecoder::load(w, "decoder", &config.seanet)?;
+        let encoder_transformer = ProjectedTransformer::load(w, "encoder_transformer", &config)?;
+        let decoder_transformer = ProjectedTransformer::load(w, "decoder_transformer", &config)?;
         let (downsample, upsample) = if stride > 1 {
             (
                 Some(Conv1d::load(
-                    &mut w,
+                    w,
                     "downsample.conv.conv.conv",
                     ConvSpec::new(dim, dim, 2 * stride).stride(stride).bias(false),
                     true,
                 )?),
                 Some(ConvTr1d::load(
-                    &mut w,
+                    w,
                     "upsample.convtr.convtr.convtr",
                     ConvSpec::new(dim, dim, 2 * stride).stride(stride).groups(dim).bias(false),
                 )?),
@@ -290,8 +306,7 @@ impl Mimi {
         } else {
             (None, None)
         };
-        let quantizer = SplitRvq::load(&mut w, "quantizer", &config.quantizer)?;
-        w.finish()?;
+        let quantizer = SplitRvq::load(w, "quantizer", &config.quantizer)?;
         Ok(Self {
             encoder,
             encoder_transformer,
@@ -462,6 +477,14 @@ impl Mimi {
     pub fn decode_step(&self, state: &mut DecState, codes: Tensor<2, Int>) -> Result<Tensor<2>> {
         let [b, q] = codes.dims();
         self.decode_chunk(state, codes.reshape([b, q, 1]))
+    }
+
+    pub(crate) fn encoder_transformer_forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
+        self.encoder_transformer.forward(x, None)
+    }
+
+    pub(crate) fn decoder_transformer_forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
+        self.decoder_transformer.forward(x, None)
     }
 
     /// Every intermediate of a whole-signal round trip (`pcm` `[B, T]`, whole frames), for

@@ -8,7 +8,7 @@ use burn::tensor::module::linear;
 
 use super::config::QuantizerConfig;
 use crate::error::{Error, Result};
-use crate::weights::WeightFile;
+use crate::weights::Weights;
 
 /// One residual VQ with its 1x1 projections.
 #[derive(Module, Debug)]
@@ -22,27 +22,17 @@ pub struct Rvq {
 }
 
 impl Rvq {
-    fn load(w: &mut WeightFile, prefix: &str, cfg: &QuantizerConfig, n_q: usize) -> Result<Self> {
+    fn load(w: &mut dyn Weights, prefix: &str, cfg: &QuantizerConfig, n_q: usize) -> Result<Self> {
         let d = cfg.dimension;
-        let input_proj = w.tensor_as(&format!("{prefix}.input_proj.weight"), &[d, cfg.input_dimension, 1], [d, cfg.input_dimension])?;
+        let input_proj = w.param_as(&format!("{prefix}.input_proj.weight"), &[d, cfg.input_dimension, 1], [d, cfg.input_dimension])?;
         let output_proj =
-            w.tensor_as(&format!("{prefix}.output_proj.weight"), &[cfg.output_dimension, d, 1], [cfg.output_dimension, d])?;
-        let mut codebooks = Vec::with_capacity(n_q);
-        for i in 0..n_q {
-            let p = format!("{prefix}.vq.layers.{i}._codebook");
-            let usage = w.host(&format!("{p}.cluster_usage"), &[cfg.bins])?;
-            let mut sum = w.host(&format!("{p}.embedding_sum"), &[cfg.bins, d])?;
-            w.skip(&format!("{p}._initialized"));
-            for (row, u) in sum.chunks_exact_mut(d).zip(usage) {
-                let u = u.max(1e-5);
-                row.iter_mut().for_each(|v| *v /= u);
-            }
-            let t = Tensor::from_data(TensorData::new(sum, [cfg.bins, d]), (w.device(), w.dtype()));
-            codebooks.push(Param::from_tensor(t));
-        }
+            w.param_as(&format!("{prefix}.output_proj.weight"), &[cfg.output_dimension, d, 1], [cfg.output_dimension, d])?;
+        let codebooks = (0..n_q)
+            .map(|i| w.codebook(&format!("{prefix}.vq.layers.{i}._codebook"), cfg.bins, d))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            input_proj: Param::from_tensor(input_proj),
-            output_proj: Param::from_tensor(output_proj),
+            input_proj,
+            output_proj,
             codebooks,
         })
     }
@@ -96,7 +86,7 @@ pub struct SplitRvq {
 }
 
 impl SplitRvq {
-    pub fn load(w: &mut WeightFile, prefix: &str, cfg: &QuantizerConfig) -> Result<Self> {
+    pub fn load(w: &mut dyn Weights, prefix: &str, cfg: &QuantizerConfig) -> Result<Self> {
         Ok(Self {
             first: Rvq::load(w, &format!("{prefix}.rvq_first"), cfg, cfg.n_q_semantic)?,
             rest: Rvq::load(w, &format!("{prefix}.rvq_rest"), cfg, cfg.n_q - cfg.n_q_semantic)?,

@@ -7,7 +7,7 @@ use burn::tensor::activation::elu;
 use super::config::SeanetConfig;
 use crate::error::Result;
 use crate::nn::conv::{Conv1d, ConvSpec, ConvState, ConvTr1d, ConvTrState};
-use crate::weights::WeightFile;
+use crate::weights::Weights;
 
 /// Residual unit: ELU, conv k (dilated) C -> C/compress, ELU, conv 1 back to C, identity skip.
 #[derive(Module, Debug)]
@@ -17,7 +17,7 @@ pub struct ResBlock {
 }
 
 impl ResBlock {
-    fn load(w: &mut WeightFile, prefix: &str, cfg: &SeanetConfig, dim: usize, dilation: usize) -> Result<Self> {
+    fn load(w: &mut dyn Weights, prefix: &str, cfg: &SeanetConfig, dim: usize, dilation: usize) -> Result<Self> {
         let hidden = dim / cfg.compress;
         Ok(Self {
             conv1: Conv1d::load(
@@ -52,7 +52,7 @@ pub struct SeanetEncoder {
 }
 
 impl SeanetEncoder {
-    pub fn load(w: &mut WeightFile, prefix: &str, cfg: &SeanetConfig) -> Result<Self> {
+    pub fn load(w: &mut dyn Weights, prefix: &str, cfg: &SeanetConfig) -> Result<Self> {
         let nf = cfg.n_filters;
         let first = Conv1d::load(w, &format!("{prefix}.model.0.conv.conv"), ConvSpec::new(cfg.channels, nf, cfg.kernel_size), false)?;
         let mut idx = 1;
@@ -138,7 +138,7 @@ pub struct DecoderState {
 }
 
 impl SeanetDecoder {
-    pub fn load(w: &mut WeightFile, prefix: &str, cfg: &SeanetConfig) -> Result<Self> {
+    pub fn load(w: &mut dyn Weights, prefix: &str, cfg: &SeanetConfig) -> Result<Self> {
         let nf = cfg.n_filters;
         let mut mult = 1usize << cfg.ratios.len();
         let first = Conv1d::load(

@@ -13,7 +13,7 @@ use burn::tensor::module::{conv1d, conv_transpose1d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 use crate::error::{Error, Result};
-use crate::weights::WeightFile;
+use crate::weights::Weights;
 
 /// Shape of a 1-D convolution.
 #[derive(Clone, Copy, Debug)]
@@ -98,19 +98,19 @@ impl ConvState {
 
 impl Conv1d {
     /// Loads `{prefix}.weight` (and `{prefix}.bias`).
-    pub fn load(w: &mut WeightFile, prefix: &str, spec: ConvSpec, replicate: bool) -> Result<Self> {
+    pub fn load(w: &mut dyn Weights, prefix: &str, spec: ConvSpec, replicate: bool) -> Result<Self> {
         check_spec(&spec)?;
-        let weight = w.tensor(
+        let weight = w.param(
             &format!("{prefix}.weight"),
             [spec.out_channels, spec.in_channels / spec.groups, spec.kernel],
         )?;
         let bias = if spec.bias {
-            Some(Param::from_tensor(w.tensor(&format!("{prefix}.bias"), [spec.out_channels])?))
+            Some(w.param(&format!("{prefix}.bias"), [spec.out_channels])?)
         } else {
             None
         };
         Ok(Self {
-            weight: Param::from_tensor(weight),
+            weight,
             bias,
             stride: spec.stride,
             dilation: spec.dilation,
@@ -240,19 +240,19 @@ impl ConvTrState {
 
 impl ConvTr1d {
     /// Loads `{prefix}.weight` (and `{prefix}.bias`). `spec.in_channels` is the input width.
-    pub fn load(w: &mut WeightFile, prefix: &str, spec: ConvSpec) -> Result<Self> {
+    pub fn load(w: &mut dyn Weights, prefix: &str, spec: ConvSpec) -> Result<Self> {
         check_spec(&spec)?;
-        let weight = w.tensor(
+        let weight = w.param(
             &format!("{prefix}.weight"),
             [spec.in_channels, spec.out_channels / spec.groups, spec.kernel],
         )?;
         let bias = if spec.bias {
-            Some(Param::from_tensor(w.tensor(&format!("{prefix}.bias"), [spec.out_channels])?))
+            Some(w.param(&format!("{prefix}.bias"), [spec.out_channels])?)
         } else {
             None
         };
         Ok(Self {
-            weight: Param::from_tensor(weight),
+            weight,
             bias,
             stride: spec.stride,
             groups: spec.groups,

@@ -6,7 +6,7 @@ use burn::tensor::DType;
 use burn::tensor::module::layer_norm;
 
 use crate::error::{Error, Result};
-use crate::weights::WeightFile;
+use crate::weights::Weights;
 
 /// Normalisation kinds of the reference (`norm` in the configs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,17 +64,17 @@ pub struct Norm {
 }
 
 impl Norm {
-    pub fn load(w: &mut WeightFile, prefix: &str, kind: NormKind, dim: usize) -> Result<Self> {
+    pub fn load(w: &mut dyn Weights, prefix: &str, kind: NormKind, dim: usize) -> Result<Self> {
         let (weight, bias) = if kind.is_rms() {
-            let a = w.tensor_as(&format!("{prefix}.alpha"), &[1, 1, dim], [dim])?;
-            (a, None)
+            (w.param_as(&format!("{prefix}.alpha"), &[1, 1, dim], [dim])?, None)
         } else {
-            let g = w.tensor(&format!("{prefix}.weight"), [dim])?;
-            let b = w.tensor(&format!("{prefix}.bias"), [dim])?;
-            (g, Some(Param::from_tensor(b)))
+            (
+                w.param(&format!("{prefix}.weight"), [dim])?,
+                Some(w.param(&format!("{prefix}.bias"), [dim])?),
+            )
         };
         Ok(Self {
-            weight: Param::from_tensor(weight),
+            weight,
             bias,
             rms: kind.is_rms(),
             eps: kind.eps(),

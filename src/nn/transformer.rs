@@ -15,7 +15,7 @@ use super::attention::{KvCache, attend, mask_bias};
 use super::norm::{Norm, NormKind};
 use super::rope::RopeTables;
 use crate::error::{Error, Result};
-use crate::weights::WeightFile;
+use crate::weights::Weights;
 
 /// Positional embedding of a transformer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -222,28 +222,23 @@ fn per_step(x: Tensor<3>, ws: &[Param<Tensor<2>>], schedule: Option<&[usize]>, s
     Ok(Tensor::cat(outs, 1))
 }
 
-fn split_rows(w: &mut WeightFile, name: &str, sets: usize, rows: usize, cols: usize) -> Result<Vec<Param<Tensor<2>>>> {
-    let t: Tensor<2> = w.tensor(name, [sets * rows, cols])?;
-    Ok((0..sets).map(|i| Param::from_tensor(t.clone().narrow(0, i * rows, rows))).collect())
-}
-
 impl Transformer {
     /// Loads `{prefix}.layers.{i}.*` in the reference checkpoint layout.
-    pub fn load(w: &mut WeightFile, prefix: &str, spec: TransformerSpec) -> Result<Self> {
+    pub fn load(w: &mut dyn Weights, prefix: &str, spec: TransformerSpec) -> Result<Self> {
         spec.check()?;
         let d = spec.d_model;
         let sets = spec.weight_sets();
         let mut layers = Vec::with_capacity(spec.num_layers);
         for i in 0..spec.num_layers {
             let p = format!("{prefix}.layers.{i}");
-            let in_proj = split_rows(w, &format!("{p}.self_attn.in_proj_weight"), sets, 3 * d, d)?;
-            let out_proj = split_rows(w, &format!("{p}.self_attn.out_proj.weight"), sets, d, d)?;
+            let in_proj = w.param_parts(&format!("{p}.self_attn.in_proj_weight"), sets, 3 * d, d)?;
+            let out_proj = w.param_parts(&format!("{p}.self_attn.out_proj.weight"), sets, d, d)?;
             let (ffn_in, ffn_out) = match spec.ffn {
                 Ffn::Mlp => {
                     let f = spec.dim_feedforward;
                     (
-                        vec![Param::from_tensor(w.tensor(&format!("{p}.linear1.weight"), [f, d])?)],
-                        vec![Param::from_tensor(w.tensor(&format!("{p}.linear2.weight"), [d, f])?)],
+                        vec![w.param(&format!("{p}.linear1.weight"), [f, d])?],
+                        vec![w.param(&format!("{p}.linear2.weight"), [d, f])?],
                     )
                 }
                 Ffn::Gated(_) => {
@@ -256,16 +251,16 @@ impl Transformer {
                         } else {
                             format!("{p}.gating")
                         };
-                        fi.push(Param::from_tensor(w.tensor(&format!("{g}.linear_in.weight"), [2 * h, d])?));
-                        fo.push(Param::from_tensor(w.tensor(&format!("{g}.linear_out.weight"), [d, h])?));
+                        fi.push(w.param(&format!("{g}.linear_in.weight"), [2 * h, d])?);
+                        fo.push(w.param(&format!("{g}.linear_out.weight"), [d, h])?);
                     }
                     (fi, fo)
                 }
             };
             let (scale1, scale2) = if spec.layer_scale {
                 (
-                    Some(Param::from_tensor(w.tensor(&format!("{p}.layer_scale_1.scale"), [d])?)),
-                    Some(Param::from_tensor(w.tensor(&format!("{p}.layer_scale_2.scale"), [d])?)),
+                    Some(w.param(&format!("{p}.layer_scale_1.scale"), [d])?),
+                    Some(w.param(&format!("{p}.layer_scale_2.scale"), [d])?),
                 )
             } else {
                 (None, None)

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Synthesizes kokichi-tiny's corpus with Debian's synthesizers (see voices.py for the voices
+and their licences). Generated data stays out of git: this script regenerates it.
+
+  make_data.py --out /var/tmp/kokichi-data --train 16000 --eval 600
+
+Writes OUT/questions/{train,eval}/NNNNNN.wav (24 kHz, 16-bit) with OUT/{train,eval}.jsonl
+(task, question, answer, voice), OUT/answers/*.wav spoken by the model's own voice word by
+word (so every word's onset is known exactly) with OUT/answers.json, and OUT/tokenizer.model,
+a word-level SentencePiece model of the answer vocabulary.
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import domain  # noqa: E402
+import voices  # noqa: E402
+
+WORD_GAP = 0.08  # seconds of silence between the words of an answer
+
+
+def write_wav(path, pcm):
+    pcm = (np.clip(pcm, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(voices.RATE)
+        w.writeframes(pcm.tobytes())
+
+
+def make_question(job):
+    split, idx, seed, vlist = job
+    rng = random.Random(seed)
+    task, q, a = domain.sample(rng)
+    rec = {"id": idx, "task": task, "question": q, "answer": a}
+    if task == "silence":
+        return rec
+    for attempt in range(3):
+        voice = rng.choice(vlist)
+        try:
+            pcm = voices.synth(voice, q, rng)
+        except Exception as e:  # a voice refusing a text: try another
+            print(f"{voice}: {e}", file=sys.stderr)
+            continue
+        if len(pcm) < voices.RATE * 0.2 or len(pcm) > voices.RATE * 4.0:
+            continue
+        out = OUT / "questions" / split / f"{idx:06d}.wav"
+        write_wav(out, pcm)
+        rec.update(voice=voice.id, file=str(out.relative_to(OUT)), seconds=len(pcm) / voices.RATE)
+        return rec
+    rec["task"] = "silence"
+    rec["question"] = rec["answer"] = ""
+    return rec
+
+
+def answer_texts():
+    texts = {domain.number(n) for n in range(0, 41)}
+    texts |= set(domain.REPEAT_WORDS)
+    texts |= {ans for _, ans in domain.GREETINGS}
+    return sorted(texts)
+
+
+def make_answer(text):
+    parts, words, t = [], [], 0.0
+    for w in text.split():
+        pcm = voices.synth(voices.MODEL_VOICE, w, vary=False)
+        if parts:
+            gap = np.zeros(int(WORD_GAP * voices.RATE), np.float32)
+            parts.append(gap)
+            t += len(gap) / voices.RATE
+        words.append([w, round(t, 4)])
+        parts.append(pcm)
+        t += len(pcm) / voices.RATE
+    pcm = np.concatenate(parts)
+    name = text.replace(" ", "_")
+    write_wav(OUT / "answers" / f"{name}.wav", pcm)
+    return text, {"file": f"answers/{name}.wav", "words": words, "seconds": len(pcm) / voices.RATE}
+
+
+def write_tokenizer(path, words):
+    """A word-level SentencePiece model: <unk> <s> </s> <pad>, then one piece per word."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    m = pb.ModelProto()
+    for piece, kind in [("<unk>", 2), ("<s>", 3), ("</s>", 3), ("<pad>", 3)]:
+        p = m.pieces.add()
+        p.piece, p.score, p.type = piece, 0.0, kind
+    for w in words:
+        p = m.pieces.add()
+        p.piece, p.score, p.type = "\u2581" + w, 0.0, 1
+    m.trainer_spec.model_type = pb.TrainerSpec.WORD
+    m.trainer_spec.unk_id, m.trainer_spec.bos_id, m.trainer_spec.eos_id, m.trainer_spec.pad_id = 0, 1, 2, 3
+    path.write_bytes(m.SerializeToString())
+
+
+def init(out):
+    global OUT
+    OUT = out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("/var/tmp/kokichi-data"))
+    ap.add_argument("--train", type=int, default=16000)
+    ap.add_argument("--eval", type=int, default=600)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=20261128)
+    args = ap.parse_args()
+    out = args.out
+    for d in ["questions/train", "questions/eval", "answers"]:
+        (out / d).mkdir(parents=True, exist_ok=True)
+    init(out)
+    t0 = time.time()
+    words = domain.vocabulary()
+    write_tokenizer(out / "tokenizer.model", words)
+    with mp.Pool(args.workers, initializer=init, initargs=(out,)) as pool:
+        answers = dict(pool.map(make_answer, answer_texts()))
+        (out / "answers.json").write_text(json.dumps(answers, indent=0))
+        print(f"{len(answers)} answers in the model's voice ({time.time() - t0:.0f} s)", file=sys.stderr)
+        for split, n, vlist in [("train", args.train, voices.train_voices()), ("eval", args.eval, voices.eval_voices())]:
+            jobs = [(split, i, args.seed * 1000003 + i * 7919 + (split == "eval"), vlist) for i in range(n)]
+            with open(out / f"{split}.jsonl", "w") as f:
+                for k, rec in enumerate(pool.imap(make_question, jobs, chunksize=16)):
+                    f.write(json.dumps(rec) + "\n")
+                    if k % 2000 == 0:
+                        print(f"{split}: {k}/{n} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

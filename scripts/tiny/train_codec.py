@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Trains kokichi-tiny's codec with the reference `moshi` PyTorch classes (Burn's CPU training
+was measured too slow here; see README) and exports it in the checkpoint layout kokichi loads.
+
+Losses: multi-scale mel (linear + log) L1, time-domain L1, RVQ commitment; the codebooks learn
+by EMA as in Mimi. Resumable: the latest checkpoint in --work is picked up automatically.
+
+  train_codec.py --data /var/tmp/kokichi-data --work /var/tmp/kokichi-train/codec --steps 8000
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from moshi.models.loaders import get_mimi  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import FRAME, MIMI, CODEBOOKS, MelLoss, cosine_lr, load_split, read_wav  # noqa: E402
+from gen_mimi_fixtures import checkpoint_state  # noqa: E402
+
+
+class Clips:
+    """Random crops of questions (many voices), answers (the model's voice) and near-silence."""
+
+    def __init__(self, data: Path, seconds: float, seed: int):
+        self.rng = random.Random(seed)
+        self.len = int(round(seconds * 24000 / FRAME)) * FRAME
+        recs = [r for r in load_split(data, "train") if r.get("file")]
+        self.questions = [read_wav(data / r["file"]) for r in recs]
+        answers = json.loads((data / "answers.json").read_text())
+        self.answers = [read_wav(data / a["file"]) for a in answers.values()]
+
+    def _crop(self, pcm):
+        out = np.zeros(self.len, np.float32)
+        x = pcm.astype(np.float32) / 32768.0
+        if len(x) >= self.len:
+            s = self.rng.randint(0, len(x) - self.len)
+            out[:] = x[s:s + self.len]
+        else:
+            s = self.rng.randint(0, self.len - len(x))
+            out[s:s + len(x)] = x
+        return out
+
+    def batch(self, n):
+        rows = []
+        for _ in range(n):
+            r = self.rng.random()
+            if r < 0.5:
+                x = self._crop(self.rng.choice(self.questions))
+            elif r < 0.92:
+                x = self._crop(self.rng.choice(self.answers))
+            else:
+                x = np.zeros(self.len, np.float32)
+            x += np.random.randn(self.len).astype(np.float32) * 10 ** self.rng.uniform(-5, -3)
+            rows.append(x)
+        return torch.from_numpy(np.stack(rows))[:, None]
+
+
+def forward(mimi, x, bf16: bool):
+    """MimiModel.forward, with the convolutions and transformers under bf16 autocast (AMX on
+    recent x86) and the quantizer, whose EMA updates need f32, outside it."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        emb = mimi.encoder(x)
+        (emb,) = mimi.encoder_transformer(emb)
+        emb = mimi._to_framerate(emb)
+    q = mimi.quantizer(emb.float(), mimi.frame_rate)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        emb = mimi._to_encoder_framerate(q.x)
+        (emb,) = mimi.decoder_transformer(emb)
+        y = mimi.decoder(emb)
+    return y.float()[..., : x.shape[-1]], q.penalty
+
+
+def export(mimi, out: Path):
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(checkpoint_state(mimi), str(out / "mimi.safetensors"))
+    (out / "mimi_config.json").write_text(json.dumps(MIMI, indent=1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
+    ap.add_argument("--work", type=Path, default=Path("/var/tmp/kokichi-train/codec"))
+    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=1.2)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--bf16", type=int, default=1, help="bf16 autocast (AMX on recent x86)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    args.work.mkdir(parents=True, exist_ok=True)
+    mimi = get_mimi(None, MIMI, num_codebooks=CODEBOOKS)
+    mimi.set_num_codebooks(MIMI["quantizer"]["n_q"])
+    mimi.train()
+    mel = MelLoss()
+    opt = torch.optim.AdamW(mimi.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=1e-4)
+    step = 0
+    ckpt = args.work / "ckpt.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        mimi.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        print(f"resumed at step {step}", file=sys.stderr)
+    clips = Clips(args.data, args.seconds, args.seed + step)
+    nparams = sum(p.numel() for p in mimi.parameters())
+    print(f"codec: {nparams / 1e6:.2f} M parameters, {len(clips.questions)} questions, "
+          f"{len(clips.answers)} answers", file=sys.stderr)
+    t0, log = time.time(), []
+    while step < args.steps:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr)
+        x = clips.batch(args.batch)
+        y, penalty = forward(mimi, x, bool(args.bf16))
+        l_mel = mel(y[:, 0], x[:, 0])
+        l_time = (y - x).abs().mean()
+        loss = l_mel + 0.1 * l_time + penalty
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(mimi.parameters(), 5.0)
+        opt.step()
+        step += 1
+        log.append((l_mel.item(), l_time.item(), penalty.item()))
+        if step % 50 == 0:
+            m = np.mean(log, 0)
+            log.clear()
+            print(f"step {step} mel {m[0]:.4f} l1 {m[1]:.5f} commit {m[2]:.4f} "
+                  f"{(time.time() - t0) / 50:.2f} s/step", file=sys.stderr, flush=True)
+            t0 = time.time()
+        if step % 250 == 0 or step == args.steps:
+            torch.save({"model": mimi.state_dict(), "opt": opt.state_dict(), "step": step}, str(ckpt) + ".tmp")
+            os.replace(str(ckpt) + ".tmp", ckpt)
+            mimi.eval()
+            export(mimi, args.work / "export")
+            mimi.train()
+    print("done", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

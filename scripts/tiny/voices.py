@@ -1,0 +1,110 @@
+"""Text-to-speech voices from Debian's synthesizers, for kokichi-tiny's training data.
+
+Every voice renders text to a 24 kHz mono float32 array. Licences of the voice data:
+  espeak-ng (GPL-3, the program; its voices are part of it), flite CMU voices (BSD-style),
+  festival and festvox voices (free, MIT/BSD-style), SVOX pico (Apache-2.0, Debian non-free for
+  lack of data sources), RHVoice English voices alan/bdl/clb/slt (LGPL-2.1+). MBROLA voices are
+  licensed for non-commercial use only: they appear in the held-out evaluation set, never in
+  training, so nothing shipped derives from them.
+"""
+import os
+import random
+import subprocess
+import tempfile
+import wave
+
+import numpy as np
+
+RATE = 24000
+
+ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd"]
+ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
+                   "Alex", "Annie", "Andy", "Linda", "Michael", "Mario", "Belinda", "Edward"]
+
+
+class Voice:
+    def __init__(self, engine, name, **kw):
+        self.engine = engine
+        self.name = name
+        self.kw = kw
+
+    @property
+    def id(self):
+        return f"{self.engine}:{self.name}"
+
+    def __repr__(self):
+        return self.id
+
+
+def train_voices():
+    vs = [Voice("espeak", f"{a}+{v}") for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS]
+    vs += [Voice("flite", n) for n in ["kal", "kal16", "awb", "slt"]]
+    vs += [Voice("pico", "en-GB")]
+    vs += [Voice("rhvoice", n) for n in ["alan", "bdl", "slt"]]
+    return vs
+
+
+def eval_voices():
+    """Whole voices and one whole engine (festival) never seen in training."""
+    vs = [Voice("festival", n) for n in ["kal_diphone", "ked_diphone", "rab_diphone", "don_diphone",
+                                         "cmu_us_slt_arctic_hts"]]
+    vs += [Voice("espeak", f"en-029+{v}") for v in ["m1", "m3", "f2", "f4", "Annie"]]
+    vs += [Voice("flite", "rms"), Voice("rhvoice", "clb"), Voice("espeak", "mb-us3")]
+    return vs
+
+
+MODEL_VOICE = Voice("pico", "en-US")
+
+
+def _read_wav(path):
+    with wave.open(path) as w:
+        n = w.getnframes()
+        data = w.readframes(n)
+        width = w.getsampwidth()
+    if width != 2:
+        raise ValueError(f"{path}: expected 16-bit audio")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def synth(voice, text, rng=None, vary=True):
+    """Renders `text` with `voice`; with `vary`, random speed, pitch and gain."""
+    rng = rng or random.Random(0)
+    with tempfile.TemporaryDirectory() as d:
+        raw = os.path.join(d, "raw.wav")
+        out = os.path.join(d, "out.wav")
+        e, n = voice.engine, voice.name
+        if e == "espeak":
+            speed = rng.randint(130, 200) if vary else 160
+            pitch = rng.randint(25, 75) if vary else 50
+            cmd = ["espeak-ng", "-v", n, "-s", str(speed), "-p", str(pitch), "-w", raw, text]
+            subprocess.run(cmd, check=True, capture_output=True)
+        elif e == "flite":
+            cmd = ["flite", "-voice", n, "-t", text, "-o", raw]
+            subprocess.run(cmd, check=True, capture_output=True)
+        elif e == "festival":
+            scm = os.path.join(d, "v.scm")
+            with open(scm, "w") as f:
+                f.write(f"(voice_{n})\n")
+            cmd = ["text2wave", "-eval", scm, "-o", raw]
+            subprocess.run(cmd, input=text.encode(), check=True, capture_output=True)
+        elif e == "pico":
+            cmd = ["pico2wave", "-l", n, "-w", raw, text]
+            subprocess.run(cmd, check=True, capture_output=True)
+        elif e == "rhvoice":
+            cmd = ["RHVoice-test", "-p", n, "-o", raw]
+            subprocess.run(cmd, input=text.encode(), check=True, capture_output=True)
+        else:
+            raise ValueError(e)
+        effects = ["rate", "-v", str(RATE), "channels", "1"]
+        if vary:
+            tempo = rng.uniform(0.85, 1.15)
+            cents = rng.randint(-250, 250)
+            gain = rng.uniform(-9.0, 0.0)
+            effects = ["tempo", "-s", f"{tempo:.3f}", "pitch", str(cents)] + effects + ["gain", f"{gain:.2f}"]
+        subprocess.run(["sox", raw, "-b", "16", out] + effects, check=True, capture_output=True)
+        pcm = _read_wav(out)
+    # Trim leading/trailing near-silence the engines add.
+    idx = np.nonzero(np.abs(pcm) > 0.003)[0]
+    if len(idx):
+        pcm = pcm[max(0, idx[0] - 240): idx[-1] + 240]
+    return pcm
