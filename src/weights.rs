@@ -264,6 +264,8 @@ pub struct Slot {
     pub stored: Vec<usize>,
     /// Codebook centroids, stored as `embedding_sum` with unit `cluster_usage`.
     pub codebook: bool,
+    /// Held transposed (`[in, out]`) for the matmul; stored `[out, in]`.
+    pub transposed: bool,
 }
 
 /// Parameter id -> checkpoint slot, filled while a model is built.
@@ -303,7 +305,28 @@ impl dyn Weights + '_ {
     pub fn param_as<const D: usize>(&mut self, name: &str, stored: &[usize], shape: [usize; D]) -> Result<Param<Tensor<D>>> {
         let data = self.take(name, stored)?;
         let t = self.upload(data, shape);
-        Ok(self.register(t, Slot { name: name.into(), part: 0, parts: 1, stored: stored.to_vec(), codebook: false }))
+        Ok(self.register(t, Slot { name: name.into(), part: 0, parts: 1, stored: stored.to_vec(), codebook: false, transposed: false }))
+    }
+
+    /// A linear layer's weight, stored `[out, inp]` (any trailing 1s in `stored`), held as a
+    /// contiguous `[inp, out]` so every call multiplies without copying the weight.
+    pub fn linear(&mut self, name: &str, stored: &[usize], out: usize, inp: usize) -> Result<Param<Tensor<2>>> {
+        let data = self.take(name, stored)?.into_f32();
+        let t = self.upload(HostData::F32(transpose(&data, out, inp)), [inp, out]);
+        Ok(self.register(t, Slot { name: name.into(), part: 0, parts: 1, stored: stored.to_vec(), codebook: false, transposed: true }))
+    }
+
+    /// `sets` linear weights `[rows, cols]` stacked in one stored tensor, each held `[cols, rows]`.
+    pub fn linear_parts(&mut self, name: &str, sets: usize, rows: usize, cols: usize) -> Result<Vec<Param<Tensor<2>>>> {
+        let stored = [sets * rows, cols];
+        let data = self.take(name, &stored)?.into_f32();
+        Ok((0..sets)
+            .map(|i| {
+                let part = &data[i * rows * cols..(i + 1) * rows * cols];
+                let t = self.upload(HostData::F32(transpose(part, rows, cols)), [cols, rows]);
+                self.register(t, Slot { name: name.into(), part: i, parts: sets, stored: stored.to_vec(), codebook: false, transposed: true })
+            })
+            .collect())
     }
 
     /// `sets` parameters `[rows, cols]` stacked in one stored tensor `[sets * rows, cols]`.
@@ -314,7 +337,7 @@ impl dyn Weights + '_ {
         Ok((0..sets)
             .map(|i| {
                 let part = t.clone().narrow(0, i * rows, rows);
-                self.register(part, Slot { name: name.into(), part: i, parts: sets, stored: stored.to_vec(), codebook: false })
+                self.register(part, Slot { name: name.into(), part: i, parts: sets, stored: stored.to_vec(), codebook: false, transposed: false })
             })
             .collect())
     }
@@ -334,8 +357,19 @@ impl dyn Weights + '_ {
             row.iter_mut().for_each(|v| *v /= u);
         }
         let t = self.upload(HostData::F32(sum), [bins, dim]);
-        Ok(self.register(t, Slot { name: prefix.into(), part: 0, parts: 1, stored: vec![bins, dim], codebook: true }))
+        Ok(self.register(t, Slot { name: prefix.into(), part: 0, parts: 1, stored: vec![bins, dim], codebook: true, transposed: false }))
     }
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]`.
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
 }
 
 fn decode(bytes: &[u8], n: usize, size: usize, f: impl Fn(&[u8]) -> f32) -> Option<Vec<f32>> {
@@ -510,8 +544,9 @@ pub fn export<M: burn::module::Module>(module: &M, slots: &Slots, path: &Path, h
         return Err(Error::Backend(format!("reading parameters: {e}")));
     }
     let mut groups: BTreeMap<String, Vec<(usize, &Slot, Vec<f32>)>> = BTreeMap::new();
-    for (id, (_, values)) in c.values {
+    for (id, (dims, values)) in c.values {
         if let Some(slot) = slots.0.get(&id) {
+            let values = if slot.transposed && dims.len() == 2 { transpose(&values, dims[0], dims[1]) } else { values };
             groups.entry(slot.name.clone()).or_default().push((slot.part, slot, values));
         }
     }

@@ -119,6 +119,28 @@ impl LmConfig {
         }
     }
 
+    /// kokichi-tiny's LM (scripts/tiny/common.py): 6 layers of width 256, 6 codebooks per
+    /// stream, an 8 s context.
+    pub fn kokichi_tiny(text_card: usize) -> Self {
+        Self {
+            dim: 256,
+            text_card,
+            n_q: 12,
+            dep_q: 6,
+            card: 1024,
+            num_heads: 4,
+            num_layers: 6,
+            context: Some(100),
+            depformer_dim: 128,
+            depformer_dim_feedforward: Some(256),
+            depformer_num_heads: 4,
+            depformer_num_layers: 2,
+            depformer_context: Some(6),
+            delays: vec![0, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1],
+            ..Self::moshiko()
+        }
+    }
+
     pub fn from_json(text: &str) -> Result<Self> {
         let cfg: Self = serde_json::from_str(text).map_err(|e| Error::config("lm", e.to_string()))?;
         cfg.validate()?;

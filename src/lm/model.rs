@@ -30,23 +30,23 @@ pub struct LmModel {
     pub text_emb: Param<Tensor<2>>,
     pub transformer: Transformer,
     pub out_norm: Norm,
-    /// `[text_out, dim]`.
+    /// `[dim, text_out]` (input-major).
     pub text_linear: Param<Tensor<2>>,
-    /// `[depformer_dim, dim]`, one per step (multi-linear) or shared.
+    /// `[dim, depformer_dim]`, one per step (multi-linear) or shared.
     pub depformer_in: Vec<Param<Tensor<2>>>,
     /// `[card + 1, depformer_dim]` for steps 1..dep_q (step 0 takes the text token).
     pub depformer_emb: Vec<Param<Tensor<2>>>,
     /// `[text_card + 1, depformer_dim]`.
     pub depformer_text_emb: Param<Tensor<2>>,
     pub depformer: Transformer,
-    /// Audio heads `[card, depformer_dim]`, one per generated stream.
+    /// Audio heads `[depformer_dim, card]`, one per generated stream.
     pub linears: Vec<Param<Tensor<2>>>,
     #[module(skip)]
     pub config: LmConfig,
 }
 
 fn lin(x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<3> {
-    linear(x, w.val().transpose(), None)
+    linear(x, w.val(), None)
 }
 
 impl LmModel {
@@ -75,7 +75,7 @@ impl LmModel {
         let text_emb = w.param("text_emb.weight", [c.text_card + 1, c.dim])?;
         let transformer = Transformer::load(w, "transformer", c.transformer_spec()?)?;
         let out_norm = Norm::load(w, "out_norm", NormKind::parse(&c.norm)?, c.dim)?;
-        let text_linear = w.param("text_linear.weight", [c.text_out(), c.dim])?;
+        let text_linear = w.linear("text_linear.weight", &[c.text_out(), c.dim], c.text_out(), c.dim)?;
         let n_in = if c.depformer_multi_linear {
             c.depformer_weights_per_step_schedule
                 .as_ref()
@@ -85,7 +85,7 @@ impl LmModel {
             1
         };
         let depformer_in = (0..n_in)
-            .map(|k| w.param(&format!("depformer_in.{k}.weight"), [c.depformer_dim, c.dim]))
+            .map(|k| w.linear(&format!("depformer_in.{k}.weight"), &[c.depformer_dim, c.dim], c.depformer_dim, c.dim))
             .collect::<Result<Vec<_>>>()?;
         let depformer_emb = (0..c.dep_q - 1)
             .map(|k| w.param(&format!("depformer_emb.{k}.weight"), [c.card + 1, c.depformer_dim]))
@@ -93,7 +93,7 @@ impl LmModel {
         let depformer_text_emb = w.param("depformer_text_emb.weight", [c.text_card + 1, c.depformer_dim])?;
         let depformer = Transformer::load(w, "depformer", c.depformer_spec()?)?;
         let linears = (0..c.dep_q)
-            .map(|k| w.param(&format!("linears.{k}.weight"), [c.card, c.depformer_dim]))
+            .map(|k| w.linear(&format!("linears.{k}.weight"), &[c.card, c.depformer_dim], c.card, c.depformer_dim))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             emb,

@@ -184,6 +184,39 @@ impl MimiConfig {
         }
     }
 
+    /// kokichi-tiny's codec (scripts/tiny/common.py): Mimi's layout at a quarter of the width,
+    /// 6 codebooks of 1024 entries.
+    pub fn kokichi_tiny() -> Self {
+        Self {
+            sample_rate: 24000,
+            channels: 1,
+            frame_rate: 12.5,
+            seanet: SeanetConfig {
+                dimension: 128,
+                n_filters: 16,
+                ..SeanetConfig::default()
+            },
+            quantizer: QuantizerConfig {
+                dimension: 64,
+                n_q: 6,
+                n_q_semantic: 1,
+                bins: 1024,
+                input_dimension: 128,
+                output_dimension: 128,
+            },
+            transformer: MimiTransformerConfig {
+                d_model: 128,
+                num_heads: 4,
+                num_layers: 2,
+                dim_feedforward: 512,
+                context: 125,
+                input_dimension: 128,
+                output_dimensions: vec![128],
+                ..MimiTransformerConfig::default()
+            },
+        }
+    }
+
     /// Parses the JSON form (the `mimi` object of `config.json`).
     pub fn from_json(text: &str) -> Result<Self> {
         let cfg: Self = serde_json::from_str(text).map_err(|e| Error::config("mimi", e.to_string()))?;

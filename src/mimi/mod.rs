@@ -39,11 +39,11 @@ impl ProjectedTransformer {
         let t = &cfg.transformer;
         let spec = cfg.transformer_spec()?;
         let input_proj = (t.d_model != t.input_dimension)
-            .then(|| w.param(&format!("{prefix}.input_proj.weight"), [t.d_model, t.input_dimension]))
+            .then(|| w.linear(&format!("{prefix}.input_proj.weight"), &[t.d_model, t.input_dimension], t.d_model, t.input_dimension))
             .transpose()?;
         let out = t.output_dimensions[0];
         let output_proj = (t.d_model != out)
-            .then(|| w.param(&format!("{prefix}.output_projs.0.weight"), [out, t.d_model]))
+            .then(|| w.linear(&format!("{prefix}.output_projs.0.weight"), &[out, t.d_model], out, t.d_model))
             .transpose()?;
         Ok(Self {
             input_proj,
@@ -56,11 +56,11 @@ impl ProjectedTransformer {
     fn forward(&self, x: Tensor<3>, state: Option<&mut TransformerState>) -> Result<Tensor<3>> {
         let mut x = x.swap_dims(1, 2);
         if let Some(p) = &self.input_proj {
-            x = linear(x, p.val().transpose(), None);
+            x = linear(x, p.val(), None);
         }
         let mut y = self.transformer.forward(x, state)?;
         if let Some(p) = &self.output_proj {
-            y = linear(y, p.val().transpose(), None);
+            y = linear(y, p.val(), None);
         }
         Ok(y.swap_dims(1, 2))
     }

@@ -13,9 +13,9 @@ use crate::weights::Weights;
 /// One residual VQ with its 1x1 projections.
 #[derive(Module, Debug)]
 pub struct Rvq {
-    /// `[dim, input_dim]`.
+    /// `[input_dim, dim]` (input-major).
     pub input_proj: Param<Tensor<2>>,
-    /// `[output_dim, dim]`.
+    /// `[dim, output_dim]`.
     pub output_proj: Param<Tensor<2>>,
     /// Centroids `[bins, dim]`, one per level.
     pub codebooks: Vec<Param<Tensor<2>>>,
@@ -24,9 +24,9 @@ pub struct Rvq {
 impl Rvq {
     fn load(w: &mut dyn Weights, prefix: &str, cfg: &QuantizerConfig, n_q: usize) -> Result<Self> {
         let d = cfg.dimension;
-        let input_proj = w.param_as(&format!("{prefix}.input_proj.weight"), &[d, cfg.input_dimension, 1], [d, cfg.input_dimension])?;
+        let input_proj = w.linear(&format!("{prefix}.input_proj.weight"), &[d, cfg.input_dimension, 1], d, cfg.input_dimension)?;
         let output_proj =
-            w.param_as(&format!("{prefix}.output_proj.weight"), &[cfg.output_dimension, d, 1], [cfg.output_dimension, d])?;
+            w.linear(&format!("{prefix}.output_proj.weight"), &[cfg.output_dimension, d, 1], cfg.output_dimension, d)?;
         let codebooks = (0..n_q)
             .map(|i| w.codebook(&format!("{prefix}.vq.layers.{i}._codebook"), cfg.bins, d))
             .collect::<Result<Vec<_>>>()?;
@@ -40,15 +40,16 @@ impl Rvq {
     /// Latents `[B, T, C]` to codes `[B, T, n]` (nearest centroid, residual by residual).
     fn encode(&self, x: Tensor<3>, n: usize) -> Tensor<3, Int> {
         let [b, t, _] = x.dims();
-        let mut residual = linear(x, self.input_proj.val().transpose(), None);
+        let mut residual = linear(x, self.input_proj.val(), None);
         let d = residual.dims()[2];
         let mut codes = Vec::with_capacity(n);
         for cb in self.codebooks.iter().take(n) {
             let c = cb.val();
-            let c2 = c.clone().square().sum_dim(1).reshape([1, 1, c.dims()[0]]);
-            let dots = linear(residual.clone(), c.clone().transpose(), None);
-            let dist = c2 - dots.mul_scalar(2.0);
-            let idx = dist.argmin(2); // [B, T, 1]
+            let c2 = c.clone().square().sum_dim(1); // [bins, 1]
+            // [bins, d] x [d, B*T]: the codebook stays contiguous; only the small residual moves.
+            let dots = c.clone().matmul(residual.clone().reshape([b * t, d]).transpose());
+            let dist = c2 - dots.mul_scalar(2.0); // [bins, B*T]
+            let idx = dist.argmin(0).reshape([b, t, 1]);
             let q = c.select(0, idx.clone().reshape([b * t])).reshape([b, t, d]);
             residual = residual - q;
             codes.push(idx);
@@ -68,12 +69,12 @@ impl Rvq {
                 None => q,
             });
         }
-        let d = self.output_proj.dims()[1];
+        let d = self.output_proj.dims()[0];
         let sum = sum.unwrap_or_else(|| {
             let w = self.output_proj.val();
             Tensor::zeros([b * t, d], (&w.device(), w.dtype()))
         });
-        linear(sum.reshape([b, t, d]), self.output_proj.val().transpose(), None)
+        linear(sum.reshape([b, t, d]), self.output_proj.val(), None)
     }
 }
 

@@ -17,7 +17,7 @@ impl Rvq {
     /// Returns the quantized latent `[B, T, C]` and the VQ loss.
     fn train_forward(&self, x: Tensor<3>, n: usize) -> (Tensor<3>, Tensor<1>) {
         let [b, t, _] = x.dims();
-        let z = linear(x, self.input_proj.val().transpose(), None);
+        let z = linear(x, self.input_proj.val(), None);
         let d = z.dims()[2];
         let mut residual = z.clone();
         let mut sum: Option<Tensor<3>> = None;
@@ -25,9 +25,9 @@ impl Rvq {
         for cb in self.codebooks.iter().take(n) {
             let c = cb.val();
             let r = residual.clone().detach();
-            let c2 = c.clone().detach().square().sum_dim(1).reshape([1, 1, c.dims()[0]]);
-            let dots = linear(r.clone(), c.clone().detach().transpose(), None);
-            let idx = (c2 - dots.mul_scalar(2.0)).argmin(2).reshape([b * t]);
+            let c2 = c.clone().detach().square().sum_dim(1);
+            let dots = c.clone().detach().matmul(r.clone().reshape([b * t, d]).transpose());
+            let idx = (c2 - dots.mul_scalar(2.0)).argmin(0).reshape([b * t]);
             let q = c.select(0, idx).reshape([b, t, d]);
             let codebook = (q.clone() - r).square().mean();
             let commit = (residual.clone() - q.clone().detach()).square().mean().mul_scalar(COMMIT);
@@ -45,7 +45,7 @@ impl Rvq {
         let q = sum.unwrap_or_else(|| z.clone().zeros_like());
         // Straight-through: the decoder sees the quantized value, the encoder gets its gradient.
         let st = z.clone() + (q - z).detach();
-        let out = linear(st, self.output_proj.val().transpose(), None);
+        let out = linear(st, self.output_proj.val(), None);
         (out, loss.unwrap_or_else(|| Tensor::zeros([1], &self.input_proj.val().device())))
     }
 }

@@ -145,13 +145,13 @@ impl TransformerSpec {
 pub struct Layer {
     pub norm1: Norm,
     pub norm2: Norm,
-    /// `[3 d, d]` per weight set.
+    /// `[d, 3 d]` (input-major) per weight set.
     pub in_proj: Vec<Param<Tensor<2>>>,
     /// `[d, d]` per weight set.
     pub out_proj: Vec<Param<Tensor<2>>>,
-    /// MLP `linear1` `[f, d]` or gating `linear_in` `[2 h, d]`, per weight set.
+    /// MLP `linear1` `[d, f]` or gating `linear_in` `[d, 2 h]`, per weight set.
     pub ffn_in: Vec<Param<Tensor<2>>>,
-    /// MLP `linear2` `[d, f]` or gating `linear_out` `[d, h]`, per weight set.
+    /// MLP `linear2` `[f, d]` or gating `linear_out` `[h, d]`, per weight set.
     pub ffn_out: Vec<Param<Tensor<2>>>,
     pub scale1: Option<Param<Tensor<1>>>,
     pub scale2: Option<Param<Tensor<1>>>,
@@ -199,7 +199,7 @@ impl TransformerState {
 }
 
 fn lin(x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<3> {
-    linear(x, w.val().transpose(), None)
+    linear(x, w.val(), None)
 }
 
 /// Applies one weight set per time step (`weights_per_step`), or the shared one.
@@ -231,14 +231,14 @@ impl Transformer {
         let mut layers = Vec::with_capacity(spec.num_layers);
         for i in 0..spec.num_layers {
             let p = format!("{prefix}.layers.{i}");
-            let in_proj = w.param_parts(&format!("{p}.self_attn.in_proj_weight"), sets, 3 * d, d)?;
-            let out_proj = w.param_parts(&format!("{p}.self_attn.out_proj.weight"), sets, d, d)?;
+            let in_proj = w.linear_parts(&format!("{p}.self_attn.in_proj_weight"), sets, 3 * d, d)?;
+            let out_proj = w.linear_parts(&format!("{p}.self_attn.out_proj.weight"), sets, d, d)?;
             let (ffn_in, ffn_out) = match spec.ffn {
                 Ffn::Mlp => {
                     let f = spec.dim_feedforward;
                     (
-                        vec![w.param(&format!("{p}.linear1.weight"), [f, d])?],
-                        vec![w.param(&format!("{p}.linear2.weight"), [d, f])?],
+                        vec![w.linear(&format!("{p}.linear1.weight"), &[f, d], f, d)?],
+                        vec![w.linear(&format!("{p}.linear2.weight"), &[d, f], d, f)?],
                     )
                 }
                 Ffn::Gated(_) => {
@@ -251,8 +251,8 @@ impl Transformer {
                         } else {
                             format!("{p}.gating")
                         };
-                        fi.push(w.param(&format!("{g}.linear_in.weight"), [2 * h, d])?);
-                        fo.push(w.param(&format!("{g}.linear_out.weight"), [d, h])?);
+                        fi.push(w.linear(&format!("{g}.linear_in.weight"), &[2 * h, d], 2 * h, d)?);
+                        fo.push(w.linear(&format!("{g}.linear_out.weight"), &[d, h], d, h)?);
                     }
                     (fi, fo)
                 }
@@ -444,10 +444,10 @@ mod tests {
             .map(|_| Layer {
                 norm1: norm(),
                 norm2: norm(),
-                in_proj: vec![rnd([3 * d, d])],
+                in_proj: vec![rnd([d, 3 * d])],
                 out_proj: vec![rnd([d, d])],
-                ffn_in: vec![rnd([spec.dim_feedforward, d])],
-                ffn_out: vec![rnd([d, spec.dim_feedforward])],
+                ffn_in: vec![rnd([d, spec.dim_feedforward])],
+                ffn_out: vec![rnd([spec.dim_feedforward, d])],
                 scale1: None,
                 scale2: None,
             })
