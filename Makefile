@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := $(CARGO_TARGET_DIR)/debug/kokichi
 OUT ?= out
 
-.PHONY: run test test-browser build bench bench-codec bench-daemon fixtures venv clean
+.PHONY: run test test-browser build bench bench-codec bench-daemon fixtures venv clean train-tiny eval-tiny
 
 build:
 	cargo build --bin kokichi
@@ -43,6 +43,23 @@ fixtures: venv
 	NO_TORCH_COMPILE=1 $(PY) scripts/gen_lm_fixtures.py
 	NO_TORCH_COMPILE=1 $(PY) scripts/gen_e2e_fixture.py
 	$(PY) scripts/make_spm_fixture.py
+
+# kokichi-tiny: regenerate the shipped weights from scratch (hours on 2 CPU cores; resumable).
+TINY_DATA ?= /var/tmp/kokichi-data
+TINY_WORK ?= /var/tmp/kokichi-train
+train-tiny: venv
+	@start=$$(date +%s); \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_codec.py --data $(TINY_DATA) --work $(TINY_WORK)/codec && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA) --codec $(TINY_WORK)/codec/export --out $(TINY_WORK)/lm/tokens.npz && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --tokens $(TINY_WORK)/lm/tokens.npz --work $(TINY_WORK)/lm && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec/export --lm $(TINY_WORK)/lm/export --data $(TINY_DATA) && \
+	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
+
+eval-tiny: venv
+	cargo build --example answer_many
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/eval_codec.py --codec assets/kokichi-tiny --data $(TINY_DATA)
+	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA)
 
 bench-codec: venv
 	cargo build --example bench_codec

@@ -9,6 +9,8 @@ pub mod audio;
 pub mod backend;
 pub mod daemon;
 pub mod error;
+#[path = "../kernels/mod.rs"]
+pub mod kernels;
 pub mod lm;
 pub mod mimi;
 pub mod model_dir;

@@ -106,7 +106,7 @@ fn real_moshiko_layout_loads_from_bf16_in_f16() {
     let device = Device::flex();
     let lm = LmModel::load(&path, cfg.clone(), &device, DType::F16).unwrap();
     assert_eq!(lm.text_emb.val().dtype(), DType::F16);
-    assert_eq!(lm.text_linear.dims(), [32000, 4096]);
+    assert_eq!(lm.text_linear.dims(), [4096, 32000]); // held input-major
     assert_eq!(lm.linears.len(), 8);
     // A config that does not match the file is an error naming a tensor.
     let wrong = LmConfig { num_layers: 1, ..cfg };

@@ -29,9 +29,9 @@ MIMI = {
 CODEBOOKS = 6  # active codebooks per stream (LM dep_q)
 
 
-def read_wav(path) -> np.ndarray:
+def read_wav(path, rate=RATE) -> np.ndarray:
     with wave.open(str(path)) as w:
-        assert w.getframerate() == RATE and w.getsampwidth() == 2, path
+        assert w.getframerate() == rate and w.getsampwidth() == 2 and w.getnchannels() == 1, path
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
 
 

@@ -49,6 +49,12 @@ class Clips:
             out[s:s + len(x)] = x
         return out
 
+    def _crop_fixed(self, pcm):
+        out = np.zeros(self.len, np.float32)
+        x = pcm.astype(np.float32)[: self.len] / 32768.0
+        out[: len(x)] = x
+        return out
+
     def batch(self, n):
         rows = []
         for _ in range(n):
@@ -79,6 +85,21 @@ def forward(mimi, x, bf16: bool):
     return y.float()[..., : x.shape[-1]], q.penalty
 
 
+@torch.no_grad()
+def probe(mimi, clips):
+    """Collapse check on fixed answer clips: latent spread, code diversity, spectral error."""
+    was = mimi.training
+    mimi.eval()
+    x = torch.from_numpy(np.stack([clips._crop_fixed(a) for a in clips.answers[:8]]))[:, None]
+    emb = mimi._encode_to_unquantized_latent(x)
+    codes = mimi.quantizer.encode(emb)
+    y = mimi.decode(codes)[..., : x.shape[-1]]
+    distinct = float(np.mean([len(set(codes[i, 0].tolist())) / codes.shape[-1] for i in range(len(x))]))
+    err = MelLoss()(y[:, 0], x[:, 0]).item()
+    mimi.train(was)
+    return f"latent std {emb.std().item():.3f}, distinct first codes {distinct:.2f}, quantized mel {err:.3f}"
+
+
 def export(mimi, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     save_file(checkpoint_state(mimi), str(out / "mimi.safetensors"))
@@ -92,7 +113,10 @@ def main():
     ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=1.2)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--no-quant", type=float, default=0.5)
+    ap.add_argument("--warmup-ae", type=int, default=1500)
+    ap.add_argument("--commit", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bf16", type=int, default=1, help="bf16 autocast (AMX on recent x86)")
@@ -101,7 +125,11 @@ def main():
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
-    mimi = get_mimi(None, MIMI, num_codebooks=CODEBOOKS)
+    # As Mimi was trained: half of the time the quantizer is bypassed, so the encoder keeps
+    # learning a rich latent instead of collapsing onto the codebooks.
+    cfg = json.loads(json.dumps(MIMI))
+    cfg["quantizer"]["no_quantization_rate"] = args.no_quant
+    mimi = get_mimi(None, cfg, num_codebooks=CODEBOOKS)
     mimi.set_num_codebooks(MIMI["quantizer"]["n_q"])
     mimi.train()
     mel = MelLoss()
@@ -122,11 +150,16 @@ def main():
     while step < args.steps:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr)
+        # Autoencoder warm-up: the quantizer is bypassed (and its EMA codebooks follow the
+        # latents) until the latent carries the signal; then quantization half of the time.
+        warm = step < args.warmup_ae
+        for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
+            rvq.no_quantization_rate = 1.0 if warm else args.no_quant
         x = clips.batch(args.batch)
         y, penalty = forward(mimi, x, bool(args.bf16))
         l_mel = mel(y[:, 0], x[:, 0])
         l_time = (y - x).abs().mean()
-        loss = l_mel + 0.1 * l_time + penalty
+        loss = l_mel + 0.1 * l_time + (0.0 if warm else args.commit) * penalty
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(mimi.parameters(), 5.0)
@@ -139,6 +172,8 @@ def main():
             print(f"step {step} mel {m[0]:.4f} l1 {m[1]:.5f} commit {m[2]:.4f} "
                   f"{(time.time() - t0) / 50:.2f} s/step", file=sys.stderr, flush=True)
             t0 = time.time()
+        if step % 250 == 0:
+            print(f"step {step} probe: {probe(mimi, clips)}", file=sys.stderr, flush=True)
         if step % 250 == 0 or step == args.steps:
             torch.save({"model": mimi.state_dict(), "opt": opt.state_dict(), "step": step}, str(ckpt) + ".tmp")
             os.replace(str(ckpt) + ".tmp", ckpt)

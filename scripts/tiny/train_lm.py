@@ -120,6 +120,9 @@ def tokenize(args):
         out[split + "_meta"] = np.array(meta, np.int32)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, text_card=vocab, **out)
+    # The same sequences for kokichi's own trainer (`kokichi train-lm --tokens`).
+    save_file({"train": torch.from_numpy(out["train"]), "eval": torch.from_numpy(out["eval"])},
+              str(args.out.with_suffix(".safetensors")))
     print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -365,3 +365,39 @@ impl AudioSink for FileSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_queue_drops_the_oldest_and_counts() {
+        let q = Bounded::new(3);
+        for i in 0..5 {
+            q.push(i);
+        }
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.dropped(), 2);
+        assert_eq!(q.pop(), Some(2));
+    }
+
+    #[test]
+    fn frames_are_cut_from_any_chunking_and_a_backlog_is_bounded() {
+        let waker = Arc::new(Waker::default());
+        let input = FrameInput::new(4, 2, waker);
+        input.write(&[1.0, 2.0, 3.0]);
+        input.write(&[4.0, 5.0]);
+        input.write(&[6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0]);
+        let mut src = QueueSource(input.clone());
+        let mut f = [0f32; 4];
+        // Three frames were completed; the backlog of 2 dropped the first.
+        assert_eq!(src.poll_frame(&mut f), Poll::Frame);
+        assert_eq!(f, [5.0, 6.0, 7.0, 8.0]);
+        assert_eq!(src.poll_frame(&mut f), Poll::Frame);
+        assert_eq!(f, [9.0, 10.0, 11.0, 12.0]);
+        assert_eq!(src.poll_frame(&mut f), Poll::Pending);
+        assert_eq!(src.dropped(), 1);
+        input.finish();
+        assert_eq!(src.poll_frame(&mut f), Poll::Ended);
+    }
+}

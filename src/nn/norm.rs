@@ -1,4 +1,5 @@
-//! LayerNorm (Mimi's transformer) and RMSNorm computed in f32 (Moshi's LM).
+//! LayerNorm (Mimi's transformer) and RMSNorm computed in f32 (Moshi's LM; the fused kernel in
+//! `kernels/rms_norm.rs`).
 
 use burn::module::Param;
 use burn::prelude::*;
@@ -6,6 +7,7 @@ use burn::tensor::DType;
 use burn::tensor::module::layer_norm;
 
 use crate::error::{Error, Result};
+use crate::kernels::rms_norm;
 use crate::weights::Weights;
 
 /// Normalisation kinds of the reference (`norm` in the configs).
@@ -81,23 +83,21 @@ impl Norm {
         })
     }
 
-    /// Normalises `[B, T, C]` over `C`, in f32, returning the input dtype.
+    /// Normalises `[B, T, C]` over `C`, in f32, returning the input dtype. RMSNorm goes through
+    /// the fused kernel of `kernels/` (its plain-Burn reference off wgpu and under autodiff).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if self.rms {
+            return rms_norm(x, self.weight.val(), self.eps);
+        }
         let dtype = x.dtype();
         let x32 = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
         let w = self.weight.val();
         let w = if w.dtype() == DType::F32 { w } else { w.cast(DType::F32) };
-        let y = if self.rms {
-            let var = x32.clone().square().mean_dim(2).add_scalar(self.eps);
-            let dim = w.dims()[0];
-            x32 * (w.reshape([1, 1, dim]) * var.sqrt().recip())
-        } else {
-            let b = self.bias.as_ref().map(|b| {
-                let b = b.val();
-                if b.dtype() == DType::F32 { b } else { b.cast(DType::F32) }
-            });
-            layer_norm(x32, w, b, self.eps)
-        };
+        let b = self.bias.as_ref().map(|b| {
+            let b = b.val();
+            if b.dtype() == DType::F32 { b } else { b.cast(DType::F32) }
+        });
+        let y = layer_norm(x32, w, b, self.eps);
         if dtype == DType::F32 { y } else { y.cast(dtype) }
     }
 }

@@ -1,0 +1,56 @@
+//! Answers many spoken files with one loaded model, streaming each through Mimi encode ->
+//! LM step -> Mimi decode exactly as `kokichi run` does (used by scripts/tiny/eval_lm.py).
+//!
+//! Usage: answer_many --model DIR --list FILE --out DIR [--greedy] [--seed S] [--backend cpu]
+//! FILE lists one input wav per line; writes OUT/<stem>.wav and OUT/<stem>.txt.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::tensor::DType;
+use kokichi::backend::{self, BackendKind, Precision};
+use kokichi::lm::GenConfig;
+use kokichi::session::Engine;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() -> Result<()> {
+    let model = arg("--model").context("--model")?;
+    let list = PathBuf::from(arg("--list").context("--list")?);
+    let out = PathBuf::from(arg("--out").context("--out")?);
+    let kind: BackendKind = arg("--backend").unwrap_or_else(|| "cpu".into()).parse()?;
+    let greedy = std::env::args().any(|a| a == "--greedy");
+    let seed: u64 = arg("--seed").map_or(Ok(0), |s| s.parse())?;
+    std::fs::create_dir_all(&out)?;
+    let device = backend::device(kind, Precision::F32)?;
+    let engine = Engine::load(&kokichi::model_dir::resolve(&model)?, &device, DType::F32)?;
+    let frame = engine.frame_size();
+    let inputs = std::fs::read_to_string(&list).with_context(|| format!("{}", list.display()))?;
+    for (i, line) in inputs.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let input = Path::new(line.trim());
+        let mut pcm = kokichi::audio::read_audio(input, engine.sample_rate() as u32)?;
+        pcm.resize(pcm.len().div_ceil(frame) * frame, 0.0);
+        let config = if greedy {
+            GenConfig::greedy()
+        } else {
+            GenConfig { text_seed: Some(seed + i as u64), audio_seed: Some(seed + 1_000_000 + i as u64), ..GenConfig::default() }
+        };
+        let mut s = engine.init_session(config)?;
+        let mut audio = Vec::with_capacity(pcm.len());
+        let mut text = String::new();
+        for chunk in pcm.chunks_exact(frame) {
+            let f = engine.step(&mut [&mut s], chunk)?.pop().context("no output")?;
+            audio.extend_from_slice(&f.pcm);
+            if let Some(p) = f.text.and_then(|t| engine.text_piece(t)) {
+                text.push_str(&p);
+            }
+        }
+        let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+        kokichi::audio::write_wav(&out.join(format!("{stem}.wav")), &audio, engine.sample_rate() as u32)?;
+        std::fs::write(out.join(format!("{stem}.txt")), format!("{}\n", text.trim()))?;
+    }
+    Ok(())
+}

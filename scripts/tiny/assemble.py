@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Assembles the shipped kokichi-tiny model folder (assets/kokichi-tiny) from the training
+exports: config.json, mimi.safetensors and model.safetensors (stored as float16 to fit the
+30 MB budget; kokichi computes in f32), tokenizer.model."""
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CODEBOOKS, MIMI, lm_config  # noqa: E402
+
+
+def halve(src: Path, dst: Path):
+    state = load_file(str(src))
+    out = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    save_file(out, str(dst))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--codec", type=Path, default=Path("/var/tmp/kokichi-train/codec/export"))
+    ap.add_argument("--lm", type=Path, default=Path("/var/tmp/kokichi-train/lm/export"))
+    ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
+    ap.add_argument("--out", type=Path, default=Path("assets/kokichi-tiny"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    lm_cfg = json.loads((args.lm / "lm_config.json").read_text())
+    assert lm_cfg == lm_config(lm_cfg["text_card"]), "LM export does not match the kokichi-tiny config"
+    cfg = {"mimi": MIMI, "lm": lm_cfg, "mimi_codebooks": CODEBOOKS}
+    (args.out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+    halve(args.codec / "mimi.safetensors", args.out / "mimi.safetensors")
+    halve(args.lm / "model.safetensors", args.out / "model.safetensors")
+    shutil.copy(args.data / "tokenizer.model", args.out / "tokenizer.model")
+    total = sum(f.stat().st_size for f in args.out.iterdir())
+    print(f"{args.out}: {total / 1e6:.1f} MB", file=sys.stderr)
+    assert total <= 30e6, "over the 30 MB budget"
+
+
+if __name__ == "__main__":
+    main()

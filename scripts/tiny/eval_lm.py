@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""`make eval-tiny`: how well the shipped kokichi-tiny answers questions in voices it never
+heard (the held-out eval split: festival, en-029 espeak, flite rms, RHVoice clb, MBROLA us3),
+run through kokichi itself (examples/answer_many, the same streaming path as `kokichi run`).
+
+Three figures:
+  text   - the inner monologue says the right answer;
+  audio  - the answer audio says it, judged by an independent recognizer (pocketsphinx,
+           restricted to the domain's vocabulary; used only here, never in kokichi);
+  quiet  - silence in gives silence out: no text and no recognized word.
+
+  eval_lm.py --model assets/kokichi-tiny --bin target/debug/examples/answer_many [--n 300]
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import domain  # noqa: E402
+from common import RATE, load_split, read_wav  # noqa: E402
+from eval_codec import resample  # noqa: E402
+
+
+def write_wav(path, pcm, rate=RATE):
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+class Judge:
+    """pocketsphinx with a grammar of the domain's words only."""
+
+    def __init__(self, work: Path):
+        from pocketsphinx import Decoder, get_model_path
+        model = Path(get_model_path())
+        words = domain.vocabulary()
+        prons = {}
+        for line in (model / "cmudict-en-us.dict").read_text().splitlines():
+            w, _, p = line.partition(" ")
+            base = w.split("(")[0]
+            if base in words:
+                prons.setdefault(w, p)
+        self.known = sorted({w.split("(")[0] for w in prons})
+        (work / "domain.dict").write_text("".join(f"{w} {p}\n" for w, p in prons.items()))
+        grammar = "#JSGF V1.0;\ngrammar domain;\npublic <s> = <w>*;\n<w> = " + " | ".join(self.known) + ";\n"
+        (work / "domain.gram").write_text(grammar)
+        self.decoder = Decoder(hmm=str(model / "en-us"), dict=str(work / "domain.dict"),
+                               jsgf=str(work / "domain.gram"), logfn=os.devnull)
+
+    def words(self, pcm24: np.ndarray):
+        if len(pcm24) < 1600:
+            return []
+        x = resample(pcm24, 24000, 16000)
+        data = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+        self.decoder.start_utt()
+        self.decoder.process_raw(data, full_utt=True)
+        self.decoder.end_utt()
+        hyp = self.decoder.hyp()
+        return hyp.hypstr.split() if hyp else []
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="assets/kokichi-tiny")
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--silences", type=int, default=100)
+    ap.add_argument("--sample", action="store_true", help="sample (Moshi defaults) instead of greedy")
+    ap.add_argument("--out", type=Path, default=Path("out/eval-tiny"))
+    args = ap.parse_args()
+    rng = random.Random(7)
+    work = args.out
+    (work / "in").mkdir(parents=True, exist_ok=True)
+    recs = [r for r in load_split(args.data, "eval") if r["task"] != "silence" and r.get("file")]
+    recs = rng.sample(recs, min(args.n, len(recs)))
+    items = []
+    for r in recs:
+        q = read_wav(args.data / r["file"]).astype(np.float32) / 32768
+        lead = int(rng.uniform(0.3, 1.0) * RATE)
+        pcm = np.zeros(lead + len(q) + 4 * RATE, np.float32)
+        pcm[lead:lead + len(q)] = q
+        pcm += np.random.default_rng(r["id"]).normal(0, 3e-4, len(pcm)).astype(np.float32)
+        name = f"q{r['id']:06d}"
+        write_wav(work / "in" / f"{name}.wav", pcm)
+        items.append({"name": name, "task": r["task"], "question": r["question"], "answer": r["answer"],
+                      "voice": r["voice"], "answer_from": lead + len(q)})
+    for i in range(args.silences):
+        name = f"s{i:04d}"
+        pcm = np.random.default_rng(10_000 + i).normal(0, 10 ** rng.uniform(-4.5, -3), 6 * RATE).astype(np.float32)
+        write_wav(work / "in" / f"{name}.wav", pcm)
+        items.append({"name": name, "task": "silence", "answer": "", "answer_from": 0})
+    (work / "list.txt").write_text("".join(str((work / "in" / f"{it['name']}.wav").resolve()) + "\n" for it in items))
+    cmd = [args.bin, "--model", args.model, "--list", str(work / "list.txt"), "--out", str(work / "answers"), "--backend", "cpu"]
+    if not args.sample:
+        cmd.append("--greedy")
+    subprocess.run(cmd, check=True)
+    judge = Judge(work)
+    by_task = {}
+    for it in items:
+        text = (work / "answers" / f"{it['name']}.txt").read_text().split()
+        audio = read_wav(work / "answers" / f"{it['name']}.wav").astype(np.float32) / 32768
+        heard = judge.words(audio[it["answer_from"]:])
+        want = it["answer"].split()
+        if it["task"] == "silence":
+            ok_text, ok_audio = not text, not heard
+        else:
+            ok_text, ok_audio = text == want, heard == want
+        it.update(text=" ".join(text), heard=" ".join(heard), ok_text=ok_text, ok_audio=ok_audio)
+        t = by_task.setdefault(it["task"], [0, 0, 0])
+        t[0] += 1
+        t[1] += ok_text
+        t[2] += ok_audio
+    (work / "results.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    qs = [it for it in items if it["task"] != "silence"]
+    sil = [it for it in items if it["task"] == "silence"]
+    print(f"kokichi-tiny on held-out voices ({'sampled' if args.sample else 'greedy'}), {len(qs)} questions, {len(sil)} silent windows")
+    for task, (n, t, a) in sorted(by_task.items()):
+        print(f"  {task:9s} n={n:3d}  text {100 * t / n:5.1f}%  audio {100 * a / n:5.1f}%")
+    print(f"TEXT right answer:  {100 * np.mean([it['ok_text'] for it in qs]):.1f}%")
+    print(f"AUDIO says it:      {100 * np.mean([it['ok_audio'] for it in qs]):.1f}%")
+    print(f"SILENCE stays quiet: {100 * np.mean([it['ok_text'] and it['ok_audio'] for it in sil]):.1f}%")
+
+
+if __name__ == "__main__":
+    main()
