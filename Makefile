@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := $(CARGO_TARGET_DIR)/debug/kokichi
 OUT ?= out
 
-.PHONY: run test test-browser build bench bench-codec bench-daemon fixtures venv clean train-tiny eval-tiny
+.PHONY: run test test-browser build bench bench-codec bench-daemon bench-lm bench-step fixtures venv clean train-tiny eval-tiny
 
 build:
 	cargo build --bin kokichi
@@ -20,7 +20,11 @@ run: build
 		--input assets/examples/question.wav --output $(OUT)/answer.wav --transcript $(OUT)/answer.txt
 	@echo "wrote $(OUT)/answer.wav and $(OUT)/answer.txt"
 
+# wgpu's Vulkan loader wants a runtime directory; CI shells may not have one.
+export XDG_RUNTIME_DIR ?= /tmp/kokichi-runtime-$(shell id -u)
+
 test:
+	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
 	cargo test --no-fail-fast -- --test-threads=2
 	$(MAKE) test-browser
 
@@ -65,7 +69,15 @@ bench-codec: venv
 	cargo build --example bench_codec
 	NO_TORCH_COMPILE=1 $(PY) scripts/bench_codec.py --bin $(CARGO_TARGET_DIR)/debug/examples/bench_codec
 
-bench: bench-codec bench-daemon
+bench-lm:
+	cargo build --example bench_lm
+	$(CARGO_TARGET_DIR)/debug/examples/bench_lm
+
+bench-step:
+	cargo build --example bench_step
+	$(CARGO_TARGET_DIR)/debug/examples/bench_step --backends cpu,wgpu
+
+bench: bench-codec bench-daemon bench-lm bench-step
 
 clean:
 	rm -rf $(OUT)

@@ -309,6 +309,19 @@ impl Loop {
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         self.steps += 1;
         self.step_avg = if self.steps == 1 { ms } else { 0.9 * self.step_avg + 0.1 * ms };
+        let frame_ms = frame_time.as_secs_f64() * 1000.0;
+        if self.steps % 125 == 0 {
+            tracing::debug!(step_ms = self.step_avg, rtf = self.step_avg / frame_ms, batch = ids.len(), "inference");
+        }
+        let (avg, steps, batch) = (self.step_avg, self.steps, ids.len());
+        self.metrics.publish(|st| {
+            st.step_ms = ms;
+            st.step_ms_avg = avg;
+            st.rtf = avg / frame_ms;
+            st.frame_ms = frame_ms;
+            st.last_batch = batch;
+            st.steps = steps;
+        });
         match result {
             Ok(outs) => {
                 for (id, out) in ids.iter().zip(outs) {
@@ -330,19 +343,6 @@ impl Loop {
                 }
             }
         }
-        let frame_ms = frame_time.as_secs_f64() * 1000.0;
-        if self.steps % 125 == 0 {
-            tracing::debug!(step_ms = self.step_avg, rtf = self.step_avg / frame_ms, batch = ids.len(), "inference");
-        }
-        let (avg, steps, batch) = (self.step_avg, self.steps, ids.len());
-        self.metrics.publish(|st| {
-            st.step_ms = ms;
-            st.step_ms_avg = avg;
-            st.rtf = avg / frame_ms;
-            st.frame_ms = frame_ms;
-            st.last_batch = batch;
-            st.steps = steps;
-        });
         self.publish_sessions();
     }
 
