@@ -9,16 +9,27 @@ PY := $(VENV)/bin/python
 BIN := $(CARGO_TARGET_DIR)/debug/kokichi
 OUT ?= out
 
-.PHONY: run test test-browser build bench bench-codec bench-daemon bench-lm bench-step fixtures venv clean train-tiny eval-tiny
+.PHONY: run test test-browser build bench bench-train bench-codec bench-daemon bench-lm bench-step fixtures venv clean train-tiny eval-tiny
 
 build:
 	cargo build --bin kokichi
 
+# The embedded default model (assets/kokichi-tiny) on the CPU backend, which runs it faster
+# than real time on two cores. Without audio devices (a server, a container) it first answers
+# assets/examples/*.wav into $(OUT)/, then serves the web page and WebSocket clients.
+MODEL ?= kokichi-tiny
+KOKICHI_BACKEND ?= cpu
 run: build
 	@mkdir -p $(OUT)
-	$(BIN) --backend $${KOKICHI_BACKEND:-cpu} run --model $${KOKICHI_MODEL:-tests/fixtures/tiny_model} \
-		--input assets/examples/question.wav --output $(OUT)/answer.wav --transcript $(OUT)/answer.txt
-	@echo "wrote $(OUT)/answer.wav and $(OUT)/answer.txt"
+	@if $(BIN) devices --check 2>/dev/null; then echo "audio devices found: talk to kokichi (push-to-talk: kokichi ptt toggle, or the page)"; else \
+	  echo "no audio device: answering assets/examples/*.wav into $(OUT)/"; \
+	  for f in assets/examples/*.wav; do n=$$(basename $$f .wav); \
+	    $(BIN) --backend $(KOKICHI_BACKEND) run --model $(MODEL) --greedy --input $$f \
+	      --output $(OUT)/$$n.answer.wav --transcript $(OUT)/$$n.answer.txt 2>/dev/null || exit 1; \
+	    echo "  $$f -> $(OUT)/$$n.answer.wav: \"$$(cat $(OUT)/$$n.answer.txt)\""; \
+	  done; fi
+	@echo "serving http://127.0.0.1:8998/ (Ctrl-C stops)"
+	$(BIN) --backend $(KOKICHI_BACKEND) serve --model $(MODEL)
 
 # wgpu's Vulkan loader wants a runtime directory; CI shells may not have one.
 export XDG_RUNTIME_DIR ?= /tmp/kokichi-runtime-$(shell id -u)
@@ -77,6 +88,11 @@ bench-step:
 	cargo build --example bench_step
 	$(CARGO_TARGET_DIR)/debug/examples/bench_step --backends cpu,wgpu
 
+# Burn (flex CPU) against PyTorch training the kokichi-tiny codec and LM (needs the corpus, and
+# the LM tokens for the second row; see train-tiny).
+bench-train: build venv
+	NO_TORCH_COMPILE=1 $(PY) scripts/bench_train.py --bin $(BIN) --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.safetensors
+
 bench: bench-codec bench-daemon bench-lm bench-step
 
 clean:
@@ -84,4 +100,4 @@ clean:
 
 bench-daemon:
 	cargo build --example bench_daemon
-	$(CARGO_TARGET_DIR)/debug/examples/bench_daemon --model $${KOKICHI_MODEL:-tests/fixtures/tiny_model} --backend $${KOKICHI_BACKEND:-cpu}
+	$(CARGO_TARGET_DIR)/debug/examples/bench_daemon --model $(MODEL) --backend $(KOKICHI_BACKEND)

@@ -36,7 +36,7 @@ enum Command {
     /// Train a language model with Burn (resumes from --out).
     TrainLm(cmd::train::LmArgs),
     /// List audio input and output devices with their default formats.
-    Devices,
+    Devices(cmd::devices::DevicesArgs),
 }
 
 fn main() {
@@ -54,7 +54,7 @@ fn main() {
         Command::Ptt(a) => cmd::serve::ptt(a),
         Command::TrainCodec(a) => cmd::train::codec(backend, a),
         Command::TrainLm(a) => cmd::train::lm(backend, a),
-        Command::Devices => cmd::devices::devices(),
+        Command::Devices(a) => cmd::devices::devices(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -16,6 +16,44 @@ pub const KYUTAI_MIMI: &str = "tokenizer-e351c8d8-checkpoint125.safetensors";
 pub const KYUTAI_LM: &str = "model.safetensors";
 pub const KYUTAI_TOKENIZER: &str = "tokenizer_spm_32k_3.model";
 
+/// The name of the embedded default model, shipped in `assets/kokichi-tiny`.
+pub const EMBEDDED: &str = "kokichi-tiny";
+
+/// Places the embedded model may live, in order: `$KOKICHI_ASSETS/kokichi-tiny`, beside the
+/// binary (`assets/kokichi-tiny`, `../share/kokichi/kokichi-tiny`), then the source tree the
+/// binary was built from (so `cargo run` and `make run` work from a checkout).
+pub fn embedded_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(dir) = std::env::var_os("KOKICHI_ASSETS") {
+        out.push(PathBuf::from(dir).join(EMBEDDED));
+    }
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+        out.push(exe_dir.join("assets").join(EMBEDDED));
+        out.push(exe_dir.join("../share/kokichi").join(EMBEDDED));
+    }
+    out.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join(EMBEDDED));
+    out
+}
+
+/// Finds the embedded default model (see [`embedded_candidates`]).
+pub fn embedded() -> Result<ModelFiles> {
+    let candidates = embedded_candidates();
+    match candidates.iter().find(|d| d.join("config.json").is_file()) {
+        Some(dir) => {
+            let mut files = from_dir(dir)?;
+            files.source = format!("{EMBEDDED} ({})", dir.display());
+            Ok(files)
+        }
+        None => Err(Error::File {
+            path: PathBuf::from(EMBEDDED),
+            msg: format!(
+                "the embedded model was not found (looked in {}); set KOKICHI_ASSETS or pass --model",
+                candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        }),
+    }
+}
+
 /// Everything needed to load a model.
 #[derive(Clone, Debug)]
 pub struct ModelFiles {
@@ -58,6 +96,9 @@ fn in_file(path: &Path, e: Error) -> Error {
 
 /// Resolves `spec`: a folder, or a Hugging Face repo id such as `kyutai/moshiko-pytorch-bf16`.
 pub fn resolve(spec: &str) -> Result<ModelFiles> {
+    if spec == EMBEDDED {
+        return embedded();
+    }
     let path = Path::new(spec);
     if path.is_dir() {
         return from_dir(path);

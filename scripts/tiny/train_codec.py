@@ -2,8 +2,9 @@
 """Trains kokichi-tiny's codec with the reference `moshi` PyTorch classes (Burn's CPU training
 was measured too slow here; see README) and exports it in the checkpoint layout kokichi loads.
 
-Losses: multi-scale mel (linear + log) L1, time-domain L1, RVQ commitment; the codebooks learn
-by EMA as in Mimi. Resumable: the latest checkpoint in --work is picked up automatically.
+Losses: multi-scale mel (linear + log) L1, waveform error normalised by the signal's energy,
+RVQ commitment; the codebooks learn by EMA as in Mimi, and half of the time the quantizer is
+bypassed (Mimi's recipe). Resumable: the latest checkpoint in --work is picked up automatically.
 
   train_codec.py --data /var/tmp/kokichi-data --work /var/tmp/kokichi-train/codec --steps 8000
 """
@@ -113,9 +114,10 @@ def main():
     ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=1.2)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--no-quant", type=float, default=0.5)
-    ap.add_argument("--warmup-ae", type=int, default=1500)
+    ap.add_argument("--warmup-ae", type=int, default=0)
+    ap.add_argument("--wave", type=float, default=5.0)
     ap.add_argument("--commit", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
@@ -158,8 +160,10 @@ def main():
         x = clips.batch(args.batch)
         y, penalty = forward(mimi, x, bool(args.bf16))
         l_mel = mel(y[:, 0], x[:, 0])
-        l_time = (y - x).abs().mean()
-        loss = l_mel + 0.1 * l_time + (0.0 if warm else args.commit) * penalty
+        # Waveform error relative to the batch's energy: it makes the autoencoder learn in
+        # hundreds of steps where the spectral loss alone takes tens of thousands.
+        l_time = ((y - x) ** 2).mean() / (x ** 2).mean().clamp(min=1e-8)
+        loss = l_mel + args.wave * l_time + (0.0 if warm else args.commit) * penalty
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(mimi.parameters(), 5.0)
@@ -169,7 +173,7 @@ def main():
         if step % 50 == 0:
             m = np.mean(log, 0)
             log.clear()
-            print(f"step {step} mel {m[0]:.4f} l1 {m[1]:.5f} commit {m[2]:.4f} "
+            print(f"step {step} mel {m[0]:.4f} nmse {m[1]:.4f} commit {m[2]:.4f} "
                   f"{(time.time() - t0) / 50:.2f} s/step", file=sys.stderr, flush=True)
             t0 = time.time()
         if step % 250 == 0:

@@ -84,7 +84,7 @@ def tokenize(args):
     silence = encode(mimi, np.zeros(total, np.float32))
     out = {}
     for split in ["train", "eval"]:
-        recs = load_split(args.data, split)
+        recs = load_split(args.data, split)[: args.limit or None]
         reps = args.layouts if split == "train" else 1
         seqs = np.zeros((len(recs) * reps, 1 + 2 * CODEBOOKS, SEQ_FRAMES), np.int16)
         meta = []
@@ -126,8 +126,9 @@ def tokenize(args):
     print(f"wrote {args.out}", file=sys.stderr)
 
 
-def lm_loss(lm, codes, pad_weight=0.5):
-    res = lm(codes)
+def lm_loss(lm, codes, pad_weight=0.5, bf16=False):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        res = lm(codes)
     tl = res.text_logits[:, 0]
     tm = res.text_mask[:, 0]
     tgt = codes[:, 0]
@@ -175,7 +176,7 @@ def train(args):
             grp["lr"] = cosine_lr(step, args.steps, args.lr, warmup=500)
         idx = torch.randint(0, len(train_set), (args.batch,), generator=g)
         codes = train_set[idx]
-        lt, la = lm_loss(lm, codes)
+        lt, la = lm_loss(lm, codes, bf16=bool(args.bf16))
         loss = lt + la
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -210,6 +211,7 @@ def main():
     t.add_argument("--out", type=Path, default=Path("/var/tmp/kokichi-train/lm/tokens.npz"))
     t.add_argument("--layouts", type=int, default=2)
     t.add_argument("--seed", type=int, default=3)
+    t.add_argument("--limit", type=int, default=0, help="tokenize only the first N records (smoke tests)")
     r = sub.add_parser("train")
     r.add_argument("--tokens", type=Path, default=Path("/var/tmp/kokichi-train/lm/tokens.npz"))
     r.add_argument("--work", type=Path, default=Path("/var/tmp/kokichi-train/lm"))
@@ -218,6 +220,7 @@ def main():
     r.add_argument("--lr", type=float, default=1e-3)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--seed", type=int, default=5)
+    r.add_argument("--bf16", type=int, default=1, help="bf16 autocast (AMX on recent x86)")
     args = ap.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))
     tokenize(args) if args.cmd == "tokenize" else train(args)

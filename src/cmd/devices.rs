@@ -3,13 +3,37 @@
 
 use std::fmt::Write;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use clap::Args;
 
 use kokichi::daemon::local_audio::{self, DeviceInfo, Direction};
 
-pub fn devices() -> Result<()> {
-    print!("{}", render(&local_audio::list_devices()?));
+#[derive(Args, Debug)]
+pub struct DevicesArgs {
+    /// Print nothing; exit 0 when a default input and output device can be opened, 1 when not
+    /// (scripts such as `make run` use it to decide whether to answer example files instead).
+    #[arg(long)]
+    check: bool,
+}
+
+pub fn devices(a: DevicesArgs) -> Result<()> {
+    let list = local_audio::list_devices()?;
+    if a.check {
+        return match missing_direction(&list) {
+            None => Ok(()),
+            Some(dir) => bail!("no usable default {dir} device"),
+        };
+    }
+    print!("{}", render(&list));
     Ok(())
+}
+
+/// The first direction without a default device whose format can be read.
+fn missing_direction(devices: &[DeviceInfo]) -> Option<&'static str> {
+    [(Direction::Input, "input"), (Direction::Output, "output")].into_iter().find_map(|(dir, name)| {
+        let ok = devices.iter().any(|d| d.direction == dir && d.is_default && d.default_config.is_ok());
+        (!ok).then_some(name)
+    })
 }
 
 /// One section per direction; `*` marks the default, devices that cannot open say why.
@@ -60,6 +84,7 @@ mod tests {
                 default_config: Err("busy".into()),
             },
         ];
+        assert_eq!(missing_direction(&devices), Some("input"));
         let text = render(&devices);
         assert!(text.contains("Input devices (input_device):\n  (none)"), "{text}");
         assert!(text.contains("* USB Headset [hw:1,0]\n      48000 Hz, 2 ch, i16"), "{text}");

@@ -68,8 +68,9 @@ impl SamplingArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Model folder (kokichi or Kyutai snapshot) or Hugging Face repo id.
-    #[arg(long)]
+    /// Model folder (kokichi or Kyutai snapshot), Hugging Face repo id, or `kokichi-tiny`
+    /// (the embedded default).
+    #[arg(long, default_value = kokichi::model_dir::EMBEDDED)]
     pub model: String,
     /// Spoken input (wav, flac, mp3, ogg).
     #[arg(long)]
