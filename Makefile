@@ -86,7 +86,7 @@ bench-lm:
 
 bench-step:
 	cargo build --example bench_step
-	$(CARGO_TARGET_DIR)/debug/examples/bench_step --backends cpu,wgpu
+	$(CARGO_TARGET_DIR)/debug/examples/bench_step --backends cpu,wgpu --model $(MODEL)
 
 # Burn (flex CPU) against PyTorch training the kokichi-tiny codec and LM (needs the corpus, and
 # the LM tokens for the second row; see train-tiny).

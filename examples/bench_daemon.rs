@@ -5,7 +5,7 @@
 //! 2. Concurrent real-time sessions: N clients stream in real time; a level holds when every
 //!    client gets every frame back with no drops and the step's real-time factor stays below 1.
 //!
-//! Usage: bench_daemon [--model DIR] [--backend cpu|wgpu] [--seconds S] [--max-sessions N]
+//! Usage: bench_daemon [--model DIR (default kokichi-tiny)] [--backend cpu|wgpu] [--seconds S] [--max-sessions N]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -85,7 +85,7 @@ async fn status(addr: SocketAddr) -> Result<serde_json::Value> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let model = arg("--model").unwrap_or_else(|| "tests/fixtures/tiny_model".into());
+    let model = arg("--model").unwrap_or_else(|| kokichi::model_dir::EMBEDDED.into());
     let backend: BackendKind = arg("--backend").unwrap_or_else(|| "cpu".into()).parse()?;
     let seconds: f64 = arg("--seconds").map_or(Ok(6.0), |s| s.parse())?;
     let max_n: usize = arg("--max-sessions").map_or(Ok(64), |s| s.parse())?;

@@ -111,7 +111,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/kokichi-train/codec"))
-    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--steps", type=int, default=7500)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=1.2)
     ap.add_argument("--lr", type=float, default=1e-3)

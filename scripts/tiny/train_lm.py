@@ -12,10 +12,12 @@ Loss: text and the model's audio streams, with Moshi's acoustic delays (LMModel.
 """
 import argparse
 import json
+import multiprocessing as mp
 import os
 import random
 import sys
 import time
+import wave
 from pathlib import Path
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
@@ -50,6 +52,35 @@ def load_codec(codec: Path):
 def encode(mimi, pcm: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(pcm.astype(np.float32))[None, None]
     return mimi.encode(x)[0].numpy()
+
+
+def wav_frames(path) -> int:
+    with wave.open(str(path)) as w:
+        return w.getnframes()
+
+
+_WORKER = {}
+
+
+def _init_worker(codec: str, total: int):
+    torch.set_num_threads(1)
+    _WORKER["mimi"] = load_codec(Path(codec))
+    _WORKER["total"] = total
+
+
+def _encode_users(jobs):
+    """The user stream of each job: the question at its lead in low noise, encoded whole."""
+    out = []
+    for job in jobs:
+        total = _WORKER["total"]
+        pcm = np.zeros(total, np.float32)
+        if job["file"]:
+            q = read_wav(job["file"]).astype(np.float32) / 32768
+            lead = job["lead"]
+            pcm[lead:lead + len(q)] = q[: total - lead]
+        pcm += np.random.default_rng(job["seed"]).standard_normal(total).astype(np.float32) * job["noise"]
+        out.append((job["k"], encode(_WORKER["mimi"], pcm)))
+    return out
 
 
 def layout(rng, q_len, a_len, total):
@@ -88,18 +119,20 @@ def tokenize(args):
         reps = args.layouts if split == "train" else 1
         seqs = np.zeros((len(recs) * reps, 1 + 2 * CODEBOOKS, SEQ_FRAMES), np.int16)
         meta = []
-        t0 = time.time()
-        k = 0
+        jobs = []
+        # Layouts and noise levels are drawn here, in order, so the result does not depend on
+        # how the encoding is spread over worker processes.
         for rep in range(reps):
             for i, r in enumerate(recs):
+                k = len(jobs)
                 text = np.full(SEQ_FRAMES, PAD, np.int16)
                 model = silence.copy()
-                user_pcm = np.zeros(total, np.float32)
+                job = {"k": k, "file": None, "lead": 0, "noise": 10 ** rng.uniform(-5, -3), "seed": args.seed * 10_000_000 + k}
                 if r["task"] != "silence":
-                    q = read_wav(args.data / r["file"]).astype(np.float32) / 32768
+                    q_len = wav_frames(args.data / r["file"])
                     codes, onsets = ans_codes[r["answer"]]
-                    lead, af = layout(rng, len(q), codes.shape[1] * FRAME, total)
-                    user_pcm[lead:lead + len(q)] = q[: total - lead]
+                    lead, af = layout(rng, q_len, codes.shape[1] * FRAME, total)
+                    job.update(file=str(args.data / r["file"]), lead=lead)
                     n = min(codes.shape[1], SEQ_FRAMES - af)
                     model[:, af:af + n] = codes[:, :n]
                     for wid, f in onsets:
@@ -108,14 +141,17 @@ def tokenize(args):
                     meta.append((i, lead, af))
                 else:
                     meta.append((i, -1, -1))
-                user_pcm += np.random.randn(total).astype(np.float32) * 10 ** rng.uniform(-5, -3)
-                user = encode(mimi, user_pcm)
                 seqs[k, 0] = text
                 seqs[k, 1:1 + CODEBOOKS] = model
-                seqs[k, 1 + CODEBOOKS:] = user
-                k += 1
-                if k % 1000 == 0:
-                    print(f"{split}: {k}/{len(seqs)} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+                jobs.append(job)
+        t0 = time.time()
+        chunks = [jobs[j:j + 50] for j in range(0, len(jobs), 50)]
+        with mp.get_context("fork").Pool(args.workers, initializer=_init_worker, initargs=(str(args.codec), total)) as pool:
+            for done, results in enumerate(pool.imap_unordered(_encode_users, chunks), 1):
+                for k, user in results:
+                    seqs[k, 1 + CODEBOOKS:] = user
+                if done % 20 == 0:
+                    print(f"{split}: {done * 50}/{len(seqs)} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
         out[split] = seqs
         out[split + "_meta"] = np.array(meta, np.int32)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +212,7 @@ def train(args):
             grp["lr"] = cosine_lr(step, args.steps, args.lr, warmup=500)
         idx = torch.randint(0, len(train_set), (args.batch,), generator=g)
         codes = train_set[idx]
-        lt, la = lm_loss(lm, codes, bf16=bool(args.bf16))
+        lt, la = lm_loss(lm, codes, pad_weight=args.pad_weight, bf16=bool(args.bf16))
         loss = lt + la
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,18 +245,21 @@ def main():
     t.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
     t.add_argument("--codec", type=Path, default=Path("/var/tmp/kokichi-train/codec/export"))
     t.add_argument("--out", type=Path, default=Path("/var/tmp/kokichi-train/lm/tokens.npz"))
-    t.add_argument("--layouts", type=int, default=2)
+    t.add_argument("--layouts", type=int, default=1, help="random placements of each training question")
+    t.add_argument("--workers", type=int, default=2, help="encoding processes (one thread each)")
     t.add_argument("--seed", type=int, default=3)
     t.add_argument("--limit", type=int, default=0, help="tokenize only the first N records (smoke tests)")
     r = sub.add_parser("train")
     r.add_argument("--tokens", type=Path, default=Path("/var/tmp/kokichi-train/lm/tokens.npz"))
     r.add_argument("--work", type=Path, default=Path("/var/tmp/kokichi-train/lm"))
-    r.add_argument("--steps", type=int, default=15000)
+    r.add_argument("--steps", type=int, default=4000)
     r.add_argument("--batch", type=int, default=16)
     r.add_argument("--lr", type=float, default=1e-3)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--seed", type=int, default=5)
-    r.add_argument("--bf16", type=int, default=1, help="bf16 autocast (AMX on recent x86)")
+    r.add_argument("--pad-weight", type=float, default=0.1,
+                   help="weight of padding positions in the text loss: the answer words are 1-3 of 100 positions")
+    r.add_argument("--bf16", type=int, default=0, help="bf16 autocast (pays off with AMX; slower than f32 on AVX-512 alone)")
     args = ap.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))
     tokenize(args) if args.cmd == "tokenize" else train(args)

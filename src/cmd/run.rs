@@ -101,7 +101,8 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
         bail!("{}: no audio samples", a.input.display());
     }
     let frame = engine.frame_size();
-    let frames = pcm.len().div_ceil(frame);
+    let input_len = pcm.len();
+    let frames = input_len.div_ceil(frame);
     pcm.resize(frames * frame, 0.0);
     let mut session = engine.init_session(gen_config)?;
     let mut out_pcm = Vec::with_capacity(pcm.len());
@@ -131,6 +132,8 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
         rtf = secs / (frames as f64 * frame as f64 / engine.sample_rate() as f64),
         "done"
     );
+    // The answer is as long as the question: the last frame's padding is dropped.
+    out_pcm.truncate(input_len);
     audio::write_wav(&a.output, &out_pcm, engine.sample_rate() as u32)?;
     if let Some(p) = &a.transcript {
         let mut f = std::fs::File::create(p).with_context(|| format!("{}", p.display()))?;
