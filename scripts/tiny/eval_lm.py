@@ -42,7 +42,9 @@ class Judge:
 
     def __init__(self, work: Path):
         from pocketsphinx import Decoder, get_model_path
-        model = Path(get_model_path())
+        root = Path(get_model_path())
+        # pocketsphinx 5 keeps the model under en-us/, older releases beside it.
+        model = root / "en-us" if (root / "en-us" / "cmudict-en-us.dict").exists() else root
         words = domain.vocabulary()
         prons = {}
         for line in (model / "cmudict-en-us.dict").read_text().splitlines():
@@ -76,6 +78,7 @@ def main():
     ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--silences", type=int, default=100)
+    ap.add_argument("--reuse", action="store_true", help="judge the answers already in OUT (same --n/--silences)")
     ap.add_argument("--sample", action="store_true", help="sample (Moshi defaults) instead of greedy")
     ap.add_argument("--out", type=Path, default=Path("out/eval-tiny"))
     args = ap.parse_args()
@@ -104,13 +107,15 @@ def main():
     cmd = [args.bin, "--model", args.model, "--list", str(work / "list.txt"), "--out", str(work / "answers"), "--backend", "cpu"]
     if not args.sample:
         cmd.append("--greedy")
-    subprocess.run(cmd, check=True)
+    if not args.reuse:
+        subprocess.run(cmd, check=True)
     judge = Judge(work)
     by_task = {}
     for it in items:
         text = (work / "answers" / f"{it['name']}.txt").read_text().split()
         audio = read_wav(work / "answers" / f"{it['name']}.wav").astype(np.float32) / 32768
-        heard = judge.words(audio[it["answer_from"]:])
+        # Answers last under 3 s: judging only that window keeps the recognizer fast.
+        heard = judge.words(audio[it["answer_from"]:it["answer_from"] + 3 * RATE])
         want = it["answer"].split()
         if it["task"] == "silence":
             ok_text, ok_audio = not text, not heard
