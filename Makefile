@@ -93,7 +93,7 @@ bench-step:
 bench-train: build venv
 	NO_TORCH_COMPILE=1 $(PY) scripts/bench_train.py --bin $(BIN) --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.safetensors
 
-bench: bench-codec bench-daemon bench-lm bench-step
+bench: bench-codec bench-daemon bench-lm bench-step bench-train
 
 clean:
 	rm -rf $(OUT)

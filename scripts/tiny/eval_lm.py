@@ -111,7 +111,9 @@ def main():
         subprocess.run(cmd, check=True)
     judge = Judge(work)
     by_task = {}
-    for it in items:
+    for n, it in enumerate(items, 1):
+        if n % 20 == 0:
+            print(f"judged {n}/{len(items)}", file=sys.stderr, flush=True)
         text = (work / "answers" / f"{it['name']}.txt").read_text().split()
         audio = read_wav(work / "answers" / f"{it['name']}.wav").astype(np.float32) / 32768
         # Answers last under 3 s: judging only that window keeps the recognizer fast.
