@@ -67,14 +67,18 @@ train-tiny: venv
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_codec.py --data $(TINY_DATA) --work $(TINY_WORK)/codec && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA) --codec $(TINY_WORK)/codec/export --out $(TINY_WORK)/lm/tokens.npz && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --tokens $(TINY_WORK)/lm/tokens.npz --work $(TINY_WORK)/lm && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec/export --lm $(TINY_WORK)/lm/export --data $(TINY_DATA) && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.npz --work $(TINY_WORK)/lm \
+	  --steps 2500 --ctc-weight 0 --audio-rows 0 --user-levels 0 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.npz --work $(TINY_WORK)/lm3 \
+	  --init $(TINY_WORK)/lm/ckpt.pt --steps 7000 --warmup 100 && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned/export --lm $(TINY_WORK)/lm3/export --data $(TINY_DATA) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv
 	cargo build --example answer_many
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/eval_codec.py --codec assets/kokichi-tiny --data $(TINY_DATA)
-	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA)
+	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA) --n 200 --silences 60
 
 bench-codec: venv
 	cargo build --example bench_codec

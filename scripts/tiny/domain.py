@@ -67,6 +67,14 @@ def vocabulary():
     return sorted(words)
 
 
+def answers():
+    """Every answer kokichi-tiny can give (the judge's grammar, the model voice's clips)."""
+    texts = {number(n) for n in range(0, 41)}
+    texts |= set(REPEAT_WORDS)
+    texts |= {ans for _, ans in GREETINGS}
+    return sorted(texts)
+
+
 def sample(rng: random.Random):
     """One (task, question, answer); the silence task has no question."""
     r = rng.random()

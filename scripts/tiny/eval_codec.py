@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Codec quality of kokichi-tiny on speech it never trained on: held-out synthetic voices
-(eval split) and real recordings (Debian's asterisk-core-sounds-en-wav, CC-BY-SA, 8 kHz).
+(eval split) and real recordings (Debian's asterisk-core-sounds-en-wav, CC-BY-SA, 8 kHz);
+and on the model's own voice (its answer clips), the only audio kokichi ever decodes, for
+which the decoder is fine-tuned (tune_decoder.py).
 Reports wide-band PESQ (at 16 kHz) and STOI, streaming the audio through the codec frame by
 frame with the reference classes.
 
@@ -8,6 +10,7 @@ frame with the reference classes.
 """
 import argparse
 import glob
+import json
 import os
 import random
 import subprocess
@@ -70,6 +73,9 @@ def main():
     real = sorted(glob.glob("/usr/share/asterisk/sounds/en/*.wav"))
     picks = rng.sample(real, min(args.n, len(real)))
     sets["real recordings (asterisk, 8 kHz)"] = [resample(read_wav(p, 8000).astype(np.float32) / 32768, 8000, 24000) for p in picks]
+    answers = json.loads((args.data / "answers.json").read_text())
+    picks = rng.sample(sorted(answers), min(args.n, len(answers)))
+    sets["the model's voice (answer clips)"] = [read_wav(args.data / answers[t]["file"]).astype(np.float32) / 32768 for t in picks]
     for name, clips in sets.items():
         ps, ss = [], []
         for x in clips:

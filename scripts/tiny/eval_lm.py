@@ -38,7 +38,9 @@ def write_wav(path, pcm, rate=RATE):
 
 
 class Judge:
-    """pocketsphinx with a grammar of the domain's words only."""
+    """pocketsphinx restricted to the domain: one of kokichi-tiny's possible answers, or
+    nothing. (A free loop over the domain's words was measured slower, ~1 s per 2 s of audio,
+    and less accurate: 8 of 12 clean answers, against 37 of 40 with this grammar.)"""
 
     def __init__(self, work: Path):
         from pocketsphinx import Decoder, get_model_path
@@ -52,9 +54,11 @@ class Judge:
             base = w.split("(")[0]
             if base in words:
                 prons.setdefault(w, p)
-        self.known = sorted({w.split("(")[0] for w in prons})
+        known = {w.split("(")[0] for w in prons}
+        self.phrases = [a for a in domain.answers() if all(w in known for w in a.split())]
         (work / "domain.dict").write_text("".join(f"{w} {p}\n" for w, p in prons.items()))
-        grammar = "#JSGF V1.0;\ngrammar domain;\npublic <s> = <w>*;\n<w> = " + " | ".join(self.known) + ";\n"
+        grammar = ("#JSGF V1.0;\ngrammar domain;\npublic <s> = [<a>];\n<a> = "
+                   + " | ".join(self.phrases) + ";\n")
         (work / "domain.gram").write_text(grammar)
         self.decoder = Decoder(hmm=str(model / "en-us"), dict=str(work / "domain.dict"),
                                jsgf=str(work / "domain.gram"), logfn=os.devnull)

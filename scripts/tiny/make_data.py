@@ -62,13 +62,6 @@ def make_question(job):
     return rec
 
 
-def answer_texts():
-    texts = {domain.number(n) for n in range(0, 41)}
-    texts |= set(domain.REPEAT_WORDS)
-    texts |= {ans for _, ans in domain.GREETINGS}
-    return sorted(texts)
-
-
 def make_answer(text):
     parts, words, t = [], [], 0.0
     for w in text.split():
@@ -122,7 +115,7 @@ def main():
     words = domain.vocabulary()
     write_tokenizer(out / "tokenizer.model", words)
     with mp.Pool(args.workers, initializer=init, initargs=(out,)) as pool:
-        answers = dict(pool.map(make_answer, answer_texts()))
+        answers = dict(pool.map(make_answer, domain.answers()))
         (out / "answers.json").write_text(json.dumps(answers, indent=0))
         print(f"{len(answers)} answers in the model's voice ({time.time() - t0:.0f} s)", file=sys.stderr)
         for split, n, vlist in [("train", args.train, voices.train_voices()), ("eval", args.eval, voices.eval_voices())]:

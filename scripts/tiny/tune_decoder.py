@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Fine-tunes kokichi-tiny's codec *decoder* on the model's own voice.
+
+kokichi only ever decodes the model stream, and the model speaks in one voice (pico en-US)
+from a closed set of answer clips. The codec was trained for every voice and, half of the
+time, without its quantizer, so its 6-codebook decodes of that voice were barely intelligible
+(an independent recognizer got 5 of 60 answers). Here the encoder and the quantizer stay
+frozen, so every code, and every LM token trained on them, stays valid; only the decoder path
+(upsampling, decoder transformer, SEANet decoder) learns to render the model's answers.
+
+  tune_decoder.py --codec WORK/codec/export --data DATA --out WORK/codec-tuned [--steps 1500]
+
+Writes OUT/export/mimi.safetensors (the full codec, decoder replaced) and prints a judge
+figure (pocketsphinx, the eval's judge) on all answers before and after.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import FRAME, MIMI, MelLoss, cosine_lr, read_wav  # noqa: E402
+from train_codec import export  # noqa: E402
+from train_lm import load_codec  # noqa: E402
+
+LEAD = 4  # frames of silence before each answer, as the tokenizer lays them out
+
+
+def answer_clips(data: Path):
+    """Every answer clip after LEAD frames of silence, zero-padded to one common length."""
+    answers = json.loads((data / "answers.json").read_text())
+    pcms = {t: read_wav(data / a["file"]).astype(np.float32) / 32768 for t, a in sorted(answers.items())}
+    frames = LEAD + max(-(-len(p) // FRAME) for p in pcms.values()) + 2
+    texts, rows = [], []
+    for t, p in pcms.items():
+        x = np.zeros(frames * FRAME, np.float32)
+        x[LEAD * FRAME:LEAD * FRAME + len(p)] = p
+        texts.append(t)
+        rows.append(x)
+    return texts, torch.from_numpy(np.stack(rows))[:, None]
+
+
+def decode(mimi, codes):
+    emb = mimi.quantizer.decode(codes)
+    emb = mimi._to_encoder_framerate(emb)
+    (emb,) = mimi.decoder_transformer(emb)
+    return mimi.decoder(emb)
+
+
+def judge_all(texts, audio, work: Path):
+    from eval_lm import Judge
+    judge = Judge(work)
+    ok = [judge.words(a[0].numpy()) == t.split() for t, a in zip(texts, audio)]
+    return float(np.mean(ok))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--codec", type=Path, default=Path("/var/tmp/kokichi-train/codec/export"))
+    ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
+    ap.add_argument("--out", type=Path, default=Path("/var/tmp/kokichi-train/codec-tuned"))
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--wave", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    mimi = load_codec(args.codec)
+    texts, x = answer_clips(args.data)
+    with torch.no_grad():
+        codes = torch.cat([mimi.encode(x[i:i + 16]) for i in range(0, len(x), 16)])
+        before = torch.cat([decode(mimi, codes[i:i + 16]) for i in range(0, len(x), 16)])
+    print(f"{len(texts)} answers, {codes.shape[-1]} frames each; judge on codec decodes before: "
+          f"{100 * judge_all(texts, before, args.out):.1f}%", file=sys.stderr, flush=True)
+    train = [mimi.upsample, mimi.decoder_transformer, mimi.decoder]
+    for p in mimi.parameters():
+        p.requires_grad_(False)
+    params = [p for m in train for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    for m in train:
+        m.train()
+    mel = MelLoss()
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.8, 0.99), weight_decay=1e-4)
+    g = torch.Generator().manual_seed(args.seed)
+    t0, log = time.time(), []
+    for step in range(args.steps):
+        for grp in opt.param_groups:
+            grp["lr"] = cosine_lr(step, args.steps, args.lr, warmup=50)
+        idx = torch.randint(0, len(texts), (args.batch,), generator=g)
+        y = decode(mimi, codes[idx])[..., : x.shape[-1]]
+        tgt = x[idx]
+        l_mel = mel(y[:, 0], tgt[:, 0])
+        l_time = ((y - tgt) ** 2).mean() / (tgt ** 2).mean().clamp(min=1e-8)
+        loss = l_mel + args.wave * l_time
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        log.append((l_mel.item(), l_time.item()))
+        if (step + 1) % 50 == 0:
+            m = np.mean(log, 0)
+            log.clear()
+            print(f"step {step + 1} mel {m[0]:.4f} wave {m[1]:.4f} {(time.time() - t0) / 50:.2f} s/step",
+                  file=sys.stderr, flush=True)
+            t0 = time.time()
+    mimi.eval()
+    with torch.no_grad():
+        after = torch.cat([decode(mimi, codes[i:i + 16]) for i in range(0, len(x), 16)])
+        # The encoder and quantizer are untouched: the codes must not move.
+        again = torch.cat([mimi.encode(x[i:i + 16]) for i in range(0, len(x), 16)])
+    assert torch.equal(again, codes), "codes changed: the encoder or quantizer was trained"
+    print(f"judge on codec decodes after: {100 * judge_all(texts, after, args.out):.1f}%", file=sys.stderr)
+    export(mimi, args.out / "export")
+    print(f"wrote {args.out / 'export'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
