@@ -12,7 +12,6 @@ a word-level SentencePiece model of the answer vocabulary.
 import argparse
 import json
 import multiprocessing as mp
-import os
 import random
 import sys
 import time

@@ -3,9 +3,12 @@
 answer words (and the first word, the one that depends on hearing the question) on training
 and held-out token sequences? Separates "does not recognise" from "recognises but misspeaks".
 
-  probe_lm.py [--export WORK/lm/export] [--tokens WORK/lm/tokens.safetensors] [--n 160]
+  probe_lm.py [--export WORK/lm3/export] [--tokens WORK/lm/tokens.npz] [--n 160] [--by-voice]
+
+With --by-voice, the first-word figure on every held-out sequence, per voice and per task.
 """
 import argparse
+import collections
 import json
 import sys
 from pathlib import Path
@@ -16,37 +19,50 @@ from safetensors.torch import load_file
 from moshi.models.lm import LMModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PAD  # noqa: E402
+from common import load_split  # noqa: E402
+from train_lm import first_words, text_accuracy  # noqa: E402
 
 
 @torch.no_grad()
 def accuracy(lm, seqs):
     res = lm(seqs)
-    tgt = seqs[:, 0]
-    mask = (tgt != PAD) & res.text_mask[:, 0]
-    pred = res.text_logits[:, 0].argmax(-1)
-    first = []
-    for b in range(len(seqs)):
-        idx = torch.nonzero(mask[b]).flatten()
-        if len(idx):
-            first.append(bool(pred[b, idx[0]] == tgt[b, idx[0]]))
-    return (pred[mask] == tgt[mask]).float().mean().item(), float(np.mean(first)), len(first)
+    return text_accuracy(res.text_logits[:, 0].argmax(-1), seqs[:, 0], res.text_mask[:, 0])
+
+
+@torch.no_grad()
+def by_voice(lm, seqs, meta, recs):
+    """First answer word right on each held-out sequence, grouped by voice and by task."""
+    groups = collections.defaultdict(list)
+    for i in range(0, len(seqs), 50):
+        res = lm(seqs[i:i + 50])
+        right = first_words(res.text_logits[:, 0].argmax(-1), seqs[i:i + 50, 0], res.text_mask[:, 0])
+        for b, ok in right.items():
+            r = recs[meta[i + b][0]]
+            groups["voice " + r["voice"]].append(ok)
+            groups["task " + r["task"]].append(ok)
+    for k, v in sorted(groups.items()):
+        print(f"  {k:38s} {100 * np.mean(v):5.1f}% (n={len(v)})")
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--export", type=Path, default=Path("/var/tmp/kokichi-train/lm/export"))
-    ap.add_argument("--tokens", type=Path, default=Path("/var/tmp/kokichi-train/lm/tokens.safetensors"))
+    ap.add_argument("--export", type=Path, default=Path("/var/tmp/kokichi-train/lm3/export"))
+    ap.add_argument("--tokens", type=Path, default=Path("/var/tmp/kokichi-train/lm/tokens.npz"))
+    ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
     ap.add_argument("--n", type=int, default=160)
+    ap.add_argument("--by-voice", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     lm = LMModel(**json.loads((args.export / "lm_config.json").read_text()))
     lm.load_state_dict(load_file(str(args.export / "model.safetensors")), strict=False)
     lm.eval()
-    data = load_file(str(args.tokens))
+    data = np.load(args.tokens)
     for split in ["train", "eval"]:
-        words, first, n = accuracy(lm, data[split].long()[: args.n])
+        words, first, n = accuracy(lm, torch.from_numpy(data[split][: args.n].astype(np.int64)))
         print(f"{split}: answer words right {100 * words:.1f}%, first word right {100 * first:.1f}% (n={n})")
+    if args.by_voice:
+        print("held-out, first answer word right:")
+        by_voice(lm, torch.from_numpy(data["eval"].astype(np.int64)), data["eval_meta"], load_split(args.data, "eval"))
 
 
 if __name__ == "__main__":

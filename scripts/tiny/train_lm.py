@@ -194,7 +194,12 @@ def train_forward(lm, codes, audio_rows=None):
 def lm_loss(lm, codes, pad_weight=0.5, bf16=False, audio_rows=None, head=None, ctc=None):
     """(text, audio, ctc) losses; ctc is 0 without an auxiliary head and targets."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        hidden, tl, tm, al, am = train_forward(lm, codes, audio_rows)
+        out = train_forward(lm, codes, audio_rows)
+    return losses(lm, codes, out, pad_weight, head, ctc)
+
+
+def losses(lm, codes, out, pad_weight=0.5, head=None, ctc=None):
+    hidden, tl, tm, al, am = out
     tgt = codes[:, 0]
     w = torch.where(tgt == PAD, pad_weight, 1.0) * tm
     text = (F.cross_entropy(tl[tm].float(), tgt[tm], reduction="none") * w[tm]).sum() / w.sum()
@@ -207,6 +212,26 @@ def lm_loss(lm, codes, pad_weight=0.5, bf16=False, audio_rows=None, head=None, c
         steps = torch.full((codes.shape[0],), logp.shape[0], dtype=torch.long)
         aux = F.ctc_loss(logp, targets, steps, lengths, blank=0, zero_infinity=True)
     return text, audio, aux
+
+
+def first_words(pred, tgt, mask):
+    """{dialogue: its first answer word predicted right}, for dialogues with an answer. The
+    first word is the one that depends on hearing the question."""
+    answer = (tgt != PAD) & mask
+    out = {}
+    for b in range(len(tgt)):
+        pos = torch.nonzero(answer[b]).flatten()
+        if len(pos):
+            out[b] = bool(pred[b, pos[0]] == tgt[b, pos[0]])
+    return out
+
+
+def text_accuracy(pred, tgt, mask):
+    """Teacher-forced text accuracy: (answer words right, first answer word right, dialogues
+    with an answer)."""
+    answer = (tgt != PAD) & mask
+    first = list(first_words(pred, tgt, mask).values())
+    return (pred[answer] == tgt[answer]).float().mean().item(), float(np.mean(first)), len(first)
 
 
 def drop_user_levels(codes, p, g):
@@ -271,28 +296,25 @@ class Questions:
 
 @torch.no_grad()
 def evaluate(lm, head, questions, eval_set, n=64):
-    """Eval losses, and on held-out voices: first answer word right (teacher-forced) and
-    question transcribed exactly by the auxiliary head."""
+    """Eval losses, and on held-out voices: first answer word right (teacher-forced), question
+    transcribed exactly by the auxiliary head, and words said where padding is due."""
     idx = torch.arange(min(n, len(eval_set)))
     codes = eval_set[idx]
+    out = train_forward(lm, codes)
     ctc = questions.batch("eval", idx) if head is not None else None
-    et, ea, ec = lm_loss(lm, codes, head=head, ctc=ctc)
-    hidden, tl, tm, _, _ = train_forward(lm, codes, 1)
-    ctc_logits = head(hidden, tl) if head is not None else None
+    et, ea, ec = losses(lm, codes, out, head=head, ctc=ctc)
+    hidden, tl, tm, _, _ = out
     tgt = codes[:, 0]
     pred = tl.argmax(-1)
-    first = []
-    heard = []
-    for b in range(len(codes)):
-        pos = torch.nonzero((tgt[b] != PAD) & tm[b]).flatten()
-        if len(pos):
-            first.append(bool(pred[b, pos[0]] == tgt[b, pos[0]]))
-        if head is not None:
-            heard.append(questions.greedy(ctc_logits[b]) == questions.seqs["eval"][b])
+    _, first, _ = text_accuracy(pred, tgt, tm)
+    heard = float("nan")
+    if head is not None:
+        ctc_logits = head(hidden, tl)
+        heard = float(np.mean([questions.greedy(ctc_logits[b]) == questions.seqs["eval"][b]
+                               for b in range(len(codes))]))
     quiet = (tgt == PAD) & tm
     blurts = (pred[quiet] != PAD).float().mean().item()
-    return (et.item(), ea.item(), ec.item(), float(np.mean(first)),
-            float(np.mean(heard)) if heard else float("nan"), blurts)
+    return et.item(), ea.item(), ec.item(), first, heard, blurts
 
 
 def export(lm, cfg, work: Path):

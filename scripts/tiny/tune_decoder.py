@@ -11,7 +11,7 @@ frozen, so every code, and every LM token trained on them, stays valid; only the
   tune_decoder.py --codec WORK/codec/export --data DATA --out WORK/codec-tuned [--steps 1500]
 
 Writes OUT/export/mimi.safetensors (the full codec, decoder replaced) and prints a judge
-figure (pocketsphinx, the eval's judge) on all answers before and after.
+figure (pocketsphinx, the eval's judge) on all answers: clean, and decoded before and after.
 """
 import argparse
 import json
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import FRAME, MIMI, MelLoss, cosine_lr, read_wav  # noqa: E402
+from common import FRAME, MelLoss, cosine_lr, read_wav  # noqa: E402
 from train_codec import export  # noqa: E402
 from train_lm import load_codec  # noqa: E402
 
@@ -45,13 +45,6 @@ def answer_clips(data: Path):
         texts.append(t)
         rows.append(x)
     return texts, torch.from_numpy(np.stack(rows))[:, None]
-
-
-def decode(mimi, codes):
-    emb = mimi.quantizer.decode(codes)
-    emb = mimi._to_encoder_framerate(emb)
-    (emb,) = mimi.decoder_transformer(emb)
-    return mimi.decoder(emb)
 
 
 def judge_all(texts, audio, work: Path):
@@ -80,8 +73,9 @@ def main():
     texts, x = answer_clips(args.data)
     with torch.no_grad():
         codes = torch.cat([mimi.encode(x[i:i + 16]) for i in range(0, len(x), 16)])
-        before = torch.cat([decode(mimi, codes[i:i + 16]) for i in range(0, len(x), 16)])
-    print(f"{len(texts)} answers, {codes.shape[-1]} frames each; judge on codec decodes before: "
+        before = torch.cat([mimi.decode(codes[i:i + 16]) for i in range(0, len(x), 16)])
+    print(f"{len(texts)} answers, {codes.shape[-1]} frames each; judge on the clean clips: "
+          f"{100 * judge_all(texts, x, args.out):.1f}%, on codec decodes before: "
           f"{100 * judge_all(texts, before, args.out):.1f}%", file=sys.stderr, flush=True)
     train = [mimi.upsample, mimi.decoder_transformer, mimi.decoder]
     for p in mimi.parameters():
@@ -99,7 +93,7 @@ def main():
         for grp in opt.param_groups:
             grp["lr"] = cosine_lr(step, args.steps, args.lr, warmup=50)
         idx = torch.randint(0, len(texts), (args.batch,), generator=g)
-        y = decode(mimi, codes[idx])[..., : x.shape[-1]]
+        y = mimi.decode(codes[idx])[..., : x.shape[-1]]
         tgt = x[idx]
         l_mel = mel(y[:, 0], tgt[:, 0])
         l_time = ((y - tgt) ** 2).mean() / (tgt ** 2).mean().clamp(min=1e-8)
@@ -117,7 +111,7 @@ def main():
             t0 = time.time()
     mimi.eval()
     with torch.no_grad():
-        after = torch.cat([decode(mimi, codes[i:i + 16]) for i in range(0, len(x), 16)])
+        after = torch.cat([mimi.decode(codes[i:i + 16]) for i in range(0, len(x), 16)])
         # The encoder and quantizer are untouched: the codes must not move.
         again = torch.cat([mimi.encode(x[i:i + 16]) for i in range(0, len(x), 16)])
     assert torch.equal(again, codes), "codes changed: the encoder or quantizer was trained"
