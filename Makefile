@@ -33,6 +33,9 @@ run: build
 
 # wgpu's Vulkan loader wants a runtime directory; CI shells may not have one.
 export XDG_RUNTIME_DIR ?= /tmp/kokichi-runtime-$(shell id -u)
+# This checkout's assets: the shared CARGO_TARGET_DIR may hold a binary built from another
+# checkout (CI's fresh clone), whose built-in source path would point at that clone's weights.
+export KOKICHI_ASSETS ?= $(CURDIR)/assets
 
 test:
 	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
