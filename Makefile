@@ -69,13 +69,21 @@ train-tiny: venv
 	@start=$$(date +%s); \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_codec.py --data $(TINY_DATA) --work $(TINY_WORK)/codec && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA) --codec $(TINY_WORK)/codec/export --out $(TINY_WORK)/lm/tokens.npz && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) --append --start 16000 --train 32000 --balance --channel && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA) --codec $(TINY_WORK)/codec/export --out $(TINY_WORK)/lm/tokens.npz \
+	  --limit 16000 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA) --codec $(TINY_WORK)/codec/export --out $(TINY_WORK)/lm/tokens-extra.npz \
+	  --first 16000 --splits train --seed 4 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned2 \
+	  --steps 3000 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.npz --work $(TINY_WORK)/lm \
 	  --steps 2500 --ctc-weight 0 --audio-rows 0 --user-levels 0 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.npz --work $(TINY_WORK)/lm3 \
 	  --init $(TINY_WORK)/lm/ckpt.pt --steps 7000 --warmup 100 && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned/export --lm $(TINY_WORK)/lm3/export --data $(TINY_DATA) && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.npz $(TINY_WORK)/lm/tokens-extra.npz \
+	  --work $(TINY_WORK)/lm4 --init $(TINY_WORK)/lm3/ckpt.pt --steps 6000 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned2/export --lm $(TINY_WORK)/lm4/export --data $(TINY_DATA) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv

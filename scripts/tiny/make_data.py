@@ -3,6 +3,10 @@
 and their licences). Generated data stays out of git: this script regenerates it.
 
   make_data.py --out /var/tmp/kokichi-data --train 16000 --eval 600
+  make_data.py --out /var/tmp/kokichi-data --append --start 16000 --train 32000 --balance --channel
+
+The second form adds training questions 16000..47999 to train.jsonl, with voices drawn by
+engine first (`--balance`) and a random formant and channel change (`--channel`).
 
 Writes OUT/questions/{train,eval}/NNNNNN.wav (24 kHz, 16-bit) with OUT/{train,eval}.jsonl
 (task, question, answer, voice), OUT/answers/*.wav spoken by the model's own voice word by
@@ -37,16 +41,16 @@ def write_wav(path, pcm):
 
 
 def make_question(job):
-    split, idx, seed, vlist = job
+    split, idx, seed, vlist, balance, channel = job
     rng = random.Random(seed)
     task, q, a = domain.sample(rng)
     rec = {"id": idx, "task": task, "question": q, "answer": a}
     if task == "silence":
         return rec
     for attempt in range(3):
-        voice = rng.choice(vlist)
+        voice = voices.pick(rng, vlist, balance)
         try:
-            pcm = voices.synth(voice, q, rng)
+            pcm = voices.synth(voice, q, rng, channel=channel)
         except Exception as e:  # a voice refusing a text: try another
             print(f"{voice}: {e}", file=sys.stderr)
             continue
@@ -105,21 +109,37 @@ def main():
     ap.add_argument("--eval", type=int, default=600)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=20261128)
+    ap.add_argument("--start", type=int, default=0, help="index of the first training question")
+    ap.add_argument("--append", action="store_true",
+                    help="add training questions to train.jsonl; answers, tokenizer and eval stay")
+    ap.add_argument("--balance", action="store_true", help="draw voices by engine first")
+    ap.add_argument("--channel", action="store_true", help="random formant shift and bass/treble tilt")
     args = ap.parse_args()
     out = args.out
     for d in ["questions/train", "questions/eval", "answers"]:
         (out / d).mkdir(parents=True, exist_ok=True)
     init(out)
     t0 = time.time()
-    words = domain.vocabulary()
-    write_tokenizer(out / "tokenizer.model", words)
+    splits = [("train", args.train, voices.train_voices())]
+    if args.append:
+        have = len((out / "train.jsonl").read_text().splitlines())
+        if have != args.start:
+            sys.exit(f"{out / 'train.jsonl'}: has {have} questions, --start is {args.start}")
+    else:
+        if args.start:
+            sys.exit("--start needs --append")
+        write_tokenizer(out / "tokenizer.model", domain.vocabulary())
+        splits.append(("eval", args.eval, voices.eval_voices()))
     with mp.Pool(args.workers, initializer=init, initargs=(out,)) as pool:
-        answers = dict(pool.map(make_answer, domain.answers()))
-        (out / "answers.json").write_text(json.dumps(answers, indent=0))
-        print(f"{len(answers)} answers in the model's voice ({time.time() - t0:.0f} s)", file=sys.stderr)
-        for split, n, vlist in [("train", args.train, voices.train_voices()), ("eval", args.eval, voices.eval_voices())]:
-            jobs = [(split, i, args.seed * 1000003 + i * 7919 + (split == "eval"), vlist) for i in range(n)]
-            with open(out / f"{split}.jsonl", "w") as f:
+        if not args.append:
+            answers = dict(pool.map(make_answer, domain.answers()))
+            (out / "answers.json").write_text(json.dumps(answers, indent=0))
+            print(f"{len(answers)} answers in the model's voice ({time.time() - t0:.0f} s)", file=sys.stderr)
+        for split, n, vlist in splits:
+            first = args.start if split == "train" else 0
+            jobs = [(split, i, args.seed * 1000003 + i * 7919 + (split == "eval"), vlist, args.balance, args.channel)
+                    for i in range(first, first + n)]
+            with open(out / f"{split}.jsonl", "a" if args.append else "w") as f:
                 for k, rec in enumerate(pool.imap(make_question, jobs, chunksize=16)):
                     f.write(json.dumps(rec) + "\n")
                     if k % 2000 == 0:

@@ -3,7 +3,7 @@
 answer words (and the first word, the one that depends on hearing the question) on training
 and held-out token sequences? Separates "does not recognise" from "recognises but misspeaks".
 
-  probe_lm.py [--export WORK/lm3/export] [--tokens WORK/lm/tokens.npz] [--n 160] [--by-voice]
+  probe_lm.py [--export WORK/lm4/export] [--tokens WORK/lm/tokens.npz] [--n 160] [--by-voice]
 
 With --by-voice, the first-word figure on every held-out sequence, per voice and per task.
 """
@@ -46,7 +46,7 @@ def by_voice(lm, seqs, meta, recs):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--export", type=Path, default=Path("/var/tmp/kokichi-train/lm3/export"))
+    ap.add_argument("--export", type=Path, default=Path("/var/tmp/kokichi-train/lm4/export"))
     ap.add_argument("--tokens", type=Path, default=Path("/var/tmp/kokichi-train/lm/tokens.npz"))
     ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
     ap.add_argument("--n", type=int, default=160)
@@ -57,7 +57,7 @@ def main():
     lm.load_state_dict(load_file(str(args.export / "model.safetensors")), strict=False)
     lm.eval()
     data = np.load(args.tokens)
-    for split in ["train", "eval"]:
+    for split in [s for s in ["train", "eval"] if s in data]:
         words, first, n = accuracy(lm, torch.from_numpy(data[split][: args.n].astype(np.int64)))
         print(f"{split}: answer words right {100 * words:.1f}%, first word right {100 * first:.1f}% (n={n})")
     if args.by_voice:

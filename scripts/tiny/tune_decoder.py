@@ -9,6 +9,9 @@ frozen, so every code, and every LM token trained on them, stays valid; only the
 (upsampling, decoder transformer, SEANet decoder) learns to render the model's answers.
 
   tune_decoder.py --codec WORK/codec/export --data DATA --out WORK/codec-tuned [--steps 1500]
+  tune_decoder.py --codec WORK/codec-tuned/export --data DATA --out WORK/codec-tuned2 --steps 3000
+
+The second call continues from the first (a fresh cosine schedule): the shipped decoder.
 
 Writes OUT/export/mimi.safetensors (the full codec, decoder replaced) and prints a judge
 figure (pocketsphinx, the eval's judge) on all answers: clean, and decoded before and after.

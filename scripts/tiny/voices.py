@@ -5,7 +5,8 @@ Every voice renders text to a 24 kHz mono float32 array. Licences of the voice d
   festival and festvox voices (free, MIT/BSD-style), SVOX pico (Apache-2.0, Debian non-free for
   lack of data sources), RHVoice English voices alan/bdl/clb/slt (LGPL-2.1+). MBROLA voices are
   licensed for non-commercial use only: they appear in the held-out evaluation set, never in
-  training, so nothing shipped derives from them.
+  training, so nothing shipped derives from them. RHVoice's evgeniy-eng and lyubov are
+  CC-BY-NC-ND and are used nowhere.
 """
 import os
 import random
@@ -55,6 +56,20 @@ def eval_voices():
 
 MODEL_VOICE = Voice("pico", "en-US")
 
+# Engine shares for `pick(..., balance=True)`. Uniform over voices gives espeak's 120 variants
+# 94% of the corpus; these give the other engines' natural-sounding voices more of it.
+ENGINE_SHARE = {"espeak": 0.4, "flite": 0.25, "rhvoice": 0.25, "pico": 0.1}
+
+
+def pick(rng, vlist, balance=False):
+    """A voice from `vlist`: uniform over voices, or over engines first with `balance`."""
+    if not balance:
+        return rng.choice(vlist)
+    engines = sorted({v.engine for v in vlist})
+    weights = [ENGINE_SHARE.get(e, 0.1) for e in engines]
+    engine = rng.choices(engines, weights)[0]
+    return rng.choice([v for v in vlist if v.engine == engine])
+
 
 def _read_wav(path):
     with wave.open(path) as w:
@@ -66,8 +81,10 @@ def _read_wav(path):
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
-def synth(voice, text, rng=None, vary=True):
-    """Renders `text` with `voice`; with `vary`, random speed, pitch and gain."""
+def synth(voice, text, rng=None, vary=True, channel=False):
+    """Renders `text` with `voice`; with `vary`, random speed, pitch and gain; with `channel`
+    also a random resampling speed change (shifts formants, like a longer or shorter vocal
+    tract) and a random tilt of bass and treble (like another microphone or room)."""
     rng = rng or random.Random(0)
     with tempfile.TemporaryDirectory() as d:
         raw = os.path.join(d, "raw.wav")
@@ -101,6 +118,11 @@ def synth(voice, text, rng=None, vary=True):
             cents = rng.randint(-250, 250)
             gain = rng.uniform(-9.0, 0.0)
             effects = ["tempo", "-s", f"{tempo:.3f}", "pitch", str(cents)] + effects + ["gain", f"{gain:.2f}"]
+            if channel:
+                speed = rng.uniform(0.88, 1.12)
+                bass, treble = rng.uniform(-8, 8), rng.uniform(-8, 8)
+                effects = (["speed", f"{speed:.3f}"] + effects[:-2] + ["bass", f"{bass:.1f}", "treble", f"{treble:.1f}"]
+                           + ["gain", "-n", f"{gain:.2f}"])  # -n: peak at `gain` dB, no clipping
         subprocess.run(["sox", raw, "-b", "16", out] + effects, check=True, capture_output=True)
         pcm = _read_wav(out)
     # Trim leading/trailing near-silence the engines add.
