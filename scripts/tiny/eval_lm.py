@@ -8,8 +8,10 @@ Three figures:
   audio  - the answer audio says it, judged by an independent recognizer (pocketsphinx,
            restricted to the domain's vocabulary; used only here, never in kokichi);
   quiet  - silence in gives silence out: no text and no recognized word.
+With --pairs N, also N sessions of two questions, the second asked after the first answer
+(a daemon session goes on): is the second answered as well as the first?
 
-  eval_lm.py --model assets/kokichi-tiny --bin target/debug/examples/answer_many [--n 300]
+  eval_lm.py --model assets/kokichi-tiny --bin target/debug/examples/answer_many [--n 300] [--pairs 60]
 """
 import argparse
 import json
@@ -81,6 +83,7 @@ def main():
     ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--silences", type=int, default=100)
+    ap.add_argument("--pairs", type=int, default=0, help="sessions of two questions, one after the other's answer")
     ap.add_argument("--reuse", action="store_true", help="judge the answers already in OUT (same --n/--silences)")
     ap.add_argument("--sample", action="store_true", help="sample (Moshi defaults) instead of greedy")
     ap.add_argument("--out", type=Path, default=Path("out/eval-tiny"))
@@ -89,7 +92,10 @@ def main():
     work = args.out
     (work / "in").mkdir(parents=True, exist_ok=True)
     recs = [r for r in load_split(args.data, "eval") if r["task"] != "silence" and r.get("file")]
-    recs = rng.sample(recs, min(args.n, len(recs)))
+    picked = rng.sample(range(len(recs)), min(args.n, len(recs)))  # the same draw as sampling recs
+    taken = set(picked)
+    pool = [r for k, r in enumerate(recs) if k not in taken] or recs
+    recs = [recs[k] for k in picked]
     items = []
     for r in recs:
         q = read_wav(args.data / r["file"]).astype(np.float32) / 32768
@@ -106,7 +112,23 @@ def main():
         pcm = np.random.default_rng(10_000 + i).normal(0, 10 ** rng.uniform(-4.5, -3), 6 * RATE).astype(np.float32)
         write_wav(work / "in" / f"{name}.wav", pcm)
         items.append({"name": name, "task": "silence", "answer": "", "answer_from": 0})
-    (work / "list.txt").write_text("".join(str((work / "in" / f"{it['name']}.wav").resolve()) + "\n" for it in items))
+    pairs = []
+    for i in range(args.pairs):
+        # Questions not among the single ones: a fresh draw from the same held-out split.
+        a, b = rng.sample(pool, 2)
+        qa, qb = (read_wav(args.data / r["file"]).astype(np.float32) / 32768 for r in (a, b))
+        lead = int(rng.uniform(0.3, 1.0) * RATE)
+        second = lead + len(qa) + 4 * RATE
+        pcm = np.zeros(second + len(qb) + 4 * RATE, np.float32)
+        pcm[lead:lead + len(qa)] = qa
+        pcm[second:second + len(qb)] = qb
+        pcm += np.random.default_rng(20_000 + i).normal(0, 3e-4, len(pcm)).astype(np.float32)
+        name = f"p{i:04d}"
+        write_wav(work / "in" / f"{name}.wav", pcm)
+        pairs.append({"name": name, "questions": [a["question"], b["question"]], "answers": [a["answer"], b["answer"]],
+                      "answer_from": [lead + len(qa), second + len(qb)]})
+    (work / "list.txt").write_text("".join(str((work / "in" / f"{it['name']}.wav").resolve()) + "\n"
+                                           for it in items + pairs))
     cmd = [args.bin, "--model", args.model, "--list", str(work / "list.txt"), "--out", str(work / "answers"), "--backend", "cpu"]
     if not args.sample:
         cmd.append("--greedy")
@@ -131,7 +153,15 @@ def main():
         t[0] += 1
         t[1] += ok_text
         t[2] += ok_audio
-    (work / "results.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    for it in pairs:
+        # The text has no timing: the first answer must open it and the second close it.
+        text = (work / "answers" / f"{it['name']}.txt").read_text().split()
+        audio = read_wav(work / "answers" / f"{it['name']}.wav").astype(np.float32) / 32768
+        a1, a2 = (a.split() for a in it["answers"])
+        heard = [judge.words(audio[f:f + 3 * RATE]) for f in it["answer_from"]]
+        it.update(text=" ".join(text), heard=[" ".join(h) for h in heard], ok_text=[text[:len(a1)] == a1, text[-len(a2):] == a2],
+                  ok_audio=[heard[0] == a1, heard[1] == a2], exact=text == a1 + a2)
+    (work / "results.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items + pairs))
     qs = [it for it in items if it["task"] != "silence"]
     sil = [it for it in items if it["task"] == "silence"]
     print(f"kokichi-tiny on held-out voices ({'sampled' if args.sample else 'greedy'}), {len(qs)} questions, {len(sil)} silent windows")
@@ -140,6 +170,11 @@ def main():
     print(f"TEXT right answer:  {100 * np.mean([it['ok_text'] for it in qs]):.1f}%")
     print(f"AUDIO says it:      {100 * np.mean([it['ok_audio'] for it in qs]):.1f}%")
     print(f"SILENCE stays quiet: {100 * np.mean([it['ok_text'] and it['ok_audio'] for it in sil]):.1f}%")
+    if pairs:
+        for k, which in enumerate(["first", "second"]):
+            print(f"{len(pairs)} sessions of two questions, {which}: text {100 * np.mean([p['ok_text'][k] for p in pairs]):.1f}%"
+                  f"  audio {100 * np.mean([p['ok_audio'][k] for p in pairs]):.1f}%")
+        print(f"  text exactly both answers: {100 * np.mean([p['exact'] for p in pairs]):.1f}%")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,13 @@ answer words (and the first word, the one that depends on hearing the question) 
 and held-out token sequences? Separates "does not recognise" from "recognises but misspeaks".
 
   probe_lm.py [--export WORK/lm4/export] [--tokens WORK/lm/tokens.npz] [--n 160] [--by-voice]
+  probe_lm.py --heard WORK/lm4/ckpt.pt
 
 With --by-voice, the first-word figure on every held-out sequence, per voice and per task.
+With --heard, how often the training-only CTC head of a checkpoint transcribes a held-out
+question exactly: anywhere in the dialogue, and before the model's answer starts. Only the
+second is hearing: later, the head can read the answer's words off the model's own answer
+audio, which teacher forcing puts in the model stream.
 """
 import argparse
 import collections
@@ -20,7 +25,7 @@ from moshi.models.lm import LMModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_split  # noqa: E402
-from train_lm import first_words, text_accuracy  # noqa: E402
+from train_lm import CtcHead, Questions, first_words, text_accuracy, train_forward, word_ids  # noqa: E402
 
 
 @torch.no_grad()
@@ -44,6 +49,37 @@ def by_voice(lm, seqs, meta, recs):
         print(f"  {k:38s} {100 * np.mean(v):5.1f}% (n={len(v)})")
 
 
+@torch.no_grad()
+def heard(ckpt: Path, cfg: dict, data: Path, tokens):
+    """Held-out questions transcribed exactly by a checkpoint's CTC head: in the whole dialogue,
+    and in the frames before the answer (up to 2 after the whole question has been heard)."""
+    st = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if "head" not in st:
+        sys.exit(f"{ckpt}: no CTC head in this checkpoint")
+    lm = LMModel(**cfg)
+    lm.load_state_dict(st["model"])
+    lm.eval()
+    questions = Questions(data, {"train": tokens["train_meta"][:1], "eval": tokens["eval_meta"]}, gap=True)
+    text_ids, card = word_ids(data / "tokenizer.model")
+    head = CtcHead(cfg["dim"], questions.words, text_ids, card)
+    head.load_state_dict(st["head"])
+    seqs = torch.from_numpy(tokens["eval"].astype(np.int64))
+    ok_all, ok_early, n = 0, 0, 0
+    for i in range(0, len(seqs), 50):
+        out = train_forward(lm, seqs[i:i + 50])
+        logits = head(out[0], out[1])
+        for b in range(len(logits)):
+            k = i + b
+            want = questions.seqs["eval"][k]
+            if not want:
+                continue
+            n += 1
+            ok_all += questions.greedy(logits[b]) == want
+            ok_early += questions.greedy(logits[b, :int(questions.gap_from["eval"][k]) + 2]) == want
+    print(f"held-out questions transcribed exactly by the CTC head: in the whole dialogue {100 * ok_all / n:.1f}%, "
+          f"before the answer starts {100 * ok_early / n:.1f}% (n={n})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--export", type=Path, default=Path("/var/tmp/kokichi-train/lm4/export"))
@@ -51,9 +87,14 @@ def main():
     ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
     ap.add_argument("--n", type=int, default=160)
     ap.add_argument("--by-voice", action="store_true")
+    ap.add_argument("--heard", type=Path, default=None, help="a training checkpoint (ckpt.pt) with its CTC head")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    lm = LMModel(**json.loads((args.export / "lm_config.json").read_text()))
+    cfg = json.loads((args.export / "lm_config.json").read_text())
+    if args.heard is not None:
+        heard(args.heard, cfg, args.data, np.load(args.tokens))
+        return
+    lm = LMModel(**cfg)
     lm.load_state_dict(load_file(str(args.export / "model.safetensors")), strict=False)
     lm.eval()
     data = np.load(args.tokens)

@@ -10,8 +10,15 @@ frozen, so every code, and every LM token trained on them, stays valid; only the
 
   tune_decoder.py --codec WORK/codec/export --data DATA --out WORK/codec-tuned [--steps 1500]
   tune_decoder.py --codec WORK/codec-tuned/export --data DATA --out WORK/codec-tuned2 --steps 3000
+  tune_decoder.py --codec WORK/codec-tuned2/export --data DATA --out WORK/codec-tuned3 --steps 3000 --wave 0
+  tune_decoder.py --codec WORK/codec-tuned3/export --data DATA --out WORK/codec-tuned4 --steps 3000 --wave 0
 
-The second call continues from the first (a fresh cosine schedule): the shipped decoder.
+Each call continues from the one before (a fresh cosine schedule). The third drops the
+waveform error (`--wave 0`): it asks a small decoder for the exact phase of the signal, which
+it cannot give, and the recognizer judges the spectrum. Measured: the judge on the decodes went
+from 8.4% to 24.2% in those 3,000 mel-only steps; the 3,000 steps before, with the waveform
+error, had moved it from 4.7% to 8.4%. The fourth call is the shipped decoder. Each step decodes only up to the batch's longest
+answer, not the 39 frames of padding: 0.37 s a step instead of 1.1 s.
 
 Writes OUT/export/mimi.safetensors (the full codec, decoder replaced) and prints a judge
 figure (pocketsphinx, the eval's judge) on all answers: clean, and decoded before and after.
@@ -37,17 +44,19 @@ LEAD = 4  # frames of silence before each answer, as the tokenizer lays them out
 
 
 def answer_clips(data: Path):
-    """Every answer clip after LEAD frames of silence, zero-padded to one common length."""
+    """Every answer clip after LEAD frames of silence, zero-padded to one common length, and
+    each one's length in frames (LEAD + clip + 1)."""
     answers = json.loads((data / "answers.json").read_text())
     pcms = {t: read_wav(data / a["file"]).astype(np.float32) / 32768 for t, a in sorted(answers.items())}
     frames = LEAD + max(-(-len(p) // FRAME) for p in pcms.values()) + 2
-    texts, rows = [], []
+    texts, rows, lens = [], [], []
     for t, p in pcms.items():
         x = np.zeros(frames * FRAME, np.float32)
         x[LEAD * FRAME:LEAD * FRAME + len(p)] = p
         texts.append(t)
         rows.append(x)
-    return texts, torch.from_numpy(np.stack(rows))[:, None]
+        lens.append(LEAD + -(-len(p) // FRAME) + 1)
+    return texts, torch.from_numpy(np.stack(rows))[:, None], torch.tensor(lens)
 
 
 def judge_all(texts, audio, work: Path):
@@ -73,7 +82,7 @@ def main():
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     mimi = load_codec(args.codec)
-    texts, x = answer_clips(args.data)
+    texts, x, lens = answer_clips(args.data)
     with torch.no_grad():
         codes = torch.cat([mimi.encode(x[i:i + 16]) for i in range(0, len(x), 16)])
         before = torch.cat([mimi.decode(codes[i:i + 16]) for i in range(0, len(x), 16)])
@@ -96,8 +105,11 @@ def main():
         for grp in opt.param_groups:
             grp["lr"] = cosine_lr(step, args.steps, args.lr, warmup=50)
         idx = torch.randint(0, len(texts), (args.batch,), generator=g)
-        y = mimi.decode(codes[idx])[..., : x.shape[-1]]
-        tgt = x[idx]
+        # The decoder is causal: cut after the batch's longest clip, the codes decode to the
+        # same samples as the full 39 frames (checked: identical), at a third of the cost.
+        n = int(lens[idx].max())
+        y = mimi.decode(codes[idx, :, :n])[..., : n * FRAME]
+        tgt = x[idx, :, : n * FRAME]
         l_mel = mel(y[:, 0], tgt[:, 0])
         l_time = ((y - tgt) ** 2).mean() / (tgt ** 2).mean().clamp(min=1e-8)
         loss = l_mel + args.wave * l_time
