@@ -52,21 +52,23 @@ def by_voice(lm, seqs, meta, recs):
 @torch.no_grad()
 def heard(ckpt: Path, cfg: dict, data: Path, tokens):
     """Held-out questions transcribed exactly by a checkpoint's CTC head: in the whole dialogue,
-    and in the frames before the answer (up to 2 after the whole question has been heard)."""
+    and in the frames before the answer (`train_lm.py --ctc-until 2`'s window); and where the
+    head's last word comes, counted from the answer's first frame."""
     st = torch.load(ckpt, map_location="cpu", weights_only=False)
     if "head" not in st:
         sys.exit(f"{ckpt}: no CTC head in this checkpoint")
     lm = LMModel(**cfg)
     lm.load_state_dict(st["model"])
     lm.eval()
-    questions = Questions(data, {"train": tokens["train_meta"][:1], "eval": tokens["eval_meta"]}, gap=True)
+    questions = Questions(data, {"train": tokens["train_meta"][:1], "eval": tokens["eval_meta"]}, ends=True)
     text_ids, card = word_ids(data / "tokenizer.model")
     head = CtcHead(cfg["dim"], questions.words, text_ids, card)
     head.load_state_dict(st["head"])
     seqs = torch.from_numpy(tokens["eval"].astype(np.int64))
-    ok_all, ok_early, n = 0, 0, 0
+    early = questions.steps("eval", torch.arange(len(seqs)), 2)
+    ok_all, ok_early, n, last = 0, 0, 0, []
     for i in range(0, len(seqs), 50):
-        out = train_forward(lm, seqs[i:i + 50])
+        out = train_forward(lm, seqs[i:i + 50], audio_rows=1)
         logits = head(out[0], out[1])
         for b in range(len(logits)):
             k = i + b
@@ -75,9 +77,15 @@ def heard(ckpt: Path, cfg: dict, data: Path, tokens):
                 continue
             n += 1
             ok_all += questions.greedy(logits[b]) == want
-            ok_early += questions.greedy(logits[b, :int(questions.gap_from["eval"][k]) + 2]) == want
+            ok_early += questions.greedy(logits[b, :int(early[k])]) == want
+            best = logits[b].argmax(-1)
+            spikes = torch.nonzero((best != 0) & (best != torch.cat([best.new_zeros(1), best[:-1]]))).flatten()
+            if len(spikes):
+                last.append(int(spikes[-1]) - int(tokens["eval_meta"][k][2]))
     print(f"held-out questions transcribed exactly by the CTC head: in the whole dialogue {100 * ok_all / n:.1f}%, "
           f"before the answer starts {100 * ok_early / n:.1f}% (n={n})")
+    print(f"its last word, frames after the answer's first: median {np.median(last):.0f}, "
+          f"4-8 for {np.mean([4 <= d <= 8 for d in last]) * 100:.1f}% (n={len(last)})")
 
 
 def main():

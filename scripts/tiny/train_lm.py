@@ -33,14 +33,15 @@ always before the answer.
 
 Tried for the answer path and measured (1,500 steps each, same seed; held-out first answer
 word over all 548 answered sequences, probe_lm.py --by-voice; lm4 itself: 11.1%). From lm4:
-the plain continuation 12.4%; the question transcribed at layer 3 of 6 (`--ctc-layer 3`) and
-the answer asked for through the pause before it (`--gap-weight 0.5`) 12.4%; no RVQ dropout
-(`--user-levels 0`) 12.6%; a second exchange spliced into 70% of the dialogues (`--multi 0.7`)
-11.5%. From the plain continuation: `--ctc-until 2` 11.2% (questions transcribed before the
-answer 0% -> 6.6%); with `--ctc-layer 4 --gap-weight 0.5` as well 13.0%; 1,750 more steps of
+the plain continuation 12.4%; the question transcribed at layer 3 of 6 and the answer word
+also trained at every position of the pause before it 12.4%; no RVQ dropout (`--user-levels
+0`) 12.6%; a second exchange spliced into 70% of the dialogues 11.5%. From the plain
+continuation: `--ctc-until 2` 11.2% (questions transcribed before the answer 0% -> 6.6%);
+with the layer-4 transcript and the pause loss as well 13.0%; 1,750 more steps of
 `--ctc-until 2` 12.2% (transcribed before the answer: 6.2%). All within the noise (about 1.4
-points), so the shipped LM is still the lm4 stage's. Hearing in time, not turning a heard
-question into its answer, is what fails.
+points), so the shipped LM is still the lm4 stage's, and the three options that only these
+runs used (`--ctc-layer`, `--gap-weight`, `--multi`) were removed again; they are in commit
+f64ae94. Hearing in time, not turning a heard question into its answer, is what fails.
 """
 import argparse
 import json
@@ -215,34 +216,14 @@ def train_forward(lm, codes, audio_rows=None):
     return hidden, text_logits[:, 0], tmask[:, 0], logits, amask
 
 
-def lm_loss(lm, codes, pad_weight=0.5, bf16=False, audio_rows=None, head=None, ctc=None, tap=None):
+def lm_loss(lm, codes, pad_weight=0.5, bf16=False, audio_rows=None, head=None, ctc=None):
     """(text, audio, ctc) losses; ctc is 0 without an auxiliary head and targets."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = train_forward(lm, codes, audio_rows)
-    return losses(lm, codes, out, pad_weight, head, ctc, tap), out
+    return losses(lm, codes, out, pad_weight, head, ctc)
 
 
-class Tap:
-    """The output of one temporal transformer layer (1-based) in the last forward, read through
-    the model's own output norm and text head. With the question transcribed there rather than
-    at the last layer, the layers above it can attend to the heard words and turn them into the
-    answer; at the last layer nothing is left to do that."""
-
-    def __init__(self, lm, layer: int):
-        if not 1 <= layer <= len(lm.transformer.layers):
-            sys.exit(f"--ctc-layer {layer}: the temporal transformer has {len(lm.transformer.layers)} layers")
-        self.lm, self.out = lm, None
-        lm.transformer.layers[layer - 1].register_forward_hook(self._keep)
-
-    def _keep(self, _module, _inputs, output):
-        self.out = output
-
-    def heads(self):
-        h = self.lm.out_norm(self.out)
-        return h, self.lm.text_linear(h)
-
-
-def losses(lm, codes, out, pad_weight=0.5, head=None, ctc=None, tap=None):
+def losses(lm, codes, out, pad_weight=0.5, head=None, ctc=None):
     hidden, tl, tm, al, am = out
     tgt = codes[:, 0]
     w = torch.where(tgt == PAD, pad_weight, 1.0) * tm
@@ -252,34 +233,11 @@ def losses(lm, codes, out, pad_weight=0.5, head=None, ctc=None, tap=None):
     aux = torch.zeros(())
     if head is not None and ctc is not None:
         targets, lengths, steps = ctc
-        h, t = tap.heads() if tap is not None else (hidden, tl)
-        logp = F.log_softmax(head(h.float(), t.float()), -1).transpose(0, 1)  # [T, B, C]
+        logp = F.log_softmax(head(hidden.float(), tl.float()), -1).transpose(0, 1)  # [T, B, C]
         if steps is None:
             steps = torch.full((codes.shape[0],), logp.shape[0], dtype=torch.long)
         aux = F.ctc_loss(logp, targets, steps, lengths, blank=0, zero_infinity=True)
     return text, audio, aux
-
-
-def gap_loss(tl, codes, gap_from):
-    """Answer supervision in the pause before the answer: at every frame from the end of the
-    question to the answer's first word, the text head's choice among words (padding left
-    out) is trained to be that first word. The answer text alone teaches the answer at one
-    frame per dialogue; this asks for it as soon as the question has been heard, at 2-8 more
-    (5 on average), without moving when the model starts to speak (padding's logit is not in
-    it)."""
-    tgt = codes[:, 0]
-    B, T = tgt.shape
-    words = tgt != PAD
-    has = words.any(1)
-    onset = torch.where(has, words.float().argmax(1), torch.full_like(has, T, dtype=torch.long))
-    first = tgt.gather(1, onset.clamp(max=T - 1)[:, None])[:, 0]
-    pos = torch.arange(T)[None]
-    m = (pos >= gap_from[:, None]) & (pos < onset[:, None]) & has[:, None] & (gap_from[:, None] >= 0)
-    if not m.any():
-        return torch.zeros(())
-    logits = tl[m].float()
-    logits[:, PAD] = float("-inf")
-    return F.cross_entropy(logits, first[:, None].expand(B, T)[m])
 
 
 def first_words(pred, tgt, mask):
@@ -362,48 +320,10 @@ class CtcHead(torch.nn.Module):
         return torch.cat([self.linear(hidden), text_logits], -1).index_select(-1, self.index)
 
 
-class Exchanges:
-    """Two question/answer exchanges in one 8 s dialogue, spliced from two training dialogues
-    in the silences between them: the first up to a little after its answer, the second from a
-    little before its question. A dialogue holds one answer in about 40 of its 100 frames, so
-    this doubles the answers learned per step where both fit, and teaches what a session is
-    (a second question after an answered one) rather than a fresh start each time."""
-
-    def __init__(self, data: Path, meta):
-        answers = json.loads((data / "answers.json").read_text())
-        # The tokenizer lays each answer out as ceil(samples / FRAME) + 1 frames from its onset.
-        frames = {t: -(-wav_frames(data / a["file"]) // FRAME) + 1 for t, a in answers.items()}
-        recs = load_split(data, "train")
-        self.start = torch.tensor([lead // FRAME if lead >= 0 else -1 for _, lead, _ in meta])
-        self.end = torch.tensor([af + frames[recs[i]["answer"]] if lead >= 0 else -1 for i, lead, af in meta])
-
-    def splice(self, train_set, idx, words, p, g):
-        """The batch `train_set[idx]` with a share `p` of its dialogues extended by a second
-        exchange; returns it and each row's question words (the CTC targets) in order."""
-        codes = train_set[idx].clone()
-        T = codes.shape[-1]
-        rows = [list(words[i]) for i in idx.tolist()]
-        other = torch.randint(0, len(train_set), (len(idx),), generator=g)
-        use = torch.rand(len(idx), generator=g) < p
-        tail = torch.randint(2, 9, (len(idx),), generator=g)
-        lead = torch.randint(1, 9, (len(idx),), generator=g)
-        for b in torch.nonzero(use).flatten().tolist():
-            i, j = idx[b].item(), other[b].item()
-            if self.end[i] < 0 or self.start[j] < 0:
-                continue
-            cut = int(self.end[i] + tail[b])
-            src = max(0, int(self.start[j] - lead[b]))
-            if cut >= T or src + (T - cut) < self.end[j] + 2:
-                continue
-            codes[b, :, cut:] = train_set[j, :, src:src + T - cut]
-            rows[b] += words[j]
-        return codes, rows
-
-
 class Questions:
     """The user's question as word ids (1..V; 0 is CTC's blank) for every token sequence."""
 
-    def __init__(self, data: Path, metas: dict, gap: bool = False):
+    def __init__(self, data: Path, metas: dict, ends: bool = False):
         recs = {s: load_split(data, s) for s in metas}
         self.words = sorted({w for r in recs["train"] for w in r["question"].split()})
         ids = {w: i + 1 for i, w in enumerate(self.words)}
@@ -416,26 +336,21 @@ class Questions:
             # semantic level up to frame t-1 and the delayed acoustic ones up to t-2. -1: none.
             self.gap_from[split] = torch.tensor(
                 [(lead + wav_frames(data / recs[split][i]["file"]) - 1) // FRAME + 2 if lead >= 0 else -1
-                 for i, lead, _ in meta], dtype=torch.long) if gap else None
+                 for i, lead, _ in meta], dtype=torch.long) if ends else None
 
     def batch(self, split, idx, until=None):
         """CTC targets, their lengths, and the frames each transcript must be complete in:
-        with `until`, up to `until` frames after the whole question has been heard; else all
-        (None)."""
-        targets, lengths = self.targets([self.seqs[split][i] for i in idx.tolist()])
-        return targets, lengths, self.steps(split, idx, until)
+        with `until`, up to `until` frames after the whole question has been heard (needs
+        `ends`); else all (None)."""
+        seqs = [self.seqs[split][i] for i in idx.tolist()]
+        targets = torch.tensor([w for q in seqs for w in q], dtype=torch.long)
+        return targets, torch.tensor([len(q) for q in seqs], dtype=torch.long), self.steps(split, idx, until)
 
     def steps(self, split, idx, until):
         if until is None:
             return None
         g = self.gap_from[split][idx]
         return torch.where(g >= 0, (g + until).clamp(max=SEQ_FRAMES), SEQ_FRAMES)
-
-    @staticmethod
-    def targets(seqs):
-        """CTC targets and lengths of a batch's word-id lists."""
-        targets = torch.tensor([w for q in seqs for w in q], dtype=torch.long)
-        return targets, torch.tensor([len(q) for q in seqs], dtype=torch.long)
 
     def greedy(self, logits):
         """Best-path CTC decoding of one dialogue's head logits [T, C]."""
@@ -448,7 +363,7 @@ class Questions:
 
 
 @torch.no_grad()
-def evaluate(lm, head, questions, eval_set, n=64, tap=None, until=None):
+def evaluate(lm, head, questions, eval_set, n=64, until=None):
     """Eval losses, and on held-out voices: first answer word right (teacher-forced), question
     transcribed exactly by the auxiliary head (in the frames it is given), and words said where
     padding is due."""
@@ -456,14 +371,14 @@ def evaluate(lm, head, questions, eval_set, n=64, tap=None, until=None):
     codes = eval_set[idx]
     out = train_forward(lm, codes)
     ctc = questions.batch("eval", idx, until) if head is not None else None
-    et, ea, ec = losses(lm, codes, out, head=head, ctc=ctc, tap=tap)
+    et, ea, ec = losses(lm, codes, out, head=head, ctc=ctc)
     hidden, tl, tm, _, _ = out
     tgt = codes[:, 0]
     pred = tl.argmax(-1)
     _, first, _ = text_accuracy(pred, tgt, tm)
     heard = float("nan")
     if head is not None:
-        ctc_logits = head(*(tap.heads() if tap is not None else (hidden, tl)))
+        ctc_logits = head(hidden, tl)
         steps = ctc[2] if ctc[2] is not None else torch.full((len(codes),), codes.shape[-1])
         # Over dialogues with a question: a silent one is "transcribed" by any blank output.
         heard = float(np.mean([questions.greedy(ctc_logits[b, :steps[b]]) == questions.seqs["eval"][b]
@@ -496,16 +411,12 @@ def train(args):
     eval_set = torch.from_numpy(data["eval"].astype(np.int64))
     until = args.ctc_until if args.ctc_until > 0 else None
     questions = Questions(args.data, {"train": train_meta, "eval": data["eval_meta"]},
-                          gap=args.gap_weight > 0 or until is not None)
+                          ends=until is not None)
     lm = get_moshi_lm(None, lm_kwargs=dict(cfg), device="cpu", dtype=torch.float32)
     text_ids, _ = word_ids(args.data / "tokenizer.model")
     head = CtcHead(cfg["dim"], questions.words, text_ids, text_card) if args.ctc_weight > 0 else None
     if args.dropout > 0:
         add_branch_dropout(lm, args.dropout)
-    tap = Tap(lm, args.ctc_layer) if head is not None and args.ctc_layer else None
-    if args.multi > 0 and (args.gap_weight > 0 or until is not None):
-        sys.exit("--multi with --gap-weight or --ctc-until: those know one question per dialogue")
-    exchanges = Exchanges(args.data, train_meta) if args.multi > 0 else None
     params = list(lm.parameters()) + (list(head.parameters()) if head is not None else [])
     lm.train()
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
@@ -540,36 +451,30 @@ def train(args):
         for grp in opt.param_groups:
             grp["lr"] = cosine_lr(step, args.steps, args.lr, warmup=args.warmup)
         idx = torch.randint(0, len(train_set), (args.batch,), generator=g)
-        if exchanges is not None:
-            codes, qwords = exchanges.splice(train_set, idx, questions.seqs["train"], args.multi, g)
-            ctc = questions.targets(qwords) + (None,) if head is not None else None
-        else:
-            codes = train_set[idx]
-            ctc = questions.batch("train", idx, until) if head is not None else None
+        codes = train_set[idx]
+        ctc = questions.batch("train", idx, until) if head is not None else None
         if args.user_levels > 0:
             codes = drop_user_levels(codes, args.user_levels, g)
         if args.user_mask > 0:
             codes = mask_user_frames(codes, args.user_mask, g)
-        (lt, la, lc), out = lm_loss(lm, codes, pad_weight=args.pad_weight, bf16=bool(args.bf16),
-                                    audio_rows=args.audio_rows or None, head=head, ctc=ctc, tap=tap)
-        lg = gap_loss(out[1], codes, questions.gap_from["train"][idx]) if args.gap_weight > 0 else torch.zeros(())
-        loss = lt + la + args.ctc_weight * lc + args.gap_weight * lg
+        lt, la, lc = lm_loss(lm, codes, pad_weight=args.pad_weight, bf16=bool(args.bf16),
+                             audio_rows=args.audio_rows or None, head=head, ctc=ctc)
+        loss = lt + la + args.ctc_weight * lc
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        log.append((lt.item(), la.item(), lc.item(), lg.item()))
+        log.append((lt.item(), la.item(), lc.item()))
         if step % 50 == 0:
             m = np.mean(log, 0)
             log.clear()
-            print(f"step {step} text {m[0]:.4f} audio {m[1]:.4f} ctc {m[2]:.4f} gap {m[3]:.4f} "
-                  f"{(time.time() - t0) / 50:.2f} s/step",
+            print(f"step {step} text {m[0]:.4f} audio {m[1]:.4f} ctc {m[2]:.4f} {(time.time() - t0) / 50:.2f} s/step",
                   file=sys.stderr, flush=True)
             t0 = time.time()
         if step % args.save_every == 0 or step == args.steps:
             lm.eval()
-            et, ea, ec, first, heard, blurts = evaluate(lm, head, questions, eval_set, tap=tap, until=until)
+            et, ea, ec, first, heard, blurts = evaluate(lm, head, questions, eval_set, until=until)
             print(f"step {step} eval text {et:.4f} audio {ea:.4f} ctc {ec:.4f} first word right {100 * first:.1f}% "
                   f"question heard {100 * heard:.1f}% words where padding is due {100 * blurts:.2f}%",
                   file=sys.stderr, flush=True)
@@ -614,12 +519,6 @@ def main():
     r.add_argument("--ctc-until", type=int, default=0,
                    help="the transcript must be complete this many frames after the whole question has been "
                         "heard, before the model's own answer starts (0: anywhere in the dialogue)")
-    r.add_argument("--ctc-layer", type=int, default=0,
-                   help="temporal transformer layer (1-based) the question is transcribed from (0: the last)")
-    r.add_argument("--gap-weight", type=float, default=0.0,
-                   help="weight of the first-answer-word loss in the pause before the answer (0: off)")
-    r.add_argument("--multi", type=float, default=0.0,
-                   help="share of dialogues given a second exchange spliced in after their answer (0: off)")
     r.add_argument("--audio-rows", type=int, default=4,
                    help="dialogues per batch that train the depth transformer (0: all)")
     r.add_argument("--warmup", type=int, default=500)

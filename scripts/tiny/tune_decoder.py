@@ -17,8 +17,9 @@ Each call continues from the one before (a fresh cosine schedule). The third dro
 waveform error (`--wave 0`): it asks a small decoder for the exact phase of the signal, which
 it cannot give, and the recognizer judges the spectrum. Measured: the judge on the decodes went
 from 8.4% to 24.2% in those 3,000 mel-only steps; the 3,000 steps before, with the waveform
-error, had moved it from 4.7% to 8.4%. The fourth call is the shipped decoder. Each step decodes only up to the batch's longest
-answer, not the 39 frames of padding: 0.37 s a step instead of 1.1 s.
+error, had moved it from 4.7% to 8.4%. The fourth call is the shipped decoder. Each step
+decodes only up to the batch's longest answer, not the 39 frames of padding: 0.37 s a step
+instead of 1.1 s.
 
 Writes OUT/export/mimi.safetensors (the full codec, decoder replaced) and prints a judge
 figure (pocketsphinx, the eval's judge) on all answers: clean, and decoded before and after.
