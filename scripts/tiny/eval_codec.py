@@ -70,7 +70,15 @@ def main():
     sets = {}
     recs = [r for r in load_split(args.data, "eval") if r.get("file")]
     sets["held-out synthetic voices"] = [read_wav(args.data / r["file"]).astype(np.float32) / 32768 for r in rng.sample(recs, min(args.n, len(recs)))]
-    real = sorted(glob.glob("/usr/share/asterisk/sounds/en/*.wav"))
+    # The package installs en_US_f_Allison/; `en` is a link to it where asterisk's own packages
+    # (or an admin) made one.
+    for folder in ["/usr/share/asterisk/sounds/en", "/usr/share/asterisk/sounds/en_US_f_Allison"]:
+        real = sorted(glob.glob(f"{folder}/*.wav"))
+        if real:
+            break
+    else:
+        sys.exit("no asterisk prompts in /usr/share/asterisk/sounds/en{,_US_f_Allison}: "
+                 "apt install asterisk-core-sounds-en-wav")
     picks = rng.sample(real, min(args.n, len(real)))
     sets["real recordings (asterisk, 8 kHz)"] = [resample(read_wav(p, 8000).astype(np.float32) / 32768, 8000, 24000) for p in picks]
     answers = json.loads((args.data / "answers.json").read_text())
