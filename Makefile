@@ -81,13 +81,21 @@ train-tiny: venv
 	  --steps 3000 --wave 0 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned3/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned4 \
 	  --steps 3000 --wave 0 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned4/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned5 \
+	  --steps 4000 --wave 0 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned5/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned6 \
+	  --steps 4000 --wave 0 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned6/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned7 \
+	  --steps 4000 --wave 0 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned7/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned8 \
+	  --steps 4000 --wave 0 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.npz --work $(TINY_WORK)/lm \
 	  --steps 2500 --ctc-weight 0 --audio-rows 0 --user-levels 0 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.npz --work $(TINY_WORK)/lm3 \
 	  --init $(TINY_WORK)/lm/ckpt.pt --steps 7000 --warmup 100 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.npz $(TINY_WORK)/lm/tokens-extra.npz \
 	  --work $(TINY_WORK)/lm4 --init $(TINY_WORK)/lm3/ckpt.pt --steps 6000 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned4/export --lm $(TINY_WORK)/lm4/export --data $(TINY_DATA) && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm4/export --data $(TINY_DATA) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv
