@@ -81,14 +81,10 @@ train-tiny: venv
 	  --steps 3000 --wave 0 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned3/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned4 \
 	  --steps 3000 --wave 0 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned4/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned5 \
-	  --steps 4000 --wave 0 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned5/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned6 \
-	  --steps 4000 --wave 0 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned6/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned7 \
-	  --steps 4000 --wave 0 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned7/export --data $(TINY_DATA) --out $(TINY_WORK)/codec-tuned8 \
-	  --steps 4000 --wave 0 && \
+	for n in 5 6 7 8; do \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-tuned$$((n - 1))/export --data $(TINY_DATA) \
+	    --out $(TINY_WORK)/codec-tuned$$n --steps 4000 --wave 0 || exit 1; \
+	done && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.npz --work $(TINY_WORK)/lm \
 	  --steps 2500 --ctc-weight 0 --audio-rows 0 --user-levels 0 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.npz --work $(TINY_WORK)/lm3 \

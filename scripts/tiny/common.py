@@ -80,6 +80,16 @@ def mel_filterbank(n_fft: int, n_mels: int, fmin=0.0, fmax=RATE / 2) -> np.ndarr
     return fb
 
 
+def ctc_greedy(logits) -> list:
+    """Best-path CTC decoding of logits [T, C] (0 is the blank): ids, repeats merged."""
+    out, prev = [], 0
+    for k in logits.argmax(-1).tolist():
+        if k != prev and k != 0:
+            out.append(k)
+        prev = k
+    return out
+
+
 def cosine_lr(step, total, base, warmup=300):
     if step < warmup:
         return base * (step + 1) / warmup

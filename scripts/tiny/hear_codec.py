@@ -56,8 +56,8 @@ from moshi.models.loaders import get_mimi  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import CODEBOOKS, FRAME, MIMI, MelLoss, cosine_lr, load_split, read_wav  # noqa: E402
-from train_codec import export  # noqa: E402
+from common import CODEBOOKS, FRAME, MIMI, MelLoss, cosine_lr, ctc_greedy, load_split, read_wav  # noqa: E402
+from train_codec import decode_latent, encode_latent, export  # noqa: E402
 
 
 class Recognizer(torch.nn.Module):
@@ -92,15 +92,6 @@ def edits(a: list, b: list) -> int:
         for j, y in enumerate(b, 1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
     return row[-1]
-
-
-def greedy(logits) -> list:
-    out, prev = [], 0
-    for k in logits.argmax(-1).tolist():
-        if k != prev and k != 0:
-            out.append(k)
-        prev = k
-    return out
 
 
 class Clips:
@@ -150,14 +141,6 @@ class Clips:
         return self.pack(items, 0.3, self.rng)
 
 
-def latent(mimi, x, bf16):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        emb = mimi.encoder(x)
-        (emb,) = mimi.encoder_transformer(emb)
-        emb = mimi._to_framerate(emb)
-    return emb.float()
-
-
 READS = {"first": "the first codebook", "all": "all six codebooks", "latent": "the unquantized latent"}
 
 
@@ -191,9 +174,9 @@ def heard(mimi, head, clips, recs, bf16, read) -> str:
     for i in range(0, len(recs), 25):
         items = [(r["file"], r["question"]) for r in recs[i:i + 25]]
         x, targets = clips.pack(items, 0.3, rng)
-        logits = head(features(mimi, latent(mimi, x, bf16), read))
+        logits = head(features(mimi, encode_latent(mimi, x, bf16), read))
         for b, t in enumerate(targets):
-            got = greedy(logits[b])
+            got = ctc_greedy(logits[b])
             n += 1
             ok += got == t
             err += edits(got, t)
@@ -266,20 +249,17 @@ def main():
         bf16 = bool(args.bf16)
         if args.freeze:
             with torch.no_grad():
-                feats = features(mimi, latent(mimi, x, bf16), args.read)
+                feats = features(mimi, encode_latent(mimi, x, bf16), args.read)
             l_ctc = ctc_loss(head(feats), targets)
             l_mel = penalty = torch.zeros(())
             loss = l_ctc
         else:
-            emb = latent(mimi, x, bf16)
+            emb = encode_latent(mimi, x, bf16)
             sem = mimi.quantizer.rvq_first(emb, mimi.frame_rate)
             ac = mimi.quantizer.rvq_rest(emb, mimi.frame_rate)
             l_ctc = ctc_loss(head(sem.x), targets)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                y = mimi._to_encoder_framerate(sem.x + ac.x)
-                (y,) = mimi.decoder_transformer(y)
-                y = mimi.decoder(y)
-            l_mel = mel(y.float()[:, 0, : x.shape[-1]], x[:, 0])
+            y = decode_latent(mimi, sem.x + ac.x, x.shape[-1], bf16)
+            l_mel = mel(y[:, 0], x[:, 0])
             penalty = sem.penalty + ac.penalty
             loss = l_mel + args.ctc * l_ctc + 0.1 * penalty
         opt.zero_grad(set_to_none=True)

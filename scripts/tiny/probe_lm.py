@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from moshi.models.lm import LMModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_split  # noqa: E402
+from common import ctc_greedy, load_split  # noqa: E402
 from train_lm import CtcHead, Questions, first_words, text_accuracy, train_forward, word_ids  # noqa: E402
 
 
@@ -76,8 +76,8 @@ def heard(ckpt: Path, cfg: dict, data: Path, tokens):
             if not want:
                 continue
             n += 1
-            ok_all += questions.greedy(logits[b]) == want
-            ok_early += questions.greedy(logits[b, :int(early[k])]) == want
+            ok_all += ctc_greedy(logits[b]) == want
+            ok_early += ctc_greedy(logits[b, :int(early[k])]) == want
             best = logits[b].argmax(-1)
             spikes = torch.nonzero((best != 0) & (best != torch.cat([best.new_zeros(1), best[:-1]]))).flatten()
             if len(spikes):

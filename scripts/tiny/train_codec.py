@@ -71,19 +71,29 @@ class Clips:
         return torch.from_numpy(np.stack(rows))[:, None]
 
 
-def forward(mimi, x, bf16: bool):
-    """MimiModel.forward, with the convolutions and transformers under bf16 autocast (AMX on
-    recent x86) and the quantizer, whose EMA updates need f32, outside it."""
+def encode_latent(mimi, x, bf16: bool):
+    """The unquantized 12.5 Hz latent (f32), the encoder under bf16 autocast."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         emb = mimi.encoder(x)
         (emb,) = mimi.encoder_transformer(emb)
         emb = mimi._to_framerate(emb)
-    q = mimi.quantizer(emb.float(), mimi.frame_rate)
+    return emb.float()
+
+
+def decode_latent(mimi, emb, samples: int, bf16: bool):
+    """Audio [B, 1, samples] (f32) from a quantized latent, the decoder under bf16 autocast."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        emb = mimi._to_encoder_framerate(q.x)
+        emb = mimi._to_encoder_framerate(emb)
         (emb,) = mimi.decoder_transformer(emb)
         y = mimi.decoder(emb)
-    return y.float()[..., : x.shape[-1]], q.penalty
+    return y.float()[..., :samples]
+
+
+def forward(mimi, x, bf16: bool):
+    """MimiModel.forward, with the convolutions and transformers under bf16 autocast (AMX on
+    recent x86) and the quantizer, whose EMA updates need f32, outside it."""
+    q = mimi.quantizer(encode_latent(mimi, x, bf16), mimi.frame_rate)
+    return decode_latent(mimi, q.x, x.shape[-1], bf16), q.penalty
 
 
 @torch.no_grad()

@@ -63,7 +63,7 @@ from moshi.models.lm_utils import _delay_sequence, _undelay_sequence  # noqa: E4
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import (CODEBOOKS, FRAME, MIMI, PAD, SEQ_FRAMES, cosine_lr, lm_config, load_split,  # noqa: E402
+from common import (CODEBOOKS, FRAME, MIMI, PAD, SEQ_FRAMES, cosine_lr, ctc_greedy, lm_config, load_split,  # noqa: E402
                     read_wav)
 from gen_mimi_fixtures import checkpoint_state  # noqa: E402
 
@@ -352,15 +352,6 @@ class Questions:
         g = self.gap_from[split][idx]
         return torch.where(g >= 0, (g + until).clamp(max=SEQ_FRAMES), SEQ_FRAMES)
 
-    def greedy(self, logits):
-        """Best-path CTC decoding of one dialogue's head logits [T, C]."""
-        out, prev = [], 0
-        for k in logits.argmax(-1).tolist():
-            if k != prev and k != 0:
-                out.append(k)
-            prev = k
-        return out
-
 
 @torch.no_grad()
 def evaluate(lm, head, questions, eval_set, n=64, until=None):
@@ -381,7 +372,7 @@ def evaluate(lm, head, questions, eval_set, n=64, until=None):
         ctc_logits = head(hidden, tl)
         steps = ctc[2] if ctc[2] is not None else torch.full((len(codes),), codes.shape[-1])
         # Over dialogues with a question: a silent one is "transcribed" by any blank output.
-        heard = float(np.mean([questions.greedy(ctc_logits[b, :steps[b]]) == questions.seqs["eval"][b]
+        heard = float(np.mean([ctc_greedy(ctc_logits[b, :steps[b]]) == questions.seqs["eval"][b]
                                for b in range(len(codes)) if questions.seqs["eval"][b]]))
     quiet = (tgt == PAD) & tm
     blurts = (pred[quiet] != PAD).float().mean().item()
