@@ -91,7 +91,12 @@ train-tiny: venv
 	  --init $(TINY_WORK)/lm/ckpt.pt --steps 7000 --warmup 100 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm/tokens.npz $(TINY_WORK)/lm/tokens-extra.npz \
 	  --work $(TINY_WORK)/lm4 --init $(TINY_WORK)/lm3/ckpt.pt --steps 6000 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm4/export --data $(TINY_DATA) && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) --append --start 48000 --train 24000 --balance --channel && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA) --codec $(TINY_WORK)/codec-tuned8/export \
+	  --out $(TINY_WORK)/lm5/tokens-fresh.npz --first 48000 --seed 6 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm5/tokens-fresh.npz \
+	  --work $(TINY_WORK)/lm5 --init $(TINY_WORK)/lm4/export --steps 10000 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm5/export --data $(TINY_DATA) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv

@@ -6,7 +6,10 @@ and their licences). Generated data stays out of git: this script regenerates it
   make_data.py --out /var/tmp/kokichi-data --append --start 16000 --train 32000 --balance --channel
 
 The second form adds training questions 16000..47999 to train.jsonl, with voices drawn by
-engine first (`--balance`) and a random formant and channel change (`--channel`).
+engine first (`--balance`) and a random formant and channel change (`--channel`). A third call,
+`--append --start 48000 --train 24000 --balance --channel`, adds the fresh questions of the
+fifth LM stage. Each question is drawn from `--seed` and its index, so an append with another
+seed gives other questions at the same indices.
 
 Writes OUT/questions/{train,eval}/NNNNNN.wav (24 kHz, 16-bit) with OUT/{train,eval}.jsonl
 (task, question, answer, voice), OUT/answers/*.wav spoken by the model's own voice word by

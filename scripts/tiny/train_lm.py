@@ -8,6 +8,12 @@ CPU training was measured too slow here, see README), exported in the checkpoint
   train_lm.py train --tokens WORK/lm/tokens.npz --work WORK/lm3 --init WORK/lm/ckpt.pt --steps 7000 --warmup 100
   train_lm.py train --tokens WORK/lm/tokens.npz WORK/lm/tokens-extra.npz --work WORK/lm4 --init WORK/lm3/ckpt.pt \
       --steps 6000 --warmup 100 --user-mask 0.05 --dropout 0.1
+  train_lm.py tokenize --data D --codec WORK/codec-tuned8/export --out WORK/lm5/tokens-fresh.npz --first 48000 --seed 6
+  train_lm.py train --tokens WORK/lm5/tokens-fresh.npz --work WORK/lm5 --init WORK/lm4/export \
+      --steps 10000 --warmup 100 --user-mask 0.05 --dropout 0.1
+
+`--init` takes a run's ckpt.pt, or an exported or shipped model folder (f16 or f32), so a
+stage can continue from the shipped weights when the runs' checkpoints are gone.
 
 Dialogues follow Moshi's two-stream layout: the user stream holds the spoken question at a
 random position; the model stream is silence, then the answer in the model's own voice after a
@@ -415,7 +421,17 @@ def train(args):
     ckpt = args.work / "ckpt.pt"
     args.work.mkdir(parents=True, exist_ok=True)
     def load_weights(path):
-        """The LM's weights from a checkpoint, and its CTC head's if both have one."""
+        """The LM's weights from a checkpoint, and its CTC head's if both have one; or from an
+        exported or shipped model (a model.safetensors, or the folder holding it: f16 or f32,
+        checkpoint layout), whose run's checkpoints may be gone."""
+        if path.is_dir():
+            path = path / "model.safetensors"
+        if path.suffix == ".safetensors":
+            if not path.exists():
+                sys.exit(f"{path}: no such model file")
+            lm.load_state_dict(get_moshi_lm(str(path), lm_kwargs=dict(cfg), device="cpu",
+                                            dtype=torch.float32).state_dict())
+            return {}
         st = torch.load(path, map_location="cpu", weights_only=False)
         lm.load_state_dict(st["model"])
         if head is not None and "head" in st:
@@ -519,7 +535,7 @@ def main():
                    help="fraction of user-stream frames hidden per dialogue, in 1-2 frame spans (0: off)")
     r.add_argument("--dropout", type=float, default=0.0, help="temporal transformer branch dropout (0: off)")
     r.add_argument("--save-every", type=int, default=250)
-    r.add_argument("--init", type=Path, default=None, help="start from another run's ckpt.pt (weights only)")
+    r.add_argument("--init", type=Path, default=None, help="start from another run's ckpt.pt, or an exported/shipped model folder (weights only)")
     args = ap.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))
     tokenize(args) if args.cmd == "tokenize" else train(args)
