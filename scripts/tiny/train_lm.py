@@ -426,9 +426,9 @@ def train(args):
         checkpoint layout), whose run's checkpoints may be gone."""
         if path.is_dir():
             path = path / "model.safetensors"
+        if not path.exists():
+            sys.exit(f"{path}: no such checkpoint or model file")
         if path.suffix == ".safetensors":
-            if not path.exists():
-                sys.exit(f"{path}: no such model file")
             lm.load_state_dict(get_moshi_lm(str(path), lm_kwargs=dict(cfg), device="cpu",
                                             dtype=torch.float32).state_dict())
             return {}
