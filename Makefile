@@ -96,7 +96,13 @@ train-tiny: venv
 	  --out $(TINY_WORK)/lm5/tokens-fresh.npz --first 48000 --seed 6 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm5/tokens-fresh.npz \
 	  --work $(TINY_WORK)/lm5 --init $(TINY_WORK)/lm4/export --steps 10000 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm5/export --data $(TINY_DATA) && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) --append --start 72000 --train 24000 --balance --channel && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA) --codec $(TINY_WORK)/codec-tuned8/export \
+	  --out $(TINY_WORK)/lm6/tokens-fresh.npz --first 72000 --seed 7 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) \
+	  --tokens $(TINY_WORK)/lm6/tokens-fresh.npz $(TINY_WORK)/lm5/tokens-fresh.npz \
+	  --work $(TINY_WORK)/lm6 --init $(TINY_WORK)/lm5/export --steps 10000 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm6/export --data $(TINY_DATA) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv
