@@ -102,7 +102,13 @@ train-tiny: venv
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) \
 	  --tokens $(TINY_WORK)/lm6/tokens-fresh.npz $(TINY_WORK)/lm5/tokens-fresh.npz \
 	  --work $(TINY_WORK)/lm6 --init $(TINY_WORK)/lm5/export --steps 10000 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm6/export --data $(TINY_DATA) && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) --append --start 96000 --train 24000 --balance --channel && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA) --codec $(TINY_WORK)/codec-tuned8/export \
+	  --out $(TINY_WORK)/lm7/tokens-fresh.npz --first 96000 --seed 8 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) \
+	  --tokens $(TINY_WORK)/lm7/tokens-fresh.npz $(TINY_WORK)/lm6/tokens-fresh.npz \
+	  --work $(TINY_WORK)/lm7 --init $(TINY_WORK)/lm6/export --steps 8000 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm7/export --data $(TINY_DATA) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv
