@@ -63,7 +63,7 @@ fixtures: venv
 	$(PY) scripts/make_spm_fixture.py
 
 # kokichi-tiny: regenerate the shipped weights from scratch (hours on 2 CPU cores; resumable).
-# The fresh-data LM stages (lm6, lm7) each take: stage, corpus start, tokenize seed, steps.
+# The fresh-data LM stages (lm6 to lm8) each take: stage, corpus start, tokenize seed, steps.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_WORK ?= /var/tmp/kokichi-train
 train-tiny: venv
@@ -97,7 +97,7 @@ train-tiny: venv
 	  --out $(TINY_WORK)/lm5/tokens-fresh.npz --first 48000 --seed 6 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA) --tokens $(TINY_WORK)/lm5/tokens-fresh.npz \
 	  --work $(TINY_WORK)/lm5 --init $(TINY_WORK)/lm4/export --steps 10000 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
-	for stage in "6 72000 7 10000" "7 96000 8 8000"; do \
+	for stage in "6 72000 7 10000" "7 96000 8 8000" "8 120000 9 10000"; do \
 	  set -- $$stage; n=$$1; prev=lm$$(($$1 - 1)); \
 	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) --append --start $$2 --train 24000 --balance --channel && \
 	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA) --codec $(TINY_WORK)/codec-tuned8/export \
@@ -106,7 +106,7 @@ train-tiny: venv
 	    --tokens $(TINY_WORK)/lm$$n/tokens-fresh.npz $(TINY_WORK)/$$prev/tokens-fresh.npz --work $(TINY_WORK)/lm$$n \
 	    --init $(TINY_WORK)/$$prev/export --steps $$4 --warmup 100 --user-mask 0.05 --dropout 0.1 || exit 1; \
 	done && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm7/export --data $(TINY_DATA) && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm8/export --data $(TINY_DATA) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv

@@ -17,6 +17,9 @@ CPU training was measured too slow here, see README), exported in the checkpoint
   train_lm.py tokenize --data D --codec WORK/codec-tuned8/export --out WORK/lm7/tokens-fresh.npz --first 96000 --seed 8
   train_lm.py train --tokens WORK/lm7/tokens-fresh.npz WORK/lm6/tokens-fresh.npz --work WORK/lm7 --init WORK/lm6/export \
       --steps 8000 --warmup 100 --user-mask 0.05 --dropout 0.1
+  train_lm.py tokenize --data D --codec WORK/codec-tuned8/export --out WORK/lm8/tokens-fresh.npz --first 120000 --seed 9
+  train_lm.py train --tokens WORK/lm8/tokens-fresh.npz WORK/lm7/tokens-fresh.npz --work WORK/lm8 --init WORK/lm7/export \
+      --steps 10000 --warmup 100 --user-mask 0.05 --dropout 0.1
 
 `--init` takes a run's ckpt.pt, or an exported or shipped model folder (f16 or f32), so a
 stage can continue from the shipped weights when the runs' checkpoints are gone.
