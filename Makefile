@@ -63,7 +63,8 @@ fixtures: venv
 	$(PY) scripts/make_spm_fixture.py
 
 # kokichi-tiny: regenerate the shipped weights from scratch (hours on 2 CPU cores; resumable).
-# The fresh-data LM stages (lm6 to lm8) each take: stage, corpus start, tokenize seed, steps.
+# The fresh-data LM stages (lm6 to lm8) each take: stage, corpus start, tokenize seed, steps;
+# the last stage's export is the one assembled.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_WORK ?= /var/tmp/kokichi-train
 train-tiny: venv
@@ -106,7 +107,7 @@ train-tiny: venv
 	    --tokens $(TINY_WORK)/lm$$n/tokens-fresh.npz $(TINY_WORK)/$$prev/tokens-fresh.npz --work $(TINY_WORK)/lm$$n \
 	    --init $(TINY_WORK)/$$prev/export --steps $$4 --warmup 100 --user-mask 0.05 --dropout 0.1 || exit 1; \
 	done && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm8/export --data $(TINY_DATA) && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm$$n/export --data $(TINY_DATA) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv

@@ -23,8 +23,8 @@ def halve(src: Path, dst: Path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--codec", type=Path, default=Path("/var/tmp/kokichi-train/codec-tuned8/export"))
-    ap.add_argument("--lm", type=Path, default=Path("/var/tmp/kokichi-train/lm8/export"))
+    ap.add_argument("--codec", type=Path, required=True, help="the codec export (make train-tiny: codec-tuned8/export)")
+    ap.add_argument("--lm", type=Path, required=True, help="the LM export (make train-tiny: its last stage's)")
     ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
     ap.add_argument("--out", type=Path, default=Path("assets/kokichi-tiny"))
     args = ap.parse_args()

@@ -8,10 +8,9 @@ and their licences). Generated data stays out of git: this script regenerates it
 The second form adds training questions 16000..47999 to train.jsonl, with voices drawn by
 engine first (`--balance`) and a random formant and channel change (`--channel`). A third call,
 `--append --start 48000 --train 24000 --balance --channel`, adds the fresh questions of the
-lm5 stage; a fourth, `--start 72000`, those of the lm6 stage, a fifth, `--start 96000`, those
-of the lm7 stage, and a sixth, `--start 120000`, those of the lm8 stage. Each question is drawn
-from `--seed` and its index, so an append with another seed gives other questions at the same
-indices.
+lm5 stage; further calls with `--start 72000`, `96000` and `120000` add those of the lm6 to
+lm8 stages (the Makefile's `train-tiny`). Each question is drawn from `--seed` and its index, so
+an append with another seed gives other questions at the same indices.
 
 Writes OUT/questions/{train,eval}/NNNNNN.wav (24 kHz, 16-bit) with OUT/{train,eval}.jsonl
 (task, question, answer, voice), OUT/answers/*.wav spoken by the model's own voice word by

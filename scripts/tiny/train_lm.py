@@ -11,15 +11,12 @@ CPU training was measured too slow here, see README), exported in the checkpoint
   train_lm.py tokenize --data D --codec WORK/codec-tuned8/export --out WORK/lm5/tokens-fresh.npz --first 48000 --seed 6
   train_lm.py train --tokens WORK/lm5/tokens-fresh.npz --work WORK/lm5 --init WORK/lm4/export \
       --steps 10000 --warmup 100 --user-mask 0.05 --dropout 0.1
-  train_lm.py tokenize --data D --codec WORK/codec-tuned8/export --out WORK/lm6/tokens-fresh.npz --first 72000 --seed 7
-  train_lm.py train --tokens WORK/lm6/tokens-fresh.npz WORK/lm5/tokens-fresh.npz --work WORK/lm6 --init WORK/lm5/export \
-      --steps 10000 --warmup 100 --user-mask 0.05 --dropout 0.1
-  train_lm.py tokenize --data D --codec WORK/codec-tuned8/export --out WORK/lm7/tokens-fresh.npz --first 96000 --seed 8
-  train_lm.py train --tokens WORK/lm7/tokens-fresh.npz WORK/lm6/tokens-fresh.npz --work WORK/lm7 --init WORK/lm6/export \
-      --steps 8000 --warmup 100 --user-mask 0.05 --dropout 0.1
-  train_lm.py tokenize --data D --codec WORK/codec-tuned8/export --out WORK/lm8/tokens-fresh.npz --first 120000 --seed 9
-  train_lm.py train --tokens WORK/lm8/tokens-fresh.npz WORK/lm7/tokens-fresh.npz --work WORK/lm8 --init WORK/lm7/export \
-      --steps 10000 --warmup 100 --user-mask 0.05 --dropout 0.1
+  train_lm.py tokenize --data D --codec WORK/codec-tuned8/export --out WORK/lmN/tokens-fresh.npz --first START --seed SEED
+  train_lm.py train --tokens WORK/lmN/tokens-fresh.npz WORK/lmM/tokens-fresh.npz --work WORK/lmN --init WORK/lmM/export \
+      --steps STEPS --warmup 100 --user-mask 0.05 --dropout 0.1
+
+The last pair of commands is each fresh-data stage, lm6 to lm8 (M = N - 1); the Makefile's
+`train-tiny` lists each stage's START, SEED and STEPS.
 
 `--init` takes a run's ckpt.pt, or an exported or shipped model folder (f16 or f32), so a
 stage can continue from the shipped weights when the runs' checkpoints are gone.
