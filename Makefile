@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := $(CARGO_TARGET_DIR)/debug/kokichi
 OUT ?= out
 
-.PHONY: run test test-browser build bench bench-train bench-codec bench-daemon bench-lm bench-step fixtures venv clean train-tiny eval-tiny
+.PHONY: run test test-browser build bench bench-train bench-codec bench-daemon bench-lm bench-step fixtures venv venv-tiny clean train-tiny eval-tiny
 
 build:
 	cargo build --bin kokichi
@@ -56,6 +56,11 @@ $(PY):
 venv: $(PY)
 	$(VENV)/bin/pip install -q moshi==0.2.13 rustymimi==0.4.1 protobuf
 
+# Training and evaluating kokichi-tiny also need its judges (pocketsphinx, PESQ, STOI) and
+# onnxruntime for the distillation teacher (scripts/tiny/teacher.py); the tests do not.
+venv-tiny: venv
+	$(VENV)/bin/pip install -q pocketsphinx==5.1.1 pesq==0.0.4 pystoi==0.4.1 onnxruntime==1.32.0
+
 fixtures: venv
 	NO_TORCH_COMPILE=1 $(PY) scripts/gen_mimi_fixtures.py
 	NO_TORCH_COMPILE=1 $(PY) scripts/gen_lm_fixtures.py
@@ -67,7 +72,7 @@ fixtures: venv
 # the last stage's export is the one assembled.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_WORK ?= /var/tmp/kokichi-train
-train-tiny: venv
+train-tiny: venv-tiny
 	@start=$$(date +%s); \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_codec.py --data $(TINY_DATA) --work $(TINY_WORK)/codec && \
@@ -110,7 +115,7 @@ train-tiny: venv
 	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-tuned8/export --lm $(TINY_WORK)/lm$$n/export --data $(TINY_DATA) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
-eval-tiny: venv
+eval-tiny: venv-tiny
 	cargo build --example answer_many
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/eval_codec.py --codec assets/kokichi-tiny --data $(TINY_DATA)
 	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA) --n 200 --silences 60 --pairs 60
