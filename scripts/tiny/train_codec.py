@@ -196,9 +196,6 @@ def main():
     mimi.train()
     mel = MelLoss()
     distill = Distill(MIMI["quantizer"]["output_dimension"]) if args.distill else None
-    if distill:
-        # Mimi's recipe keeps the semantic level quantized: the LM reads its codes.
-        mimi.quantizer.rvq_first.no_quantization_rate = 0.0
     # The teacher map starts from nothing and learns 10x faster than the codec it reads.
     groups = [{"params": list(mimi.parameters()), "base": args.lr}]
     if distill:
@@ -230,7 +227,7 @@ def main():
         warm = step < args.warmup_ae
         for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
             rvq.no_quantization_rate = 1.0 if warm else args.no_quant
-        if distill:
+        if distill:  # Mimi keeps the distilled level quantized: the LM reads its codes.
             mimi.quantizer.rvq_first.no_quantization_rate = 0.0
         x = clips.batch(args.batch)
         y, penalty, sem = forward(mimi, x, bool(args.bf16))
