@@ -21,6 +21,8 @@ protocol for every row, phone error rate on 100 held-out questions after 2,000 s
   distilled codec: all six codebooks 48.7%, first codebook 51.8% (59.6% at distillation step 1,000).
 The distilled codes are new codes: its decoder (quantized mel on the model's answers 3.6,
 against 0.58 for the tuned shipped decoder) and every LM stage must be trained again on them.
+A first `tune_decoder.py --steps 2500 --wave 0` on it took the judge on its answer decodes
+from 13.8% to 49.8% (the shipped decoder: 69.4% after eight tunes).
 """
 import argparse
 import json
