@@ -178,8 +178,8 @@ def ctc_loss(logits, targets):
 
 @torch.no_grad()
 def heard(mimi, head, clips, recs, bf16, read, teacher=None) -> str:
-    """Questions transcribed exactly from the first codebook's codes (eval-mode codec), and the
-    unit error rate (edits over reference length)."""
+    """Questions transcribed exactly from what `read` names (eval-mode codec), and the unit
+    error rate (edits over reference length)."""
     was = mimi.training, head.training
     mimi.eval()
     head.eval()

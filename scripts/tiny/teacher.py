@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
+from common import FRAME
+
 WHEEL = "openwakeword-0.5.1-py3-none-any.whl"
 FILES = {"mel": "melspectrogram.onnx", "emb": "embedding_model.onnx"}
 DIM = 96
@@ -54,10 +56,10 @@ class Teacher:
         self.emb = ort.InferenceSession(str(d / FILES["emb"]), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, pcm24: np.ndarray) -> np.ndarray:
-        """[B, N] float audio at 24 kHz in [-1, 1], N a whole number of 1920-sample frames ->
-        [B, N / 1920, 96]: one teacher vector per codec frame."""
+        """[B, N] float audio at 24 kHz in [-1, 1], N a whole number of codec frames ->
+        [B, N / FRAME, 96]: one teacher vector per codec frame."""
         b, n = pcm24.shape
-        frames = n // 1920
+        frames = n // FRAME
         x = resample_poly(pcm24, 2, 3, axis=1).astype(np.float32) * 32767.0
         x = np.concatenate([np.zeros((b, LEAD), np.float32), x], axis=1)
         spec = self.mel.run(None, {"input": x})[0][:, 0] / 10.0 + 2.0  # [B, F, 32]

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import FRAME, MIMI, CODEBOOKS, MelLoss, cosine_lr, load_split, read_wav  # noqa: E402
 from gen_mimi_fixtures import checkpoint_state  # noqa: E402
+from teacher import DIM as TEACHER_DIM, Teacher  # noqa: E402
 
 
 class Clips:
@@ -124,11 +125,10 @@ class Distill(torch.nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        from teacher import DIM, Teacher
         self.teacher = Teacher()
-        self.proj = torch.nn.Linear(dim, DIM)
-        self.register_buffer("mean", torch.zeros(DIM))
-        self.register_buffer("std", torch.ones(DIM))
+        self.proj = torch.nn.Linear(dim, TEACHER_DIM)
+        self.register_buffer("mean", torch.zeros(TEACHER_DIM))
+        self.register_buffer("std", torch.ones(TEACHER_DIM))
 
     def fit(self, clips, batches: int = 32):
         """The teacher's per-dimension mean and spread over the training mix."""
