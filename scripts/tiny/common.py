@@ -1,6 +1,4 @@
 """Shared pieces of kokichi-tiny's training scripts: configs, data access, mel features."""
-import ctypes
-import ctypes.util
 import json
 import math
 import wave
@@ -29,32 +27,6 @@ MIMI = {
                     "output_dimensions": [128]},
 }
 CODEBOOKS = 6  # active codebooks per stream (LM dep_q)
-
-
-def keep_heap():
-    """Stop glibc from handing freed tensor memory back to the kernel after every call.
-
-    Its default trim threshold adapts to the largest block freed so far, so a CPU-bound torch
-    loop that allocates and frees activations of a few MB grows and trims the heap with `brk`
-    hundreds of times a second and then page-faults the memory back in. Measured on the codec
-    encoder (`train_lm.py tokenize`, 2 workers): 40% of its time in the kernel and 58 s per
-    1,000 questions; with the heap kept, 0% and 35 s. Same effect as the environment variables
-    MALLOC_TRIM_THRESHOLD_ / MALLOC_TOP_PAD_ / MALLOC_MMAP_THRESHOLD_. No-op off glibc."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        return
-    if mallopt is None:
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    mallopt(m_trim_threshold, 2 ** 30)
-    mallopt(m_top_pad, 2 ** 28)
-    mallopt(m_mmap_threshold, 2 ** 25)
-
-
-keep_heap()
 
 
 def read_wav(path, rate=RATE) -> np.ndarray:
