@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := $(CARGO_TARGET_DIR)/debug/kokichi
 OUT ?= out
 
-.PHONY: run test test-browser build bench bench-train bench-codec bench-daemon bench-lm bench-step fixtures venv venv-tiny clean train-tiny eval-tiny
+.PHONY: run test test-browser build bench bench-train bench-codec bench-daemon bench-lm bench-step fixtures venv venv-tiny tiny-deps clean train-tiny eval-tiny
 
 build:
 	cargo build --bin kokichi
@@ -58,8 +58,23 @@ venv: $(PY)
 
 # Training and evaluating kokichi-tiny also need its judges (pocketsphinx, PESQ, STOI) and
 # onnxruntime for the distillation teacher (scripts/tiny/teacher.py); the tests do not.
-venv-tiny: venv
+venv-tiny: venv tiny-deps
 	$(VENV)/bin/pip install -q pocketsphinx==5.1.1 pesq==0.0.4 pystoi==0.4.1 onnxruntime==1.32.0
+
+# The corpus's synthesizers and the codec's real-speech check, from Debian (pico and RHVoice are
+# in non-free, MBROLA's us3 voice in contrib: both sections are enabled if they are not).
+# Skipped when all of them are already there; installing needs root or sudo.
+TINY_DEBS := espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-rablpc16k \
+	festvox-don festvox-us-slt-hts mbrola-us3 libttspico-utils rhvoice rhvoice-english \
+	asterisk-core-sounds-en-wav
+tiny-deps:
+	@if dpkg-query -W -f='$${Status}\n' $(TINY_DEBS) 2>/dev/null | grep -vq 'install ok installed' || \
+	    [ $$(dpkg-query -W $(TINY_DEBS) 2>/dev/null | wc -l) -ne $(words $(TINY_DEBS)) ]; then \
+	  S=$$([ $$(id -u) = 0 ] || echo sudo); \
+	  f=/etc/apt/sources.list.d/debian.sources; \
+	  if [ -f $$f ] && ! grep -q non-free $$f; then $$S sed -i 's/^Components: main$$/Components: main contrib non-free/' $$f; fi; \
+	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends $(TINY_DEBS); \
+	fi
 
 fixtures: venv
 	NO_TORCH_COMPILE=1 $(PY) scripts/gen_mimi_fixtures.py
