@@ -88,9 +88,20 @@ def heard(ckpt: Path, cfg: dict, data: Path, tokens):
           f"4-8 for {np.mean([4 <= d <= 8 for d in last]) * 100:.1f}% (n={len(last)})")
 
 
+def lm_config(folder: Path) -> dict:
+    """The LM's configuration: an export's lm_config.json, or a shipped model folder's
+    config.json (its "lm" part), so the shipped LM can be probed without its run."""
+    if (folder / "lm_config.json").exists():
+        return json.loads((folder / "lm_config.json").read_text())
+    if (folder / "config.json").exists():
+        return json.loads((folder / "config.json").read_text())["lm"]
+    sys.exit(f"{folder}: no lm_config.json (an LM export) or config.json (a model folder)")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--export", type=Path, default=Path("/var/tmp/kokichi-train/lm4/export"))
+    ap.add_argument("--export", type=Path, default=Path("/var/tmp/kokichi-train/lm4/export"),
+                    help="an LM export, or a shipped model folder such as assets/kokichi-tiny")
     ap.add_argument("--tokens", type=Path, default=Path("/var/tmp/kokichi-train/lm/tokens.npz"))
     ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
     ap.add_argument("--n", type=int, default=160)
@@ -98,7 +109,7 @@ def main():
     ap.add_argument("--heard", type=Path, default=None, help="a training checkpoint (ckpt.pt) with its CTC head")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = json.loads((args.export / "lm_config.json").read_text())
+    cfg = lm_config(args.export)
     if args.heard is not None:
         heard(args.heard, cfg, args.data, np.load(args.tokens))
         return
