@@ -29,6 +29,17 @@ MIMI = {
 CODEBOOKS = 6  # active codebooks per stream (LM dep_q)
 
 
+def bf16_fast() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16). Without it, bf16 autocast
+    is emulated: the distillation's steps 51-100 took 4.9 s each, against 1.5 s in f32, on a
+    2-core AVX2 AMD EPYC."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def read_wav(path, rate=RATE) -> np.ndarray:
     with wave.open(str(path)) as w:
         assert w.getframerate() == rate and w.getsampwidth() == 2 and w.getnchannels() == 1, path

@@ -64,7 +64,7 @@ from moshi.models.loaders import get_mimi  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import CODEBOOKS, FRAME, MIMI, MelLoss, cosine_lr, ctc_greedy, load_split, read_wav  # noqa: E402
+from common import CODEBOOKS, FRAME, MIMI, MelLoss, cosine_lr, ctc_greedy, load_split, read_wav, bf16_fast  # noqa: E402
 from teacher import DIM as TEACHER_DIM, Teacher  # noqa: E402
 from train_codec import decode_latent, encode_latent, export  # noqa: E402
 
@@ -217,8 +217,11 @@ def main():
     ap.add_argument("--eval-n", type=int, default=200, help="questions per transcription figure")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--bf16", type=int, default=1)
+    ap.add_argument("--bf16", type=int, default=-1,
+                    help="bf16 autocast: 1 on, 0 off, -1 (default) on where the CPU has AMX or AVX512-BF16")
     args = ap.parse_args()
+    if args.bf16 < 0:
+        args.bf16 = int(bf16_fast())
     if args.read != "first" and not args.freeze:
         sys.exit("--read is for --freeze runs: the fine-tune trains the first codebook")
     torch.set_num_threads(args.threads)

@@ -41,7 +41,7 @@ from moshi.models.loaders import get_mimi  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import FRAME, MIMI, CODEBOOKS, MelLoss, cosine_lr, load_split, read_wav  # noqa: E402
+from common import FRAME, MIMI, CODEBOOKS, MelLoss, cosine_lr, load_split, read_wav, bf16_fast  # noqa: E402
 from gen_mimi_fixtures import checkpoint_state  # noqa: E402
 from teacher import DIM as TEACHER_DIM, Teacher  # noqa: E402
 
@@ -180,11 +180,14 @@ def main():
     ap.add_argument("--commit", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--bf16", type=int, default=1, help="bf16 autocast (AMX on recent x86)")
+    ap.add_argument("--bf16", type=int, default=-1,
+                    help="bf16 autocast: 1 on, 0 off, -1 (default) on where the CPU has AMX or AVX512-BF16")
     ap.add_argument("--init", type=Path, default=None, help="start from an exported codec (weights only)")
     ap.add_argument("--distill", type=float, default=0.0,
                     help="weight of the teacher loss on the first codebook's output (0: off)")
     args = ap.parse_args()
+    if args.bf16 < 0:
+        args.bf16 = int(bf16_fast())
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
