@@ -85,7 +85,7 @@ fixtures: venv
 # kokichi-tiny: regenerate the shipped weights from scratch (hours on 2 CPU cores; resumable).
 # The fresh-data LM stages (lm6 to lm8) each take: stage, corpus start, tokenize seed, steps;
 # the last stage's export is the one assembled.
-# Then the distilled codec (stops 21-23) and two LM stages on its codes, on a second, fresh corpus.
+# Then the distilled codec (stops 21-23) and three LM stages on its codes, on a second, fresh corpus.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_DATA2 ?= /var/tmp/kokichi-data2
 TINY_WORK ?= /var/tmp/kokichi-train
@@ -140,9 +140,7 @@ train-tiny: venv-tiny
 	  --out $(TINY_WORK)/codec-distill-tuned --steps 2500 --wave 0 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-distill-tuned/export --data $(TINY_DATA2) \
 	  --out $(TINY_WORK)/codec-distill-tuned2 --steps 3000 --wave 0 && \
-	mkdir -p $(TINY_WORK)/codec-distill-f16 && cp $(TINY_WORK)/codec-distill-tuned2/export/mimi_config.json $(TINY_WORK)/codec-distill-f16/ && \
-	$(PY) -c "import sys; sys.path.insert(0, 'scripts/tiny'); from pathlib import Path; from assemble import halve; \
-	  halve(Path('$(TINY_WORK)/codec-distill-tuned2/export/mimi.safetensors'), Path('$(TINY_WORK)/codec-distill-f16/mimi.safetensors'))" && \
+	$(PY) scripts/tiny/assemble.py --halve-codec $(TINY_WORK)/codec-distill-tuned2/export $(TINY_WORK)/codec-distill-f16 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA2) --codec $(TINY_WORK)/codec-distill-f16 \
 	  --out $(TINY_WORK)/lm10/tokens.npz --first 0 --seed 11 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) --tokens $(TINY_WORK)/lm10/tokens.npz --work $(TINY_WORK)/lm10 \
@@ -153,7 +151,14 @@ train-tiny: venv-tiny
 	  --out $(TINY_WORK)/lm11/tokens.npz --first 24000 --seed 12 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) --tokens $(TINY_WORK)/lm11/tokens.npz $(TINY_WORK)/lm10/tokens.npz \
 	  --work $(TINY_WORK)/lm11 --init $(TINY_WORK)/lm10/ckpt.pt --steps 4500 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm11/export --data $(TINY_DATA2) && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA2) --append --start 36000 --train 12000 --balance --channel \
+	  --seed 20261203 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA2) --codec $(TINY_WORK)/codec-distill-f16 \
+	  --out $(TINY_WORK)/lm12/tokens.npz --first 36000 --seed 13 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) \
+	  --tokens $(TINY_WORK)/lm12/tokens.npz $(TINY_WORK)/lm11/tokens.npz $(TINY_WORK)/lm10/tokens.npz --work $(TINY_WORK)/lm12 \
+	  --init $(TINY_WORK)/lm11/ckpt.pt --steps 4000 --warmup 100 --user-mask 0.05 --dropout 0.1 --multi 0.4 && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm12/export --data $(TINY_DATA2) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv-tiny

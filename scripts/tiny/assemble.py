@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Assembles the shipped kokichi-tiny model folder (assets/kokichi-tiny) from the training
 exports: config.json, mimi.safetensors and model.safetensors (stored as float16 to fit the
-30 MB budget; kokichi computes in f32), tokenizer.model."""
+30 MB budget; kokichi computes in f32), tokenizer.model.
+
+`--halve-codec EXPORT OUT` instead writes a float16 copy of a codec export folder (mimi.safetensors
+and mimi_config.json): the LM is trained on the codes of the codec as it ships."""
 import argparse
 import json
 import shutil
@@ -21,8 +24,21 @@ def halve(src: Path, dst: Path):
     save_file(out, str(dst))
 
 
+def halve_codec(src: Path, dst: Path):
+    if not (src / "mimi.safetensors").exists():
+        sys.exit(f"{src}: no mimi.safetensors (not a codec export folder)")
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "mimi_config.json", dst / "mimi_config.json")
+    halve(src / "mimi.safetensors", dst / "mimi.safetensors")
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    if len(sys.argv) > 1 and sys.argv[1] == "--halve-codec":
+        if len(sys.argv) != 4:
+            sys.exit("usage: assemble.py --halve-codec EXPORT OUT")
+        halve_codec(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser(epilog="or: assemble.py --halve-codec EXPORT OUT")
     ap.add_argument("--codec", type=Path, required=True, help="the codec export (make train-tiny: codec-tuned8/export)")
     ap.add_argument("--lm", type=Path, required=True, help="the LM export (make train-tiny: its last stage's)")
     ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
