@@ -158,7 +158,14 @@ train-tiny: venv-tiny
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) \
 	  --tokens $(TINY_WORK)/lm12/tokens.npz $(TINY_WORK)/lm11/tokens.npz $(TINY_WORK)/lm10/tokens.npz --work $(TINY_WORK)/lm12 \
 	  --init $(TINY_WORK)/lm11/ckpt.pt --steps 4000 --warmup 100 --user-mask 0.05 --dropout 0.1 --multi 0.4 && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm12/export --data $(TINY_DATA2) && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA2) --append --start 48000 --train 12000 --balance --channel \
+	  --seed 20261204 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA2) --codec $(TINY_WORK)/codec-distill-f16 \
+	  --out $(TINY_WORK)/lm13/tokens.npz --first 48000 --seed 14 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) \
+	  --tokens $(TINY_WORK)/lm13/tokens.npz $(TINY_WORK)/lm12/tokens.npz $(TINY_WORK)/lm11/tokens.npz $(TINY_WORK)/lm10/tokens.npz \
+	  --work $(TINY_WORK)/lm13 --init $(TINY_WORK)/lm12/ckpt.pt --steps 4000 --warmup 100 --user-mask 0.05 --dropout 0.1 --multi 0.4 && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm13/export --data $(TINY_DATA2) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv-tiny
