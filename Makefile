@@ -85,7 +85,7 @@ fixtures: venv
 # kokichi-tiny: regenerate the shipped weights from scratch (hours on 2 CPU cores; resumable).
 # The fresh-data LM stages (lm6 to lm8) each take: stage, corpus start, tokenize seed, steps;
 # the last stage's export is the one assembled.
-# Then the distilled codec (stops 21-23) and three LM stages on its codes, on a second, fresh corpus.
+# Then the distilled codec (stops 21-23) and four LM stages on its codes (lm10-lm13), on a second, fresh corpus.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_DATA2 ?= /var/tmp/kokichi-data2
 TINY_WORK ?= /var/tmp/kokichi-train
