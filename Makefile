@@ -85,7 +85,7 @@ fixtures: venv
 # kokichi-tiny: regenerate the shipped weights from scratch (hours on 2 CPU cores; resumable).
 # The fresh-data LM stages (lm6 to lm8) each take: stage, corpus start, tokenize seed, steps;
 # the last stage's export is the one assembled.
-# Then the distilled codec (stops 21-23) and four LM stages on its codes (lm10-lm13), on a second, fresh corpus.
+# Then the distilled codec (stops 21-23) and five LM stages on its codes (lm10-lm14), on a second, fresh corpus.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_DATA2 ?= /var/tmp/kokichi-data2
 TINY_WORK ?= /var/tmp/kokichi-train
@@ -165,7 +165,15 @@ train-tiny: venv-tiny
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) \
 	  --tokens $(TINY_WORK)/lm13/tokens.npz $(TINY_WORK)/lm12/tokens.npz $(TINY_WORK)/lm11/tokens.npz $(TINY_WORK)/lm10/tokens.npz \
 	  --work $(TINY_WORK)/lm13 --init $(TINY_WORK)/lm12/ckpt.pt --steps 4000 --warmup 100 --user-mask 0.05 --dropout 0.1 --multi 0.4 && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm13/export --data $(TINY_DATA2) && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA2) --append --start 60000 --train 12000 --balance --channel \
+	  --seed 20261205 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA2) --codec $(TINY_WORK)/codec-distill-f16 \
+	  --out $(TINY_WORK)/lm14/tokens.npz --first 60000 --seed 15 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) \
+	  --tokens $(TINY_WORK)/lm14/tokens.npz $(TINY_WORK)/lm13/tokens.npz $(TINY_WORK)/lm12/tokens.npz $(TINY_WORK)/lm11/tokens.npz \
+	  $(TINY_WORK)/lm10/tokens.npz \
+	  --work $(TINY_WORK)/lm14 --init $(TINY_WORK)/lm13/ckpt.pt --steps 4000 --warmup 100 --user-mask 0.05 --dropout 0.1 --multi 0.4 && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm14/export --data $(TINY_DATA2) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv-tiny
