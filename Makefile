@@ -85,7 +85,8 @@ fixtures: venv
 # kokichi-tiny: regenerate the shipped weights from scratch (hours on 2 CPU cores; resumable).
 # The fresh-data LM stages (lm6 to lm8) each take: stage, corpus start, tokenize seed, steps;
 # the last stage's export is the one assembled.
-# Then the distilled codec (stops 21-23) and five LM stages on its codes (lm10-lm14), on a second, fresh corpus.
+# Then the distilled codec (stops 21-23) and five LM stages on its codes (lm10-lm14), on a second, fresh corpus;
+# lm12 to lm14 each take: stage, corpus start, data seed, tokenize seed, and train on every stage's tokens so far.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_DATA2 ?= /var/tmp/kokichi-data2
 TINY_WORK ?= /var/tmp/kokichi-train
@@ -151,28 +152,16 @@ train-tiny: venv-tiny
 	  --out $(TINY_WORK)/lm11/tokens.npz --first 24000 --seed 12 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) --tokens $(TINY_WORK)/lm11/tokens.npz $(TINY_WORK)/lm10/tokens.npz \
 	  --work $(TINY_WORK)/lm11 --init $(TINY_WORK)/lm10/ckpt.pt --steps 4500 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA2) --append --start 36000 --train 12000 --balance --channel \
-	  --seed 20261203 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA2) --codec $(TINY_WORK)/codec-distill-f16 \
-	  --out $(TINY_WORK)/lm12/tokens.npz --first 36000 --seed 13 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) \
-	  --tokens $(TINY_WORK)/lm12/tokens.npz $(TINY_WORK)/lm11/tokens.npz $(TINY_WORK)/lm10/tokens.npz --work $(TINY_WORK)/lm12 \
-	  --init $(TINY_WORK)/lm11/ckpt.pt --steps 4000 --warmup 100 --user-mask 0.05 --dropout 0.1 --multi 0.4 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA2) --append --start 48000 --train 12000 --balance --channel \
-	  --seed 20261204 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA2) --codec $(TINY_WORK)/codec-distill-f16 \
-	  --out $(TINY_WORK)/lm13/tokens.npz --first 48000 --seed 14 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) \
-	  --tokens $(TINY_WORK)/lm13/tokens.npz $(TINY_WORK)/lm12/tokens.npz $(TINY_WORK)/lm11/tokens.npz $(TINY_WORK)/lm10/tokens.npz \
-	  --work $(TINY_WORK)/lm13 --init $(TINY_WORK)/lm12/ckpt.pt --steps 4000 --warmup 100 --user-mask 0.05 --dropout 0.1 --multi 0.4 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA2) --append --start 60000 --train 12000 --balance --channel \
-	  --seed 20261205 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA2) --codec $(TINY_WORK)/codec-distill-f16 \
-	  --out $(TINY_WORK)/lm14/tokens.npz --first 60000 --seed 15 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) \
-	  --tokens $(TINY_WORK)/lm14/tokens.npz $(TINY_WORK)/lm13/tokens.npz $(TINY_WORK)/lm12/tokens.npz $(TINY_WORK)/lm11/tokens.npz \
-	  $(TINY_WORK)/lm10/tokens.npz \
-	  --work $(TINY_WORK)/lm14 --init $(TINY_WORK)/lm13/ckpt.pt --steps 4000 --warmup 100 --user-mask 0.05 --dropout 0.1 --multi 0.4 && \
+	tokens="$(TINY_WORK)/lm11/tokens.npz $(TINY_WORK)/lm10/tokens.npz" && \
+	for stage in "12 36000 20261203 13" "13 48000 20261204 14" "14 60000 20261205 15"; do \
+	  set -- $$stage; n=$$1; tokens="$(TINY_WORK)/lm$$n/tokens.npz $$tokens"; \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA2) --append --start $$2 --train 12000 --balance --channel \
+	    --seed $$3 && \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA2) --codec $(TINY_WORK)/codec-distill-f16 \
+	    --out $(TINY_WORK)/lm$$n/tokens.npz --first $$2 --seed $$4 && \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) --tokens $$tokens --work $(TINY_WORK)/lm$$n \
+	    --init $(TINY_WORK)/lm$$((n - 1))/ckpt.pt --steps 4000 --warmup 100 --user-mask 0.05 --dropout 0.1 --multi 0.4 || exit 1; \
+	done && \
 	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm14/export --data $(TINY_DATA2) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
