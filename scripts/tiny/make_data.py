@@ -10,7 +10,9 @@ engine first (`--balance`) and a random formant and channel change (`--channel`)
 `--append --start 48000 --train 24000 --balance --channel`, adds the fresh questions of the
 lm5 stage; further calls with `--start 72000`, `96000` and `120000` add those of the lm6 to
 lm8 stages (the Makefile's `train-tiny`). Each question is drawn from `--seed` and its index, so
-an append with another seed gives other questions at the same indices.
+an append with another seed gives other questions at the same indices. `--wide` adds 32 more
+espeak variants to the training voices (voices.ESPEAK_WIDE); stop 27 measured it on one stage
+(lm15 in assets/stages/README.md) and did not ship that stage.
 
 Writes OUT/questions/{train,eval}/NNNNNN.wav (24 kHz, 16-bit) with OUT/{train,eval}.jsonl
 (task, question, answer, voice), OUT/answers/*.wav spoken by the model's own voice word by
@@ -118,13 +120,14 @@ def main():
                     help="add training questions to train.jsonl; answers, tokenizer and eval stay")
     ap.add_argument("--balance", action="store_true", help="draw voices by engine first")
     ap.add_argument("--channel", action="store_true", help="random formant shift and bass/treble tilt")
+    ap.add_argument("--wide", action="store_true", help="more espeak variants (voices.ESPEAK_WIDE)")
     args = ap.parse_args()
     out = args.out
     for d in ["questions/train", "questions/eval", "answers"]:
         (out / d).mkdir(parents=True, exist_ok=True)
     init(out)
     t0 = time.time()
-    splits = [("train", args.train, voices.train_voices())]
+    splits = [("train", args.train, voices.train_voices(args.wide))]
     if args.append:
         have = len((out / "train.jsonl").read_text().splitlines())
         if have != args.start:

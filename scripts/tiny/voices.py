@@ -21,6 +21,13 @@ RATE = 24000
 ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd"]
 ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
                    "Alex", "Annie", "Andy", "Linda", "Michael", "Mario", "Belinda", "Edward"]
+# More of espeak-ng's variants, for `make_data.py --wide` (tried for lm15, not shipped): the klatt ones
+# synthesize by another method (a Klatt formant synthesizer), the others change pitch range,
+# breathiness and formants. None of the held-out voices uses them.
+ESPEAK_WIDE = ["klatt", "klatt2", "klatt3", "klatt4", "Adam", "Alicia", "Andrea", "Auntie", "Benjamin",
+               "Caleb", "David", "Ed", "Gene", "Hugo", "Iven", "Iven2", "John", "Lee", "Max", "Mike",
+               "Paul", "Robert", "Steph", "Zac", "anika", "grandma", "grandpa", "norbert", "quincy",
+               "shelby", "travis", "victor"]
 
 
 class Voice:
@@ -37,8 +44,10 @@ class Voice:
         return self.id
 
 
-def train_voices():
-    vs = [Voice("espeak", f"{a}+{v}") for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS]
+def train_voices(wide=False):
+    """The training voices; `wide` adds ESPEAK_WIDE's variants to every espeak accent."""
+    variants = ESPEAK_VARIANTS + (ESPEAK_WIDE if wide else [])
+    vs = [Voice("espeak", f"{a}+{v}") for a in ESPEAK_ACCENTS for v in variants]
     vs += [Voice("flite", n) for n in ["kal", "kal16", "awb", "slt"]]
     vs += [Voice("pico", "en-GB")]
     vs += [Voice("rhvoice", n) for n in ["alan", "bdl", "slt"]]
