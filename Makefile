@@ -85,8 +85,9 @@ fixtures: venv
 # kokichi-tiny: regenerate the shipped weights from scratch (hours on 2 CPU cores; resumable).
 # The fresh-data LM stages (lm6 to lm8) each take: stage, corpus start, tokenize seed, steps;
 # the last stage's export is the one assembled.
-# Then the distilled codec (stops 21-23) and five LM stages on its codes (lm10-lm14), on a second, fresh corpus;
-# lm12 to lm14 each take: stage, corpus start, data seed, tokenize seed, and train on every stage's tokens so far.
+# Then the distilled codec (stops 21-23) and seven LM stages on its codes (lm10-lm16), on a second, fresh corpus;
+# lm12 to lm16 each take: stage, corpus start, data seed, tokenize seed, make_data's extra voices (lm15 and lm16),
+# and train on every stage's tokens so far.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_DATA2 ?= /var/tmp/kokichi-data2
 TINY_WORK ?= /var/tmp/kokichi-train
@@ -153,16 +154,17 @@ train-tiny: venv-tiny
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) --tokens $(TINY_WORK)/lm11/tokens.npz $(TINY_WORK)/lm10/tokens.npz \
 	  --work $(TINY_WORK)/lm11 --init $(TINY_WORK)/lm10/ckpt.pt --steps 4500 --warmup 100 --user-mask 0.05 --dropout 0.1 && \
 	tokens="$(TINY_WORK)/lm11/tokens.npz $(TINY_WORK)/lm10/tokens.npz" && \
-	for stage in "12 36000 20261203 13" "13 48000 20261204 14" "14 60000 20261205 15"; do \
+	for stage in "12 36000 20261203 13" "13 48000 20261204 14" "14 60000 20261205 15" "15 72000 20261206 16 --wide" \
+	    "16 84000 20261207 17 --wide"; do \
 	  set -- $$stage; n=$$1; tokens="$(TINY_WORK)/lm$$n/tokens.npz $$tokens"; \
 	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA2) --append --start $$2 --train 12000 --balance --channel \
-	    --seed $$3 && \
+	    --seed $$3 $$5 && \
 	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA2) --codec $(TINY_WORK)/codec-distill-f16 \
 	    --out $(TINY_WORK)/lm$$n/tokens.npz --first $$2 --seed $$4 && \
 	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) --tokens $$tokens --work $(TINY_WORK)/lm$$n \
 	    --init $(TINY_WORK)/lm$$((n - 1))/ckpt.pt --steps 4000 --warmup 100 --user-mask 0.05 --dropout 0.1 --multi 0.4 || exit 1; \
 	done && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm14/export --data $(TINY_DATA2) && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm16/export --data $(TINY_DATA2) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv-tiny

@@ -97,8 +97,8 @@ fn embedded_model_speaks_when_asked_and_stays_quiet() {
 
 /// The skill issue 5 asks for: the right answer to held-out questions. kokichi-tiny is not yet
 /// trained far enough for it (see README, kokichi-tiny: today, greedy on cpu, it gets the
-/// greeting and both counting questions right and the sum, the difference and the repeated word
-/// wrong); run with `--ignored` to measure.
+/// greeting, both counting questions and the difference right, and the sum and the repeated
+/// word wrong); run with `--ignored` to measure.
 #[test]
 #[ignore = "kokichi-tiny does not yet answer held-out questions reliably (README: kokichi-tiny)"]
 fn embedded_model_answers_held_out_questions() {
