@@ -132,7 +132,9 @@ def synth(voice, text, rng=None, vary=True, channel=False):
                 bass, treble = rng.uniform(-8, 8), rng.uniform(-8, 8)
                 effects = (["speed", f"{speed:.3f}"] + effects[:-2] + ["bass", f"{bass:.1f}", "treble", f"{treble:.1f}"]
                            + ["gain", "-n", f"{gain:.2f}"])  # -n: peak at `gain` dB, no clipping
-        subprocess.run(["sox", raw, "-b", "16", out] + effects, check=True, capture_output=True)
+        # -R: sox dithers the 16-bit output with a time-seeded generator unless told to repeat itself,
+        # which made every regenerated clip (and so the held-out set) differ a little from the last.
+        subprocess.run(["sox", "-R", raw, "-b", "16", out] + effects, check=True, capture_output=True)
         pcm = _read_wav(out)
     # Trim leading/trailing near-silence the engines add.
     idx = np.nonzero(np.abs(pcm) > 0.003)[0]
