@@ -2,13 +2,17 @@
 //! LM step -> Mimi decode exactly as `kokichi run` does (used by scripts/tiny/eval_lm.py).
 //!
 //! Usage: answer_many --model DIR --list FILE --out DIR [--greedy] [--seed S] [--backend cpu]
-//! FILE lists one input wav per line; writes OUT/<stem>.wav and OUT/<stem>.txt.
+//!        [--text-temp T] [--text-top-k K] [--audio-temp T] [--audio-top-k K]
+//! FILE lists one input wav per line; writes OUT/<stem>.wav and OUT/<stem>.txt. The four
+//! sampling flags override one stream's setting of `--greedy` (or of Moshi's defaults), so the
+//! text can be greedy while the audio is sampled; file i is seeded with S + i.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::tensor::DType;
 use kokichi::backend::{self, BackendKind, Precision};
+use kokichi::lm::sampling::Sampling;
 use kokichi::lm::GenConfig;
 use kokichi::session::Engine;
 
@@ -17,13 +21,28 @@ fn arg(name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
+fn parsed<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    arg(name).map(|s| s.parse::<T>().with_context(|| format!("{name} {s}"))).transpose()
+}
+
+/// One stream's sampling with the command line's overrides.
+fn stream(base: Sampling, temp: Option<f32>, top_k: Option<usize>) -> Sampling {
+    Sampling { temperature: temp.unwrap_or(base.temperature), top_k: top_k.unwrap_or(base.top_k) }
+}
+
 fn main() -> Result<()> {
     let model = arg("--model").context("--model")?;
     let list = PathBuf::from(arg("--list").context("--list")?);
     let out = PathBuf::from(arg("--out").context("--out")?);
     let kind: BackendKind = arg("--backend").unwrap_or_else(|| "cpu".into()).parse()?;
     let greedy = std::env::args().any(|a| a == "--greedy");
-    let seed: u64 = arg("--seed").map_or(Ok(0), |s| s.parse())?;
+    let seed: u64 = parsed("--seed")?.unwrap_or(0);
+    let base = if greedy { GenConfig::greedy() } else { GenConfig::default() };
+    let text = stream(base.text, parsed("--text-temp")?, parsed("--text-top-k")?);
+    let audio = stream(base.audio, parsed("--audio-temp")?, parsed("--audio-top-k")?);
     std::fs::create_dir_all(&out)?;
     let device = backend::device(kind, Precision::F32)?;
     let engine = Engine::load(&kokichi::model_dir::resolve(&model)?, &device, DType::F32)?;
@@ -33,10 +52,11 @@ fn main() -> Result<()> {
         let input = Path::new(line.trim());
         let mut pcm = kokichi::audio::read_audio(input, engine.sample_rate() as u32)?;
         pcm.resize(pcm.len().div_ceil(frame) * frame, 0.0);
-        let config = if greedy {
-            GenConfig::greedy()
-        } else {
-            GenConfig { text_seed: Some(seed + i as u64), audio_seed: Some(seed + 1_000_000 + i as u64), ..GenConfig::default() }
+        let config = GenConfig {
+            text,
+            audio,
+            text_seed: Some(seed + i as u64),
+            audio_seed: Some(seed + 1_000_000 + i as u64),
         };
         let mut s = engine.init_session(config)?;
         let mut audio = Vec::with_capacity(pcm.len());

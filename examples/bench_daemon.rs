@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use kokichi::backend::{BackendKind, Precision};
+use kokichi::daemon::config::SamplingFile;
 use kokichi::daemon::{self, DaemonConfig};
-use kokichi::lm::GenConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 const FRAME: usize = 1920;
@@ -99,7 +99,8 @@ async fn main() -> Result<()> {
         max_sessions: max_n,
         max_connections_per_peer: max_n,
         control_socket: std::env::temp_dir().join(format!("kokichi-bench-{}.sock", std::process::id())),
-        sampling: GenConfig::default(),
+        // Moshi's sampling, whatever the model recommends.
+        sampling: SamplingFile { greedy: Some(false), ..SamplingFile::default() },
         ..DaemonConfig::default()
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

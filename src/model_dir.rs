@@ -1,15 +1,17 @@
 //! Finding a model's files: a kokichi model folder, a Kyutai Hugging Face snapshot folder, or
 //! a Hugging Face repo id fetched with `hf-hub` (progress bar on stderr).
 //!
-//! kokichi folder: `config.json` (`{"mimi": {...}, "lm": {...}, "mimi_codebooks": n}`),
-//! `mimi.safetensors`, `model.safetensors`, optional `tokenizer.model`.
+//! kokichi folder: `config.json` (`{"mimi": {...}, "lm": {...}, "mimi_codebooks": n}`, and
+//! optionally `"sampling": {...}`, the model's recommended sampling, the daemon's `[sampling]`
+//! keys), `mimi.safetensors`, `model.safetensors`, optional `tokenizer.model`.
 //! Kyutai snapshot: `model.safetensors`, `tokenizer-e351c8d8-checkpoint125.safetensors`,
 //! `tokenizer_spm_32k_3.model`, with the moshiko configuration (or a Kyutai `config.json`).
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::lm::LmConfig;
+use crate::lm::sampling::SamplingOverrides;
+use crate::lm::{GenConfig, LmConfig};
 use crate::mimi::MimiConfig;
 
 pub const KYUTAI_MIMI: &str = "tokenizer-e351c8d8-checkpoint125.safetensors";
@@ -64,6 +66,9 @@ pub struct ModelFiles {
     pub lm_config: LmConfig,
     /// Active Mimi codebooks (`dep_q` for Moshi).
     pub codebooks: usize,
+    /// How the model should be sampled unless the user says otherwise: its `config.json`'s
+    /// `sampling` over Moshi's defaults (Moshi's defaults for Kyutai folders).
+    pub sampling: GenConfig,
     /// Where the files came from, for logs.
     pub source: String,
 }
@@ -92,6 +97,18 @@ fn in_file(path: &Path, e: Error) -> Error {
         },
         other => other,
     }
+}
+
+/// A kokichi `config.json`'s `sampling` object over Moshi's defaults.
+fn model_sampling(v: &serde_json::Value) -> std::result::Result<GenConfig, String> {
+    let o: SamplingOverrides = serde_json::from_value(v.clone()).map_err(|e| format!("config `sampling`: {e}"))?;
+    if let Some((key, t)) = o.bad_temperature() {
+        return Err(format!("config `sampling.{key}`: {t} is not a temperature >= 0"));
+    }
+    if o.seed.is_some() {
+        return Err("config `sampling.seed`: a model recommends how to sample, not a seed".into());
+    }
+    Ok(o.over(GenConfig::default()))
 }
 
 /// Resolves `spec`: a folder, or a Hugging Face repo id such as `kyutai/moshiko-pytorch-bf16`.
@@ -134,6 +151,10 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
                 .get("mimi_codebooks")
                 .and_then(|v| v.as_u64())
                 .map_or(lm_config.dep_q, |v| v as usize);
+            let sampling = match json.get("sampling") {
+                Some(v) => model_sampling(v).map_err(|msg| Error::File { path: config.clone(), msg })?,
+                None => GenConfig::default(),
+            };
             let tok = dir.join("tokenizer.model");
             return Ok(ModelFiles {
                 mimi: require(dir.join("mimi.safetensors"))?,
@@ -142,6 +163,7 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
                 mimi_config,
                 lm_config,
                 codebooks,
+                sampling,
                 source: dir.display().to_string(),
             });
         }
@@ -159,6 +181,7 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
             mimi_config: MimiConfig::v0_1(),
             lm_config,
             codebooks,
+            sampling: GenConfig::default(),
             source: dir.display().to_string(),
         });
     }
@@ -171,6 +194,7 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
             mimi_config: MimiConfig::v0_1(),
             lm_config: LmConfig::moshiko(),
             codebooks: 8,
+            sampling: GenConfig::default(),
             source: dir.display().to_string(),
         });
     }
@@ -217,4 +241,46 @@ fn download(repo: &str) -> Result<ModelFiles> {
     let mut files = from_dir(&dir)?;
     files.source = format!("{repo} ({})", dir.display());
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::sampling::Sampling;
+
+    /// A kokichi folder with the given `sampling` object (the weight files only need to exist).
+    fn folder(name: &str, sampling: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kokichi-model-dir-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!("{{\"lm\": {}, \"sampling\": {sampling}}}", serde_json::to_string(&LmConfig::tiny()).unwrap());
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        for f in ["mimi.safetensors", "model.safetensors"] {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_model_folder_recommends_its_sampling() {
+        let dir = folder("greedy", r#"{"greedy": true}"#);
+        let files = from_dir(&dir).unwrap();
+        assert_eq!((files.sampling.text, files.sampling.audio), (Sampling::GREEDY, Sampling::GREEDY));
+        let dir = folder("text", r#"{"text_temperature": 0.0, "audio_topk": 50}"#);
+        let files = from_dir(&dir).unwrap();
+        assert_eq!(files.sampling.text.temperature, 0.0);
+        assert_eq!(files.sampling.audio, Sampling { temperature: Sampling::AUDIO.temperature, top_k: 50 });
+    }
+
+    #[test]
+    fn bad_sampling_in_config_json_names_the_file_and_key() {
+        for (name, bad, key) in [
+            ("neg", r#"{"audio_temperature": -0.5}"#, "sampling.audio_temperature"),
+            ("unknown", r#"{"temprature": 0.5}"#, "temprature"),
+            ("seed", r#"{"seed": 3}"#, "sampling.seed"),
+        ] {
+            let dir = folder(name, bad);
+            let err = from_dir(&dir).unwrap_err().to_string();
+            assert!(err.contains("config.json") && err.contains(key), "{name}: {err}");
+        }
+    }
 }

@@ -25,6 +25,8 @@ pub struct Engine {
     pub lm: LmModel,
     pub tokenizer: Option<Tokenizer>,
     pub source: String,
+    /// The model's recommended sampling (its folder's `config.json`, else Moshi's defaults).
+    pub sampling: GenConfig,
 }
 
 /// Streaming state of one conversation.
@@ -76,6 +78,7 @@ impl Engine {
             lm,
             tokenizer,
             source: files.source.clone(),
+            sampling: files.sampling,
         })
     }
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::fixture;
 use futures_util::{SinkExt, StreamExt};
 use kokichi::backend::{BackendKind, Precision};
+use kokichi::daemon::config::SamplingFile;
 use kokichi::daemon::{self, DaemonConfig};
-use kokichi::lm::GenConfig;
 use kokichi::protocol::{self, OggOpusReader, OggOpusWriter};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,7 +25,7 @@ fn config(name: &str) -> DaemonConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         audio: false,
         control_socket: std::env::temp_dir().join(format!("kokichi-chat-{name}-{}.sock", std::process::id())),
-        sampling: GenConfig::greedy(),
+        sampling: SamplingFile::greedy(),
         max_message_bytes: 64 * 1024,
         max_connections_per_peer: 3,
         ..DaemonConfig::default()

@@ -12,6 +12,7 @@ use burn::tensor::DType;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use kokichi::backend::{BackendKind, Precision};
+use kokichi::daemon::config::SamplingFile;
 use kokichi::daemon::{self, DaemonConfig, TalkMode};
 use kokichi::lm::GenConfig;
 use kokichi::session::Engine;
@@ -34,7 +35,7 @@ fn config(name: &str) -> DaemonConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         audio: false,
         control_socket: tmp(&format!("{name}.sock")),
-        sampling: GenConfig::greedy(),
+        sampling: SamplingFile::greedy(),
         ..DaemonConfig::default()
     }
 }
@@ -151,6 +152,41 @@ async fn pcm_client_gets_frame_aligned_audio_and_text() {
     let status: serde_json::Value = reqwest_status(d.addr).await;
     assert!(status["steps"].as_u64().unwrap() >= frames.len() as u64);
     assert!(status["step_ms_avg"].as_f64().unwrap() > 0.0);
+    d.shutdown().await;
+}
+
+/// A model folder may recommend its sampling: the daemon uses it when the user sets none, and
+/// a client's query string still overrides it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_models_recommended_sampling_is_the_default() {
+    let dir = tmp("greedy_model");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("tiny_model");
+    for f in ["mimi.safetensors", "model.safetensors", "tokenizer.model"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    json["sampling"] = serde_json::json!({"greedy": true});
+    std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+    let cfg = DaemonConfig {
+        model: dir.display().to_string(),
+        sampling: SamplingFile::default(),
+        ..config("recommended")
+    };
+    let d = Running::start(cfg).await;
+    let pcm = question();
+    let (want, want_text) = single_session(&pcm);
+    let (frames, text) = pcm_client(d.addr, &pcm, "").await;
+    check_frames("recommended greedy", &frames, &want);
+    assert_eq!(text, want_text);
+    // greedy=0 samples (Moshi's defaults, seeded): another answer.
+    let (sampled, _) = pcm_client(d.addr, &pcm, "greedy=0&text_seed=1&audio_seed=2").await;
+    let sampled = sampled.concat();
+    // (The random-weight fixture's decoder barely depends on the codes: compare well above the
+    // 1e-5 the equal sessions above are held to.)
+    let diff = sampled.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let differs = sampled.iter().zip(&want).filter(|(a, b)| (*a - *b).abs() > 1e-4).count();
+    assert!(differs > FRAME, "sampling gave the greedy answer ({differs} samples differ by > 1e-4, largest {diff})");
     d.shutdown().await;
 }
 

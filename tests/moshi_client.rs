@@ -8,8 +8,8 @@ use std::process::Command;
 
 use common::fixture;
 use kokichi::backend::{BackendKind, Precision};
+use kokichi::daemon::config::SamplingFile;
 use kokichi::daemon::{self, DaemonConfig};
-use kokichi::lm::GenConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moshi_python_client_talks_to_kokichi() {
@@ -25,7 +25,8 @@ async fn moshi_python_client_talks_to_kokichi() {
         bind: "127.0.0.1:0".parse().unwrap(),
         audio: false,
         control_socket: std::env::temp_dir().join(format!("kokichi-moshi-client-{}.sock", std::process::id())),
-        sampling: GenConfig::default(),
+        // Moshi's sampling, whatever the model recommends.
+        sampling: SamplingFile { greedy: Some(false), ..SamplingFile::default() },
         ..DaemonConfig::default()
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

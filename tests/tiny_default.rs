@@ -72,6 +72,9 @@ fn embedded_model_speaks_when_asked_and_stays_quiet() {
         .map(|f| std::fs::metadata(files.mimi.parent().unwrap().join(f)).unwrap().len())
         .sum();
     assert!(size <= 30_000_000, "kokichi-tiny is {size} bytes, over the 30 MB budget");
+    // Its config.json recommends greedy decoding (measured better than Moshi's sampling for it,
+    // assets/stages/README.md): the daemon uses that unless the user sets sampling.
+    assert!(files.sampling.text.is_greedy() && files.sampling.audio.is_greedy(), "{:?}", files.sampling);
     let examples = examples();
     let mut per_backend = Vec::new();
     for (kind, device) in devices() {

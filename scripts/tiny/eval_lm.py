@@ -93,6 +93,11 @@ def main():
     ap.add_argument("--pairs", type=int, default=0, help="sessions of two questions, one after the other's answer")
     ap.add_argument("--reuse", action="store_true", help="judge the answers already in OUT (same --n/--silences)")
     ap.add_argument("--sample", action="store_true", help="sample (Moshi defaults) instead of greedy")
+    ap.add_argument("--text-temp", type=float, help="the text stream's temperature (0: greedy), over --sample's")
+    ap.add_argument("--text-top-k", type=int)
+    ap.add_argument("--audio-temp", type=float, help="the audio streams' temperature (0: greedy), over --sample's")
+    ap.add_argument("--audio-top-k", type=int)
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed of the first file (file i: seed + i)")
     ap.add_argument("--out", type=Path, default=Path("out/eval-tiny"))
     args = ap.parse_args()
     rng = random.Random(7)
@@ -139,6 +144,9 @@ def main():
     cmd = [args.bin, "--model", args.model, "--list", str(work / "list.txt"), "--out", str(work / "answers"), "--backend", "cpu"]
     if not args.sample:
         cmd.append("--greedy")
+    for flag in ("text_temp", "text_top_k", "audio_temp", "audio_top_k", "seed"):
+        if getattr(args, flag) is not None:
+            cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     if not args.reuse:
         subprocess.run(cmd, check=True)
     judge = Judge(work)
@@ -171,7 +179,10 @@ def main():
     (work / "results.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items + pairs))
     qs = [it for it in items if it["task"] != "silence"]
     sil = [it for it in items if it["task"] == "silence"]
-    print(f"kokichi-tiny on held-out voices ({'sampled' if args.sample else 'greedy'}), {len(qs)} questions, {len(sil)} silent windows")
+    base = "Moshi's sampling" if args.sample else "greedy"
+    over = ", ".join(f"{f.replace('_', ' ')} {getattr(args, f)}" for f in ("text_temp", "text_top_k", "audio_temp", "audio_top_k")
+                     if getattr(args, f) is not None)
+    print(f"kokichi-tiny on held-out voices ({base}{'; ' + over if over else ''}), {len(qs)} questions, {len(sil)} silent windows")
     for task, (n, t, a) in sorted(by_task.items()):
         print(f"  {task:9s} n={n:3d}  text {100 * t / n:5.1f}%  audio {100 * a / n:5.1f}%")
     print(f"TEXT right answer:  {100 * np.mean([it['ok_text'] for it in qs]):.1f}%")

@@ -312,6 +312,11 @@ def mask_user_frames(codes, frac, g, span=2):
     return codes
 
 
+# Top-level modules of moshi's LMModel on the depth transformer's side: they map the temporal
+# transformer's output to the audio codes and see nothing else of it.
+DEPTH_MODULES = ("depformer", "depformer_in", "depformer_emb", "depformer_text_emb", "linears")
+
+
 def add_branch_dropout(lm, p):
     """Dropout on the output of every attention and feed-forward branch of the temporal
     transformer (moshi's layers have none); active in train() mode only, nothing exported."""
@@ -482,9 +487,20 @@ def train(args):
     head = CtcHead(cfg["dim"], questions.words, text_ids, text_card) if args.ctc_weight > 0 else None
     if args.dropout > 0:
         add_branch_dropout(lm, args.dropout)
-    params = list(lm.parameters()) + (list(head.parameters()) if head is not None else [])
+    # The depth transformer's side (it writes the audio codes) may learn slower than the rest,
+    # or not at all (scale 0: frozen, left out of the optimizer and of gradient clipping).
+    depth = [p for k, p in lm.named_parameters() if k.split(".")[0] in DEPTH_MODULES]
+    rest = [p for k, p in lm.named_parameters() if k.split(".")[0] not in DEPTH_MODULES]
+    rest += list(head.parameters()) if head is not None else []
+    groups = [{"params": rest, "scale": 1.0}]
+    if args.depformer_lr_scale > 0:
+        groups.append({"params": depth, "scale": args.depformer_lr_scale})
+    else:
+        for p in depth:
+            p.requires_grad_(False)
+    params = [p for g in groups for p in g["params"]]
     lm.train()
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     step = 0
     ckpt = args.work / "ckpt.pt"
     args.work.mkdir(parents=True, exist_ok=True)
@@ -524,7 +540,7 @@ def train(args):
     t0, log = time.time(), []
     while step < args.steps:
         for grp in opt.param_groups:
-            grp["lr"] = cosine_lr(step, args.steps, args.lr, warmup=args.warmup)
+            grp["lr"] = grp["scale"] * cosine_lr(step, args.steps, args.lr, warmup=args.warmup)
         idx = torch.randint(0, len(train_set), (args.batch,), generator=g)
         if exchanges is not None:
             codes, qwords = exchanges.splice(train_set, idx, questions.seqs["train"], args.multi, g)
@@ -609,6 +625,8 @@ def main():
                    help="share of dialogues given a second exchange spliced in after their answer (0: off)")
     r.add_argument("--dropout", type=float, default=0.0, help="temporal transformer branch dropout (0: off)")
     r.add_argument("--save-every", type=int, default=250)
+    r.add_argument("--depformer-lr-scale", type=float, default=1.0,
+                   help="learning rate of the depth transformer's side (depformer*, linears) relative to --lr (0: frozen)")
     r.add_argument("--init", type=Path, default=None, help="start from another run's ckpt.pt, or an exported/shipped model folder (weights only)")
     args = ap.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))

@@ -10,18 +10,22 @@ use clap::Args;
 
 use kokichi::audio;
 use kokichi::backend::{self, BackendKind, Precision};
-use kokichi::lm::GenConfig;
-use kokichi::lm::sampling::Sampling;
+use kokichi::lm::sampling::SamplingOverrides;
 use kokichi::model_dir;
 use kokichi::session::Engine;
 use kokichi::weights::{self, OutTensor};
 
-/// Sampling flags shared by `run` and `serve`.
+/// Sampling flags shared by `run` and `serve`. Unset ones keep the model's recommendation (its
+/// `config.json`'s `sampling`; kokichi-tiny: greedy), else Moshi's defaults.
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// Greedy decoding of text and audio (deterministic).
-    #[arg(long, conflicts_with_all = ["temperature", "topk", "text_temperature", "text_topk"])]
+    #[arg(long, conflicts_with_all = ["temperature", "topk", "text_temperature", "text_topk", "sample"])]
     pub greedy: bool,
+    /// Sample with Moshi's defaults (and any of the flags below), also where the model
+    /// recommends greedy decoding (kokichi-tiny does).
+    #[arg(long)]
+    pub sample: bool,
     /// Audio sampling temperature (Moshi: 0.8).
     #[arg(long)]
     pub temperature: Option<f32>,
@@ -40,29 +44,22 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    pub fn gen_config(&self) -> Result<GenConfig> {
-        if self.greedy {
-            return Ok(GenConfig::greedy());
-        }
-        let text = Sampling {
-            temperature: self.text_temperature.unwrap_or(Sampling::TEXT.temperature),
-            top_k: self.text_topk.unwrap_or(Sampling::TEXT.top_k),
+    /// The flags as settings over the model's recommended sampling (its `config.json`, else
+    /// Moshi's defaults); temperatures checked here.
+    pub fn overrides(&self) -> Result<SamplingOverrides> {
+        let o = SamplingOverrides {
+            greedy: if self.greedy { Some(true) } else { self.sample.then_some(false) },
+            text_temperature: self.text_temperature,
+            text_topk: self.text_topk,
+            audio_temperature: self.temperature,
+            audio_topk: self.topk,
+            seed: self.seed,
         };
-        let audio = Sampling {
-            temperature: self.temperature.unwrap_or(Sampling::AUDIO.temperature),
-            top_k: self.topk.unwrap_or(Sampling::AUDIO.top_k),
-        };
-        for (name, t) in [("--temperature", audio.temperature), ("--text-temperature", text.temperature)] {
-            if !t.is_finite() || t < 0.0 {
-                bail!("{name} must be a finite value >= 0, got {t}");
-            }
+        if let Some((key, t)) = o.bad_temperature() {
+            let flag = if key == "audio_temperature" { "--temperature" } else { "--text-temperature" };
+            bail!("{flag} must be a finite value >= 0, got {t}");
         }
-        Ok(GenConfig {
-            text,
-            audio,
-            text_seed: self.seed,
-            audio_seed: self.seed.map(|s| s.wrapping_add(1)),
-        })
+        Ok(o)
     }
 }
 
@@ -89,8 +86,9 @@ pub struct RunArgs {
 }
 
 pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()> {
-    let gen_config = a.sampling.gen_config()?;
+    let overrides = a.sampling.overrides()?;
     let files = model_dir::resolve(&a.model)?;
+    let gen_config = overrides.over(files.sampling);
     let device = backend::device(backend_kind, dtype)?;
     tracing::info!(backend = %backend_kind, adapter = %backend::adapter_name(&device), model = %files.source, "loading");
     let t0 = Instant::now();

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
 use kokichi::backend::{BackendKind, Precision};
-use kokichi::daemon::config::{self, DaemonConfig, FileConfig, SamplingFile, TalkMode};
+use kokichi::daemon::config::{self, DaemonConfig, FileConfig, TalkMode};
 use kokichi::daemon::control::{self, Ptt};
 
 #[derive(Args, Debug)]
@@ -126,15 +126,7 @@ fn resolve(a: ServeArgs, backend: Option<BackendKind>, dtype: Option<Precision>)
     if let Some(v) = a.max_sessions {
         c.max_sessions = v;
     }
-    let s = &a.sampling;
-    c.apply_sampling(&SamplingFile {
-        greedy: s.greedy.then_some(true),
-        text_temperature: s.text_temperature,
-        text_topk: s.text_topk,
-        audio_temperature: s.temperature,
-        audio_topk: s.topk,
-        seed: s.seed,
-    });
+    c.apply_sampling(&a.sampling.overrides()?);
     c.validate()?;
     Ok(c)
 }

@@ -10,7 +10,6 @@ use serde::Deserialize;
 use crate::backend::{BackendKind, Precision};
 use crate::error::{Error, Result};
 use crate::lm::GenConfig;
-use crate::lm::sampling::Sampling;
 
 /// How the local microphone reaches the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -23,17 +22,8 @@ pub enum TalkMode {
     Open,
 }
 
-/// Sampling settings in the file.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SamplingFile {
-    pub greedy: Option<bool>,
-    pub text_temperature: Option<f32>,
-    pub text_topk: Option<usize>,
-    pub audio_temperature: Option<f32>,
-    pub audio_topk: Option<usize>,
-    pub seed: Option<u64>,
-}
+/// Sampling settings in the file (and, the same keys, on the command line).
+pub use crate::lm::sampling::SamplingOverrides as SamplingFile;
 
 /// The TOML file, every key optional.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -100,7 +90,9 @@ pub struct DaemonConfig {
     /// Stop the daemon once the file-backed session has ended.
     pub exit_when_done: bool,
     pub log_transcripts: bool,
-    pub sampling: GenConfig,
+    /// The user's sampling settings (file, then flags), over the model's own recommendation
+    /// (its `config.json`, else Moshi's defaults): see [`DaemonConfig::gen_config`].
+    pub sampling: SamplingFile,
     /// Frames a session may queue before the oldest are dropped.
     pub backlog_frames: usize,
     pub batch_window: Duration,
@@ -130,7 +122,7 @@ impl Default for DaemonConfig {
             fast_file: false,
             exit_when_done: false,
             log_transcripts: false,
-            sampling: GenConfig::default(),
+            sampling: SamplingFile::default(),
             backlog_frames: 8,
             batch_window: Duration::from_millis(20),
         }
@@ -216,26 +208,12 @@ impl DaemonConfig {
 
     /// Applies sampling settings (file or flags) over the current ones.
     pub fn apply_sampling(&mut self, s: &SamplingFile) {
-        if s.greedy == Some(true) {
-            self.sampling = GenConfig::greedy();
-            return;
-        }
-        if let Some(v) = s.text_temperature {
-            self.sampling.text.temperature = v;
-        }
-        if let Some(v) = s.text_topk {
-            self.sampling.text.top_k = v;
-        }
-        if let Some(v) = s.audio_temperature {
-            self.sampling.audio.temperature = v;
-        }
-        if let Some(v) = s.audio_topk {
-            self.sampling.audio.top_k = v;
-        }
-        if let Some(v) = s.seed {
-            self.sampling.text_seed = Some(v);
-            self.sampling.audio_seed = Some(v.wrapping_add(1));
-        }
+        self.sampling = self.sampling.then(s);
+    }
+
+    /// The sessions' sampling: the user's settings over the model's recommended ones.
+    pub fn gen_config(&self, model: GenConfig) -> GenConfig {
+        self.sampling.over(model)
     }
 
     /// Checks the settings once, naming the offending one.
@@ -263,8 +241,9 @@ impl DaemonConfig {
         if self.max_message_bytes < 4096 {
             return Err(Error::config("max_message_bytes", "must be at least 4096"));
         }
-        check_sampling("sampling.text", self.sampling.text)?;
-        check_sampling("sampling.audio", self.sampling.audio)?;
+        if let Some((key, t)) = self.sampling.bad_temperature() {
+            return Err(Error::config(format!("sampling.{key}"), format!("{t} is not a temperature >= 0")));
+        }
         if self.output_file.is_some() && self.input_file.is_none() {
             return Err(Error::config("output_file", "needs an input file"));
         }
@@ -273,13 +252,6 @@ impl DaemonConfig {
         }
         Ok(())
     }
-}
-
-fn check_sampling(name: &str, s: Sampling) -> Result<()> {
-    if !s.temperature.is_finite() || s.temperature < 0.0 {
-        return Err(Error::config(format!("{name}_temperature"), format!("{} is not a temperature >= 0", s.temperature)));
-    }
-    Ok(())
 }
 
 /// Parses `host:port`, or a bare port on 127.0.0.1.
@@ -307,7 +279,10 @@ mod tests {
         assert_eq!(c.model, "/m");
         assert_eq!(c.bind.port(), 9000);
         assert_eq!(c.mode, TalkMode::Open);
-        assert_eq!(c.sampling.text.temperature, 0.5);
+        assert_eq!(c.sampling.text_temperature, Some(0.5));
+        // Over a model that recommends greedy decoding: the file's text temperature, greedy audio.
+        let g = c.gen_config(GenConfig::greedy());
+        assert_eq!((g.text.temperature, g.audio.temperature), (0.5, 0.0));
         c.validate().unwrap();
         let err = FileConfig::parse("modle = 1\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("c.toml") && err.contains("modle"), "{err}");
@@ -328,7 +303,7 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let mut c = DaemonConfig::default();
-        c.sampling.audio.temperature = -1.0;
+        c.sampling.audio_temperature = Some(-1.0);
         assert!(c.validate().unwrap_err().to_string().contains("sampling.audio_temperature"));
         let c = DaemonConfig { max_sessions: 0, ..DaemonConfig::default() };
         assert!(c.validate().unwrap_err().to_string().contains("max_sessions"));

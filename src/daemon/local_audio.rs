@@ -26,6 +26,7 @@ use super::config::{DaemonConfig, TalkMode};
 use super::metrics::Metrics;
 use super::runtime::{NewSession, Runtime};
 use crate::error::{Error, Result};
+use crate::lm::GenConfig;
 pub use bridge::{LocalSink, LocalSource};
 pub use convert::{downmix, spread};
 pub use device::Direction;
@@ -48,6 +49,7 @@ impl LocalAudio {
 /// Opens the microphone and speaker and adds the local session; `None` without devices.
 pub fn start(
     config: &DaemonConfig,
+    sampling: GenConfig,
     runtime: &Runtime,
     metrics: Arc<Metrics>,
     talk: Arc<AtomicBool>,
@@ -70,7 +72,7 @@ pub fn start(
     let open_mode = config.mode == TalkMode::Open;
     runtime.add(NewSession {
         kind: "local".into(),
-        config: config.sampling,
+        config: sampling,
         source: Box::new(LocalSource::new(captured, model_rate, runtime.frame_size, config.backlog_frames)),
         sink: Box::new(LocalSink::new(played, model_rate, runtime.frame_size)),
         talk: Some(talk.clone()),
@@ -198,12 +200,12 @@ mod tests {
             RuntimeOptions { max_sessions: 2, batch_window: Duration::from_millis(5), log_transcripts: false };
         let (runtime, thread) = Runtime::start(engine, metrics.clone(), options).unwrap();
         let config = DaemonConfig::default();
-        let local = start(&config, &runtime, metrics, Arc::new(AtomicBool::new(false))).unwrap();
+        let local = start(&config, GenConfig::greedy(), &runtime, metrics, Arc::new(AtomicBool::new(false))).unwrap();
         assert!(local.is_none());
         assert_eq!(runtime.active(), 0, "no local session was added");
         // A device named in the config that is not there is a config error naming the setting.
         let named = DaemonConfig { input_device: Some("no-such-mic".into()), ..DaemonConfig::default() };
-        match start(&named, &runtime, Arc::new(Metrics::default()), Arc::new(AtomicBool::new(false))) {
+        match start(&named, GenConfig::greedy(), &runtime, Arc::new(Metrics::default()), Arc::new(AtomicBool::new(false))) {
             Err(e) => assert!(e.to_string().contains("input_device") && e.to_string().contains("no-such-mic"), "{e}"),
             Ok(l) => assert!(l.is_none(), "a missing named device cannot open"),
         }

@@ -61,6 +61,8 @@ pub async fn serve(
     })
     .await
     .map_err(|e| Error::Backend(format!("model loading task failed: {e}")))??;
+    let sampling = config.gen_config(engine.sampling);
+    tracing::info!(text = ?sampling.text, audio = ?sampling.audio, "sampling");
     let engine = Arc::new(engine);
     let metrics = Arc::new(Metrics::default());
     let open_mode = config.mode == TalkMode::Open;
@@ -92,14 +94,14 @@ pub async fn serve(
         });
         runtime.add(NewSession {
             kind: format!("file {}", input.display()),
-            config: config.sampling,
+            config: sampling,
             source: Box::new(source),
             sink,
             // The file stands in for the microphone: push-to-talk gates it the same way.
             talk: Some(talk.clone()),
         })?;
     } else if config.audio {
-        local = local_audio::start(&config, &runtime, metrics.clone(), talk.clone())?;
+        local = local_audio::start(&config, sampling, &runtime, metrics.clone(), talk.clone())?;
     } else {
         tracing::info!("local audio disabled: serving WebSocket clients only");
     }
@@ -123,6 +125,7 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(|e| Error::config("bind", e.to_string()))?;
     let app = server::App {
         config: config.clone(),
+        sampling,
         runtime: runtime.clone(),
         metrics: metrics.clone(),
         peers: Default::default(),

@@ -25,12 +25,14 @@ use super::io::{FrameInput, OutMsg, Outbox, QueueSink, QueueSource};
 use super::metrics::Metrics;
 use super::runtime::{NewSession, Runtime};
 use crate::lm::GenConfig;
-use crate::lm::sampling::Sampling;
+use crate::lm::sampling::SamplingOverrides;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct App {
     pub config: Arc<DaemonConfig>,
+    /// The sessions' sampling before a client's query string: the user's over the model's.
+    pub sampling: GenConfig,
     pub runtime: Runtime,
     pub metrics: Arc<Metrics>,
     pub peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -111,7 +113,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Sampling parameters from a query string, as Moshi's web UI sends them.
 pub fn gen_from_query(base: GenConfig, q: &HashMap<String, String>) -> Result<GenConfig, String> {
-    let mut g = base;
     let f = |k: &str| -> Result<Option<f32>, String> {
         q.get(k)
             .map(|v| v.parse::<f32>().map_err(|_| format!("{k}: `{v}` is not a number")))
@@ -122,27 +123,26 @@ pub fn gen_from_query(base: GenConfig, q: &HashMap<String, String>) -> Result<Ge
             .map(|v| v.parse::<u64>().map_err(|_| format!("{k}: `{v}` is not an unsigned integer")))
             .transpose()
     };
-    if let Some(t) = f("text_temperature")? {
-        g.text.temperature = t;
-    }
-    if let Some(k) = u("text_topk")? {
-        g.text.top_k = k as usize;
-    }
-    if let Some(t) = f("audio_temperature")? {
-        g.audio.temperature = t;
-    }
-    if let Some(k) = u("audio_topk")? {
-        g.audio.top_k = k as usize;
-    }
+    let greedy = match q.get("greedy").map(String::as_str) {
+        None => None,
+        Some("1" | "true") => Some(true),
+        Some("0" | "false") => Some(false),
+        Some(v) => return Err(format!("greedy: `{v}` is not 1, 0, true or false")),
+    };
+    let o = SamplingOverrides {
+        greedy,
+        text_temperature: f("text_temperature")?,
+        text_topk: u("text_topk")?.map(|k| k as usize),
+        audio_temperature: f("audio_temperature")?,
+        audio_topk: u("audio_topk")?.map(|k| k as usize),
+        seed: None,
+    };
+    let mut g = o.over(base);
     if let Some(s) = u("text_seed")? {
         g.text_seed = Some(s);
     }
     if let Some(s) = u("audio_seed")? {
         g.audio_seed = Some(s);
-    }
-    if q.get("greedy").is_some_and(|v| v == "1" || v == "true") {
-        g.text = Sampling::GREEDY;
-        g.audio = Sampling::GREEDY;
     }
     for (k, s) in [("text_temperature", g.text), ("audio_temperature", g.audio)] {
         if !s.temperature.is_finite() || !(0.0..=10.0).contains(&s.temperature) {
@@ -288,7 +288,7 @@ pub fn upgrade(
     if let Err(r) = authorize(&app, &headers, &q) {
         return r;
     }
-    let sampling = match gen_from_query(app.config.sampling, &q) {
+    let sampling = match gen_from_query(app.sampling, &q) {
         Ok(g) => g,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
@@ -429,6 +429,7 @@ fn encode(pcm: &[f32], format: Format) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lm::sampling::Sampling;
 
     #[test]
     fn origins() {
@@ -451,5 +452,15 @@ mod tests {
         assert!(gen_from_query(GenConfig::default(), &q).is_err());
         q.insert("audio_temperature".to_string(), "x".to_string());
         assert!(gen_from_query(GenConfig::default(), &q).unwrap_err().contains("audio_temperature"));
+        // Over a model that recommends greedy decoding: greedy=0 samples with Moshi's defaults,
+        // and the page's other keys still apply.
+        let mut q = HashMap::new();
+        q.insert("greedy".to_string(), "0".to_string());
+        q.insert("audio_topk".to_string(), "100".to_string());
+        let g = gen_from_query(GenConfig::greedy(), &q).unwrap();
+        assert_eq!(g.text, Sampling::TEXT);
+        assert_eq!(g.audio, Sampling { top_k: 100, ..Sampling::AUDIO });
+        q.insert("greedy".to_string(), "maybe".to_string());
+        assert!(gen_from_query(GenConfig::greedy(), &q).unwrap_err().contains("greedy"));
     }
 }

@@ -4,6 +4,8 @@
 
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 
+use super::generate::GenConfig;
+
 /// Sampling parameters of one stream (text or audio).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sampling {
@@ -28,6 +30,82 @@ impl Sampling {
 
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
+    }
+}
+
+/// Sampling settings as a user or a model folder gives them: every key optional, each one over
+/// what comes before it (Moshi's defaults, then the model folder's `config.json`, then the
+/// daemon's TOML file, then the command line). The same keys in all three places.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingOverrides {
+    /// `true`: argmax for text and audio (the other keys of a later layer still apply);
+    /// `false`: sample, from Moshi's defaults, even where the model recommends greedy.
+    pub greedy: Option<bool>,
+    pub text_temperature: Option<f32>,
+    pub text_topk: Option<usize>,
+    pub audio_temperature: Option<f32>,
+    pub audio_topk: Option<usize>,
+    /// Seed of the text sampler; the audio sampler takes `seed + 1`.
+    pub seed: Option<u64>,
+}
+
+impl SamplingOverrides {
+    pub fn greedy() -> Self {
+        Self { greedy: Some(true), ..Self::default() }
+    }
+
+    /// This layer followed by `later`: `later`'s keys win, and its `greedy` drops the
+    /// temperatures and top-ks set before it.
+    pub fn then(&self, later: &SamplingOverrides) -> SamplingOverrides {
+        let base = if later.greedy.is_some() {
+            SamplingOverrides { greedy: later.greedy, seed: self.seed, ..Self::default() }
+        } else {
+            self.clone()
+        };
+        SamplingOverrides {
+            greedy: base.greedy,
+            text_temperature: later.text_temperature.or(base.text_temperature),
+            text_topk: later.text_topk.or(base.text_topk),
+            audio_temperature: later.audio_temperature.or(base.audio_temperature),
+            audio_topk: later.audio_topk.or(base.audio_topk),
+            seed: later.seed.or(base.seed),
+        }
+    }
+
+    /// `base` with these settings applied.
+    pub fn over(&self, base: GenConfig) -> GenConfig {
+        let mut g = match self.greedy {
+            Some(true) => GenConfig { text: Sampling::GREEDY, audio: Sampling::GREEDY, ..base },
+            Some(false) if base.text.is_greedy() || base.audio.is_greedy() => {
+                GenConfig { text: Sampling::TEXT, audio: Sampling::AUDIO, ..base }
+            }
+            _ => base,
+        };
+        if let Some(v) = self.text_temperature {
+            g.text.temperature = v;
+        }
+        if let Some(v) = self.text_topk {
+            g.text.top_k = v;
+        }
+        if let Some(v) = self.audio_temperature {
+            g.audio.temperature = v;
+        }
+        if let Some(v) = self.audio_topk {
+            g.audio.top_k = v;
+        }
+        if let Some(v) = self.seed {
+            g.text_seed = Some(v);
+            g.audio_seed = Some(v.wrapping_add(1));
+        }
+        g
+    }
+
+    /// The first temperature that is not a finite value >= 0, as (key, value).
+    pub fn bad_temperature(&self) -> Option<(&'static str, f32)> {
+        [("text_temperature", self.text_temperature), ("audio_temperature", self.audio_temperature)]
+            .into_iter()
+            .find_map(|(k, t)| t.filter(|t| !t.is_finite() || *t < 0.0).map(|t| (k, t)))
     }
 }
 
@@ -141,5 +219,51 @@ mod tests {
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));
+    }
+
+    #[test]
+    fn overrides_apply_in_layers() {
+        let moshi = GenConfig::default();
+        // A model that recommends greedy decoding, then a file that asks for sampled text.
+        let model = SamplingOverrides::greedy().over(moshi);
+        assert_eq!((model.text, model.audio), (Sampling::GREEDY, Sampling::GREEDY));
+        let file = SamplingOverrides { text_temperature: Some(0.5), text_topk: Some(10), ..Default::default() };
+        let g = file.over(model);
+        assert_eq!(g.text, Sampling { temperature: 0.5, top_k: 10 });
+        assert_eq!(g.audio, Sampling::GREEDY);
+        // `greedy = false` samples with Moshi's defaults even over a greedy model.
+        let g = SamplingOverrides { greedy: Some(false), ..Default::default() }.over(model);
+        assert_eq!((g.text, g.audio), (Sampling::TEXT, Sampling::AUDIO));
+        // Nothing set: the base unchanged.
+        assert_eq!(SamplingOverrides::default().over(model), model);
+        // The seed sets both samplers.
+        let g = SamplingOverrides { seed: Some(7), ..Default::default() }.over(moshi);
+        assert_eq!((g.text_seed, g.audio_seed), (Some(7), Some(8)));
+    }
+
+    #[test]
+    fn later_layers_win_and_greedy_drops_earlier_temperatures() {
+        let file = SamplingOverrides { text_temperature: Some(0.5), audio_topk: Some(9), seed: Some(3), ..Default::default() };
+        let flags = SamplingOverrides { audio_topk: Some(100), ..Default::default() };
+        let both = file.then(&flags);
+        assert_eq!((both.text_temperature, both.audio_topk, both.seed), (Some(0.5), Some(100), Some(3)));
+        let both = file.then(&SamplingOverrides::greedy());
+        assert_eq!(both, SamplingOverrides { greedy: Some(true), seed: Some(3), ..Default::default() });
+        let g = both.over(GenConfig::default());
+        assert_eq!((g.text, g.audio), (Sampling::GREEDY, Sampling::GREEDY));
+        // A greedy file, then a text temperature on the command line: text sampled, audio greedy.
+        let g = SamplingOverrides::greedy()
+            .then(&SamplingOverrides { text_temperature: Some(0.7), ..Default::default() })
+            .over(GenConfig::default());
+        assert_eq!((g.text.temperature, g.audio), (0.7, Sampling::GREEDY));
+    }
+
+    #[test]
+    fn bad_temperatures_are_named() {
+        assert_eq!(SamplingOverrides::default().bad_temperature(), None);
+        let s = SamplingOverrides { audio_temperature: Some(-1.0), ..Default::default() };
+        assert_eq!(s.bad_temperature(), Some(("audio_temperature", -1.0)));
+        let s = SamplingOverrides { text_temperature: Some(f32::NAN), ..Default::default() };
+        assert_eq!(s.bad_temperature().map(|(k, _)| k), Some("text_temperature"));
     }
 }
