@@ -3,17 +3,17 @@
 //!
 //! Usage: answer_many --model DIR --list FILE --out DIR [--greedy] [--seed S] [--backend cpu]
 //!        [--text-temp T] [--text-top-k K] [--audio-temp T] [--audio-top-k K]
-//! FILE lists one input wav per line; writes OUT/<stem>.wav and OUT/<stem>.txt. The four
-//! sampling flags override one stream's setting of `--greedy` (or of Moshi's defaults), so the
-//! text can be greedy while the audio is sampled; file i is seeded with S + i.
+//! FILE lists one input wav per line; writes OUT/<stem>.wav and OUT/<stem>.txt. Without
+//! `--greedy`, Moshi's sampling; the four sampling flags override one stream's setting of
+//! either, so the text can be greedy while the audio is sampled; file i is seeded with S + i.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::tensor::DType;
 use kokichi::backend::{self, BackendKind, Precision};
-use kokichi::lm::sampling::Sampling;
 use kokichi::lm::GenConfig;
+use kokichi::lm::sampling::SamplingOverrides;
 use kokichi::session::Engine;
 
 fn arg(name: &str) -> Option<String> {
@@ -28,11 +28,6 @@ where
     arg(name).map(|s| s.parse::<T>().with_context(|| format!("{name} {s}"))).transpose()
 }
 
-/// One stream's sampling with the command line's overrides.
-fn stream(base: Sampling, temp: Option<f32>, top_k: Option<usize>) -> Sampling {
-    Sampling { temperature: temp.unwrap_or(base.temperature), top_k: top_k.unwrap_or(base.top_k) }
-}
-
 fn main() -> Result<()> {
     let model = arg("--model").context("--model")?;
     let list = PathBuf::from(arg("--list").context("--list")?);
@@ -40,9 +35,15 @@ fn main() -> Result<()> {
     let kind: BackendKind = arg("--backend").unwrap_or_else(|| "cpu".into()).parse()?;
     let greedy = std::env::args().any(|a| a == "--greedy");
     let seed: u64 = parsed("--seed")?.unwrap_or(0);
-    let base = if greedy { GenConfig::greedy() } else { GenConfig::default() };
-    let text = stream(base.text, parsed("--text-temp")?, parsed("--text-top-k")?);
-    let audio = stream(base.audio, parsed("--audio-temp")?, parsed("--audio-top-k")?);
+    let sampling = SamplingOverrides {
+        greedy: greedy.then_some(true),
+        text_temperature: parsed("--text-temp")?,
+        text_topk: parsed("--text-top-k")?,
+        audio_temperature: parsed("--audio-temp")?,
+        audio_topk: parsed("--audio-top-k")?,
+        seed: None,
+    }
+    .over(GenConfig::default());
     std::fs::create_dir_all(&out)?;
     let device = backend::device(kind, Precision::F32)?;
     let engine = Engine::load(&kokichi::model_dir::resolve(&model)?, &device, DType::F32)?;
@@ -53,10 +54,9 @@ fn main() -> Result<()> {
         let mut pcm = kokichi::audio::read_audio(input, engine.sample_rate() as u32)?;
         pcm.resize(pcm.len().div_ceil(frame) * frame, 0.0);
         let config = GenConfig {
-            text,
-            audio,
             text_seed: Some(seed + i as u64),
             audio_seed: Some(seed + 1_000_000 + i as u64),
+            ..sampling
         };
         let mut s = engine.init_session(config)?;
         let mut audio = Vec::with_capacity(pcm.len());

@@ -100,7 +100,7 @@ async fn main() -> Result<()> {
         max_connections_per_peer: max_n,
         control_socket: std::env::temp_dir().join(format!("kokichi-bench-{}.sock", std::process::id())),
         // Moshi's sampling, whatever the model recommends.
-        sampling: SamplingFile { greedy: Some(false), ..SamplingFile::default() },
+        sampling: vec![SamplingFile { greedy: Some(false), ..SamplingFile::default() }],
         ..DaemonConfig::default()
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

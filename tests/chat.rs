@@ -25,7 +25,7 @@ fn config(name: &str) -> DaemonConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         audio: false,
         control_socket: std::env::temp_dir().join(format!("kokichi-chat-{name}-{}.sock", std::process::id())),
-        sampling: SamplingFile::greedy(),
+        sampling: vec![SamplingFile::greedy()],
         max_message_bytes: 64 * 1024,
         max_connections_per_peer: 3,
         ..DaemonConfig::default()

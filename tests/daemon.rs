@@ -35,7 +35,7 @@ fn config(name: &str) -> DaemonConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         audio: false,
         control_socket: tmp(&format!("{name}.sock")),
-        sampling: SamplingFile::greedy(),
+        sampling: vec![SamplingFile::greedy()],
         ..DaemonConfig::default()
     }
 }
@@ -170,7 +170,7 @@ async fn the_models_recommended_sampling_is_the_default() {
     std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
     let cfg = DaemonConfig {
         model: dir.display().to_string(),
-        sampling: SamplingFile::default(),
+        sampling: Vec::new(),
         ..config("recommended")
     };
     let d = Running::start(cfg).await;

@@ -26,7 +26,7 @@ async fn moshi_python_client_talks_to_kokichi() {
         audio: false,
         control_socket: std::env::temp_dir().join(format!("kokichi-moshi-client-{}.sock", std::process::id())),
         // Moshi's sampling, whatever the model recommends.
-        sampling: SamplingFile { greedy: Some(false), ..SamplingFile::default() },
+        sampling: vec![SamplingFile { greedy: Some(false), ..SamplingFile::default() }],
         ..DaemonConfig::default()
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

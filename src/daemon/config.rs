@@ -90,9 +90,9 @@ pub struct DaemonConfig {
     /// Stop the daemon once the file-backed session has ended.
     pub exit_when_done: bool,
     pub log_transcripts: bool,
-    /// The user's sampling settings (file, then flags), over the model's own recommendation
-    /// (its `config.json`, else Moshi's defaults): see [`DaemonConfig::gen_config`].
-    pub sampling: SamplingFile,
+    /// The user's sampling layers (file, then flags), applied in order over the model's own
+    /// recommendation (its `config.json`, else Moshi's defaults): see [`DaemonConfig::gen_config`].
+    pub sampling: Vec<SamplingFile>,
     /// Frames a session may queue before the oldest are dropped.
     pub backlog_frames: usize,
     pub batch_window: Duration,
@@ -122,7 +122,7 @@ impl Default for DaemonConfig {
             fast_file: false,
             exit_when_done: false,
             log_transcripts: false,
-            sampling: SamplingFile::default(),
+            sampling: Vec::new(),
             backlog_frames: 8,
             batch_window: Duration::from_millis(20),
         }
@@ -206,14 +206,14 @@ impl DaemonConfig {
         Ok(())
     }
 
-    /// Applies sampling settings (file or flags) over the current ones.
+    /// Adds a layer of sampling settings (file or flags) over the current ones.
     pub fn apply_sampling(&mut self, s: &SamplingFile) {
-        self.sampling = self.sampling.then(s);
+        self.sampling.push(s.clone());
     }
 
     /// The sessions' sampling: the user's settings over the model's recommended ones.
     pub fn gen_config(&self, model: GenConfig) -> GenConfig {
-        self.sampling.over(model)
+        self.sampling.iter().fold(model, |g, layer| layer.over(g))
     }
 
     /// Checks the settings once, naming the offending one.
@@ -241,7 +241,7 @@ impl DaemonConfig {
         if self.max_message_bytes < 4096 {
             return Err(Error::config("max_message_bytes", "must be at least 4096"));
         }
-        if let Some((key, t)) = self.sampling.bad_temperature() {
+        if let Some((key, t)) = self.sampling.iter().find_map(SamplingFile::bad_temperature) {
             return Err(Error::config(format!("sampling.{key}"), format!("{t} is not a temperature >= 0")));
         }
         if self.output_file.is_some() && self.input_file.is_none() {
@@ -279,7 +279,7 @@ mod tests {
         assert_eq!(c.model, "/m");
         assert_eq!(c.bind.port(), 9000);
         assert_eq!(c.mode, TalkMode::Open);
-        assert_eq!(c.sampling.text_temperature, Some(0.5));
+        assert_eq!(c.sampling, vec![SamplingFile { text_temperature: Some(0.5), ..SamplingFile::default() }]);
         // Over a model that recommends greedy decoding: the file's text temperature, greedy audio.
         let g = c.gen_config(GenConfig::greedy());
         assert_eq!((g.text.temperature, g.audio.temperature), (0.5, 0.0));
@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let mut c = DaemonConfig::default();
-        c.sampling.audio_temperature = Some(-1.0);
+        c.apply_sampling(&SamplingFile { audio_temperature: Some(-1.0), ..SamplingFile::default() });
         assert!(c.validate().unwrap_err().to_string().contains("sampling.audio_temperature"));
         let c = DaemonConfig { max_sessions: 0, ..DaemonConfig::default() };
         assert!(c.validate().unwrap_err().to_string().contains("max_sessions"));

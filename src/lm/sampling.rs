@@ -33,9 +33,9 @@ impl Sampling {
     }
 }
 
-/// Sampling settings as a user or a model folder gives them: every key optional, each one over
-/// what comes before it (Moshi's defaults, then the model folder's `config.json`, then the
-/// daemon's TOML file, then the command line). The same keys in all three places.
+/// One layer of sampling settings, as a model folder, the daemon's TOML file or the command line
+/// gives them (the same keys in all three): every key optional, applied with [`Self::over`] on
+/// what the layers before it made, starting from Moshi's defaults.
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplingOverrides {
@@ -53,24 +53,6 @@ pub struct SamplingOverrides {
 impl SamplingOverrides {
     pub fn greedy() -> Self {
         Self { greedy: Some(true), ..Self::default() }
-    }
-
-    /// This layer followed by `later`: `later`'s keys win, and its `greedy` drops the
-    /// temperatures and top-ks set before it.
-    pub fn then(&self, later: &SamplingOverrides) -> SamplingOverrides {
-        let base = if later.greedy.is_some() {
-            SamplingOverrides { greedy: later.greedy, seed: self.seed, ..Self::default() }
-        } else {
-            self.clone()
-        };
-        SamplingOverrides {
-            greedy: base.greedy,
-            text_temperature: later.text_temperature.or(base.text_temperature),
-            text_topk: later.text_topk.or(base.text_topk),
-            audio_temperature: later.audio_temperature.or(base.audio_temperature),
-            audio_topk: later.audio_topk.or(base.audio_topk),
-            seed: later.seed.or(base.seed),
-        }
     }
 
     /// `base` with these settings applied.
@@ -242,20 +224,14 @@ mod tests {
     }
 
     #[test]
-    fn later_layers_win_and_greedy_drops_earlier_temperatures() {
-        let file = SamplingOverrides { text_temperature: Some(0.5), audio_topk: Some(9), seed: Some(3), ..Default::default() };
-        let flags = SamplingOverrides { audio_topk: Some(100), ..Default::default() };
-        let both = file.then(&flags);
-        assert_eq!((both.text_temperature, both.audio_topk, both.seed), (Some(0.5), Some(100), Some(3)));
-        let both = file.then(&SamplingOverrides::greedy());
-        assert_eq!(both, SamplingOverrides { greedy: Some(true), seed: Some(3), ..Default::default() });
-        let g = both.over(GenConfig::default());
-        assert_eq!((g.text, g.audio), (Sampling::GREEDY, Sampling::GREEDY));
-        // A greedy file, then a text temperature on the command line: text sampled, audio greedy.
-        let g = SamplingOverrides::greedy()
-            .then(&SamplingOverrides { text_temperature: Some(0.7), ..Default::default() })
-            .over(GenConfig::default());
+    fn a_greedy_layer_then_a_text_temperature_samples_the_text_only() {
+        // A file that says greedy, then a text temperature on the command line.
+        let layers = [SamplingOverrides::greedy(), SamplingOverrides { text_temperature: Some(0.7), ..Default::default() }];
+        let g = layers.iter().fold(GenConfig::default(), |g, l| l.over(g));
         assert_eq!((g.text.temperature, g.audio), (0.7, Sampling::GREEDY));
+        // And the other way round: greedy last drops the earlier temperature.
+        let g = layers.iter().rev().fold(GenConfig::default(), |g, l| l.over(g));
+        assert_eq!((g.text, g.audio), (Sampling::GREEDY, Sampling::GREEDY));
     }
 
     #[test]
