@@ -130,11 +130,27 @@ def _encode_users(jobs):
         pcm = np.zeros(total, np.float32)
         if job["file"]:
             q = read_wav(job["file"]).astype(np.float32) / 32768
+            if job["warp"] != WARP_BASE:
+                q = warp(q, job["warp"])
             lead = job["lead"]
             pcm[lead:lead + len(q)] = q[: total - lead]
         pcm += np.random.default_rng(job["seed"]).standard_normal(total).astype(np.float32) * job["noise"]
         out.append((job["k"], encode(_WORKER["mimi"], pcm)))
     return out
+
+
+WARP_BASE = 20
+
+
+def warp(pcm: np.ndarray, p: int) -> np.ndarray:
+    """The clip played back p/20 times as fast: every frequency, pitch and formants alike,
+    scales by p/20 and the duration by 20/p, as if a smaller (p > 20) or larger speaker said it."""
+    from scipy.signal import resample_poly
+    return resample_poly(pcm, WARP_BASE, p).astype(np.float32)
+
+
+def warped_len(n: int, p: int) -> int:
+    return -(-n * WARP_BASE // p)
 
 
 def layout(rng, q_len, a_len, total):
@@ -151,6 +167,8 @@ def layout(rng, q_len, a_len, total):
 
 
 def tokenize(args):
+    if not 0 <= args.warp < WARP_BASE:
+        sys.exit(f"--warp {args.warp}: must be 0 (off) to {WARP_BASE - 1}")
     rng = random.Random(args.seed)
     words, vocab = word_ids(args.data / "tokenizer.model")
     mimi = load_codec(args.codec)
@@ -177,6 +195,9 @@ def tokenize(args):
         seqs = np.zeros((len(recs) * reps, 1 + 2 * CODEBOOKS, SEQ_FRAMES), np.int16)
         meta = []
         jobs = []
+        # Speaker-size augmentation of the training questions (--warp): its own generator, so
+        # the layouts and noise levels stay those of the same seed without it.
+        wrng = random.Random(args.seed * 1_000_003 + 7)
         # Layouts and noise levels are drawn here, in order, so the result does not depend on
         # how the encoding is spread over worker processes.
         for rep in range(reps):
@@ -184,9 +205,12 @@ def tokenize(args):
                 k = len(jobs)
                 text = np.full(SEQ_FRAMES, PAD, np.int16)
                 model = silence.copy()
-                job = {"k": k, "file": None, "lead": 0, "noise": 10 ** rng.uniform(-5, -3), "seed": args.seed * 10_000_000 + k}
+                job = {"k": k, "file": None, "lead": 0, "noise": 10 ** rng.uniform(-5, -3), "seed": args.seed * 10_000_000 + k,
+                       "warp": WARP_BASE}
                 if r["task"] != "silence":
-                    q_len = wav_frames(args.data / r["file"])
+                    if split == "train" and args.warp:
+                        job["warp"] = wrng.randint(WARP_BASE - args.warp, WARP_BASE + args.warp)
+                    q_len = warped_len(wav_frames(args.data / r["file"]), job["warp"])
                     codes, onsets = ans_codes[r["answer"]]
                     lead, af = layout(rng, q_len, codes.shape[1] * FRAME, total)
                     job.update(file=str(args.data / r["file"]), lead=lead)
@@ -258,6 +282,15 @@ def losses(lm, codes, out, pad_weight=0.5, head=None, ctc=None):
             steps = torch.full((codes.shape[0],), logp.shape[0], dtype=torch.long)
         aux = F.ctc_loss(logp, targets, steps, lengths, blank=0, zero_infinity=True)
     return text, audio, aux
+
+
+def audio_kd(logits, t_logits, mask):
+    """KL(teacher || student) of the audio codes' distributions, averaged over the positions
+    the audio loss counts: it keeps a warm start saying its answers the way the teacher does,
+    whatever codes a fresh synthesis gave the answer clips."""
+    s = F.log_softmax(logits[mask].float(), -1)
+    t = F.log_softmax(t_logits[mask].float(), -1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
 def first_words(pred, tgt, mask):
@@ -533,6 +566,18 @@ def train(args):
         st = load_weights(args.init)
         print(f"initialised from {args.init}" + (" (with its CTC head)" if head is not None and "head" in st else ""),
               file=sys.stderr)
+    teacher = None
+    if not 0 <= args.audio_kd <= 1:
+        sys.exit(f"--audio-kd {args.audio_kd}: must be in 0..1")
+    if args.audio_teacher is not None:
+        # A frozen copy of a model whose audio the run should keep (its own start, usually).
+        path = args.audio_teacher / "model.safetensors" if args.audio_teacher.is_dir() else args.audio_teacher
+        if not path.exists():
+            sys.exit(f"{path}: no such model file (--audio-teacher)")
+        teacher = get_moshi_lm(str(path), lm_kwargs=dict(cfg), device="cpu", dtype=torch.float32)
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     n = sum(p.numel() for p in lm.parameters())
     print(f"lm: {n / 1e6:.2f} M parameters, {len(train_set)} training sequences, "
           f"{len(questions.words)} question words ({head.tied if head else 0} tied to the text head)", file=sys.stderr)
@@ -552,19 +597,28 @@ def train(args):
             codes = drop_user_levels(codes, args.user_levels, g)
         if args.user_mask > 0:
             codes = mask_user_frames(codes, args.user_mask, g)
-        lt, la, lc = lm_loss(lm, codes, pad_weight=args.pad_weight, bf16=bool(args.bf16),
-                             audio_rows=args.audio_rows or None, head=head, ctc=ctc)
-        loss = lt + la + args.ctc_weight * lc
+        rows = args.audio_rows or None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
+            out = train_forward(lm, codes, rows)
+        lt, la, lc = losses(lm, codes, out, pad_weight=args.pad_weight, head=head, ctc=ctc)
+        audio, kd = la, torch.zeros(())
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = train_forward(teacher, codes, rows)[3]
+            kd = audio_kd(out[3], t_logits, out[4])
+            audio = (1 - args.audio_kd) * la + args.audio_kd * kd
+        loss = lt + audio + args.ctc_weight * lc
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        log.append((lt.item(), la.item(), lc.item()))
+        log.append((lt.item(), la.item(), lc.item(), kd.item()))
         if step % 50 == 0:
             m = np.mean(log, 0)
             log.clear()
-            print(f"step {step} text {m[0]:.4f} audio {m[1]:.4f} ctc {m[2]:.4f} {(time.time() - t0) / 50:.2f} s/step",
+            print(f"step {step} text {m[0]:.4f} audio {m[1]:.4f} ctc {m[2]:.4f}"
+                  + (f" kd {m[3]:.4f}" if teacher is not None else "") + f" {(time.time() - t0) / 50:.2f} s/step",
                   file=sys.stderr, flush=True)
             t0 = time.time()
         if step % args.save_every == 0 or step == args.steps:
@@ -595,6 +649,8 @@ def main():
     t.add_argument("--seed", type=int, default=3)
     t.add_argument("--limit", type=int, default=0, help="tokenize only the first N records (smoke tests)")
     t.add_argument("--first", type=int, default=0, help="first training record to tokenize")
+    t.add_argument("--warp", type=int, default=0,
+                   help="resample each training question by p/20, p uniform in 20-W..20+W (speaker size; 0: off)")
     t.add_argument("--splits", nargs="+", default=["train", "eval"], choices=["train", "eval"])
     r = sub.add_parser("train")
     r.add_argument("--tokens", type=Path, nargs="+", default=[Path("/var/tmp/kokichi-train/lm/tokens.npz")],
@@ -627,6 +683,10 @@ def main():
     r.add_argument("--save-every", type=int, default=250)
     r.add_argument("--depformer-lr-scale", type=float, default=1.0,
                    help="learning rate of the depth transformer's side (depformer*, linears) relative to --lr (0: frozen)")
+    r.add_argument("--audio-teacher", type=Path, default=None,
+                   help="a model folder or model.safetensors whose audio predictions the run is pulled towards")
+    r.add_argument("--audio-kd", type=float, default=1.0,
+                   help="with --audio-teacher: the audio loss is (1 - w) * cross-entropy + w * KL to the teacher")
     r.add_argument("--init", type=Path, default=None, help="start from another run's ckpt.pt, or an exported/shipped model folder (weights only)")
     args = ap.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))
