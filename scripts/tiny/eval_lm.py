@@ -187,7 +187,8 @@ def main():
         print(f"  {task:9s} n={n:3d}  text {100 * t / n:5.1f}%  audio {100 * a / n:5.1f}%")
     print(f"TEXT right answer:  {100 * np.mean([it['ok_text'] for it in qs]):.1f}%")
     print(f"AUDIO says it:      {100 * np.mean([it['ok_audio'] for it in qs]):.1f}%")
-    print(f"SILENCE stays quiet: {100 * np.mean([it['ok_text'] and it['ok_audio'] for it in sil]):.1f}%")
+    if sil:
+        print(f"SILENCE stays quiet: {100 * np.mean([it['ok_text'] and it['ok_audio'] for it in sil]):.1f}%")
     if pairs:
         for k, which in enumerate(["first", "second"]):
             print(f"{len(pairs)} sessions of two questions, {which}: text {100 * np.mean([p['ok_text'][k] for p in pairs]):.1f}%"
