@@ -73,7 +73,7 @@ def torch_lm(tokens: Path, batch, steps, bf16):
     for i in range(steps + 1):
         codes = data[torch.randint(0, len(data), (batch,))]
         t = time.perf_counter()
-        lt, la, _ = lm_loss(lm, codes, bf16=bf16)
+        lt, la, _, _ = lm_loss(lm, codes, bf16=bf16)
         opt.zero_grad(set_to_none=True)
         (lt + la).backward()
         opt.step()

@@ -261,10 +261,12 @@ def train_forward(lm, codes, audio_rows=None):
 
 
 def lm_loss(lm, codes, pad_weight=0.5, bf16=False, audio_rows=None, head=None, ctc=None):
-    """(text, audio, ctc) losses; ctc is 0 without an auxiliary head and targets."""
+    """(text, audio, ctc) losses, and train_forward's output they came from (for a loss on
+    the logits themselves, such as --audio-teacher's); ctc is 0 without an auxiliary head and
+    targets."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = train_forward(lm, codes, audio_rows)
-    return losses(lm, codes, out, pad_weight, head, ctc)
+    return losses(lm, codes, out, pad_weight, head, ctc) + (out,)
 
 
 def losses(lm, codes, out, pad_weight=0.5, head=None, ctc=None):
@@ -598,9 +600,8 @@ def train(args):
         if args.user_mask > 0:
             codes = mask_user_frames(codes, args.user_mask, g)
         rows = args.audio_rows or None
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
-            out = train_forward(lm, codes, rows)
-        lt, la, lc = losses(lm, codes, out, pad_weight=args.pad_weight, head=head, ctc=ctc)
+        lt, la, lc, out = lm_loss(lm, codes, pad_weight=args.pad_weight, bf16=bool(args.bf16),
+                                  audio_rows=rows, head=head, ctc=ctc)
         audio, kd = la, torch.zeros(())
         if teacher is not None:
             with torch.no_grad():
