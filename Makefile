@@ -88,8 +88,10 @@ fixtures: venv
 # Then the distilled codec (stops 21-23) and seven LM stages on its codes (lm10-lm16), on a second, fresh corpus;
 # lm12 to lm16 each take: stage, corpus start, data seed, tokenize seed, make_data's extra voices (lm15 and lm16),
 # and train on every stage's tokens so far.
-# Last, lm22 (stop 33, shipped): 2,400 gentle steps from lm16's folder on a third corpus's 12,000 questions, plain and
-# speaker-warped, with the audio distilled from lm16 itself (train_lm.py --audio-teacher) so that its speech holds.
+# Last, lm22 (stop 33): 2,400 gentle steps from lm16's folder on a third corpus's 12,000 questions, plain and
+# speaker-warped, with the audio distilled from lm16 itself (train_lm.py --audio-teacher) so that its speech holds;
+# then lm23 (shipped) and on, each the same on 12,000 more questions (stage, corpus start, data seed; the tokenize
+# seed is the stage), from the previous stage, its audio distilled from the previous stage's assembled folder.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_DATA2 ?= /var/tmp/kokichi-data2
 TINY_DATA3 ?= /var/tmp/kokichi-data3
@@ -180,6 +182,19 @@ train-tiny: venv-tiny
 	  --steps 2400 --lr 2e-4 --warmup 100 --user-mask 0.05 --dropout 0.1 --save-every 800 --multi 0.4 \
 	  --audio-teacher assets/kokichi-tiny && \
 	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm22/export --data $(TINY_DATA3) && \
+	tokens="$(TINY_WORK)/lm22/tokens.npz $(TINY_WORK)/lm22/tokens-warp.npz" && \
+	for stage in "23 12000 20261211"; do \
+	  set -- $$stage; n=$$1; tokens="$$tokens $(TINY_WORK)/lm$$n/tokens.npz"; \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA3) --append --start $$2 --train 12000 --balance --channel \
+	    --wide --seed $$3 && \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA3) --codec $(TINY_WORK)/codec-distill-f16 \
+	    --out $(TINY_WORK)/lm$$n/tokens.npz --first $$2 --seed $$n --splits train && \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA3) --tokens $$tokens --work $(TINY_WORK)/lm$$n \
+	    --init $(TINY_WORK)/lm$$((n - 1))/ckpt.pt --steps 2400 --lr 2e-4 --warmup 100 --user-mask 0.05 --dropout 0.1 \
+	    --save-every 800 --multi 0.4 --audio-teacher assets/kokichi-tiny && \
+	  $(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm$$n/export --data $(TINY_DATA3) \
+	    || exit 1; \
+	done && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv-tiny
