@@ -90,7 +90,7 @@ fixtures: venv
 # and train on every stage's tokens so far.
 # Last, lm22 (stop 33): 2,400 gentle steps from lm16's folder on a third corpus's 12,000 questions, plain and
 # speaker-warped, with the audio distilled from lm16 itself (train_lm.py --audio-teacher) so that its speech holds;
-# then lm23 (shipped) and on, each the same on 12,000 more questions (stage, corpus start, data seed; the tokenize
+# then lm23 and lm24 (shipped), each the same on 12,000 more questions (stage, corpus start, data seed; the tokenize
 # seed is the stage), from the previous stage, its audio distilled from the previous stage's assembled folder.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_DATA2 ?= /var/tmp/kokichi-data2
@@ -183,7 +183,7 @@ train-tiny: venv-tiny
 	  --audio-teacher assets/kokichi-tiny && \
 	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm22/export --data $(TINY_DATA3) && \
 	tokens="$(TINY_WORK)/lm22/tokens.npz $(TINY_WORK)/lm22/tokens-warp.npz" && \
-	for stage in "23 12000 20261211"; do \
+	for stage in "23 12000 20261211" "24 24000 20261212"; do \
 	  set -- $$stage; n=$$1; tokens="$$tokens $(TINY_WORK)/lm$$n/tokens.npz"; \
 	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA3) --append --start $$2 --train 12000 --balance --channel \
 	    --wide --seed $$3 && \

@@ -11,8 +11,8 @@ engine first (`--balance`) and a random formant and channel change (`--channel`)
 lm5 stage; further calls with `--start 72000`, `96000` and `120000` add those of the lm6 to
 lm8 stages (the Makefile's `train-tiny`). Each question is drawn from `--seed` and its index, so
 an append with another seed gives other questions at the same indices. `--wide` adds 32 more
-espeak variants to the training voices (voices.ESPEAK_WIDE); the lm15, lm16 and lm22 stages use it
-(assets/stages/README.md), and lm22 is the shipped LM (stop 33).
+espeak variants to the training voices (voices.ESPEAK_WIDE); the lm15, lm16 and lm22-lm24 stages use it
+(assets/stages/README.md), and lm24 is the shipped LM (stop 33).
 
 Writes OUT/questions/{train,eval}/NNNNNN.wav (24 kHz, 16-bit) with OUT/{train,eval}.jsonl
 (task, question, answer, voice), OUT/answers/*.wav spoken by the model's own voice word by

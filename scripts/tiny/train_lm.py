@@ -61,8 +61,8 @@ time. The splice now leaves the 2-40 frame pause a user leaves before asking aga
 trims the first dialogue's lead so more pairs fit: with p = 1, 87% of 480 dialogues drawn
 from lm11's tokens got a second exchange (silent ones never do). lm12 (`--multi 0.4`, with
 12,000 fresh questions), lm13 to lm16 (the same, each with 12,000 more; lm15 and lm16 with
-`make_data.py --wide`) are measured in assets/stages/README.md; lm22 (from lm16, `--audio-teacher`,
-stop 33) is shipped.
+`make_data.py --wide`) are measured in assets/stages/README.md; lm22 to lm24 (from lm16, `--audio-teacher`,
+stop 33) follow, and lm24 is shipped.
 """
 import argparse
 import json

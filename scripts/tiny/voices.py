@@ -21,7 +21,7 @@ RATE = 24000
 ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd"]
 ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
                    "Alex", "Annie", "Andy", "Linda", "Michael", "Mario", "Belinda", "Edward"]
-# More of espeak-ng's variants, for `make_data.py --wide` (lm15, lm16 and lm22, the shipped LM): the klatt ones
+# More of espeak-ng's variants, for `make_data.py --wide` (lm15, lm16 and lm22-lm24; lm24 is the shipped LM): the klatt ones
 # synthesize by another method (a Klatt formant synthesizer), the others change pitch range,
 # breathiness and formants. None of the held-out voices uses them.
 ESPEAK_WIDE = ["klatt", "klatt2", "klatt3", "klatt4", "Adam", "Alicia", "Andrea", "Auntie", "Benjamin",
