@@ -39,6 +39,7 @@ export KOKICHI_ASSETS ?= $(CURDIR)/assets
 
 test:
 	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
+	python3 -m unittest discover -s scripts/tiny -p 'test_*.py'
 	cargo test --no-fail-fast -- --test-threads=2
 	$(MAKE) test-browser
 
@@ -82,7 +83,9 @@ fixtures: venv
 	NO_TORCH_COMPILE=1 $(PY) scripts/gen_e2e_fixture.py
 	$(PY) scripts/make_spm_fixture.py
 
-# kokichi-tiny: regenerate the shipped weights from scratch (hours on 2 CPU cores; resumable).
+# kokichi-tiny: regenerate the shipped weights from scratch (hours on 2 CPU cores). Cut, it restarts where it
+# stopped: training resumes from checkpoints, and finished appends, tokenizings and decoder tunings are kept
+# (scripts/tiny/steps.py); each distilled stage's teacher is its own assembled folder, tiny-lmN.
 # The fresh-data LM stages (lm6 to lm8) each take: stage, corpus start, tokenize seed, steps;
 # the last stage's export is the one assembled.
 # Then the distilled codec (stops 21-23) and seven LM stages on its codes (lm10-lm16), on a second, fresh corpus;
@@ -169,7 +172,8 @@ train-tiny: venv-tiny
 	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA2) --tokens $$tokens --work $(TINY_WORK)/lm$$n \
 	    --init $(TINY_WORK)/lm$$((n - 1))/ckpt.pt --steps 4000 --warmup 100 --user-mask 0.05 --dropout 0.1 --multi 0.4 || exit 1; \
 	done && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm16/export --data $(TINY_DATA2) && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm16/export --data $(TINY_DATA2) \
+	  --out $(TINY_WORK)/tiny-lm16 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA3) --train 0 --eval 600 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA3) --append --start 0 --train 12000 --balance --channel \
 	  --wide --seed 20261210 && \
@@ -178,10 +182,11 @@ train-tiny: venv-tiny
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA3) --codec $(TINY_WORK)/codec-distill-f16 \
 	  --out $(TINY_WORK)/lm22/tokens-warp.npz --first 0 --seed 19 --warp 3 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA3) \
-	  --tokens $(TINY_WORK)/lm22/tokens.npz $(TINY_WORK)/lm22/tokens-warp.npz --work $(TINY_WORK)/lm22 --init assets/kokichi-tiny \
+	  --tokens $(TINY_WORK)/lm22/tokens.npz $(TINY_WORK)/lm22/tokens-warp.npz --work $(TINY_WORK)/lm22 --init $(TINY_WORK)/tiny-lm16 \
 	  --steps 2400 --lr 2e-4 --warmup 100 --user-mask 0.05 --dropout 0.1 --save-every 800 --multi 0.4 \
-	  --audio-teacher assets/kokichi-tiny && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm22/export --data $(TINY_DATA3) && \
+	  --audio-teacher $(TINY_WORK)/tiny-lm16 && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm22/export --data $(TINY_DATA3) \
+	  --out $(TINY_WORK)/tiny-lm22 && \
 	tokens="$(TINY_WORK)/lm22/tokens.npz $(TINY_WORK)/lm22/tokens-warp.npz" && \
 	for stage in "23 12000 20261211" "24 24000 20261212"; do \
 	  set -- $$stage; n=$$1; tokens="$$tokens $(TINY_WORK)/lm$$n/tokens.npz"; \
@@ -191,10 +196,11 @@ train-tiny: venv-tiny
 	    --out $(TINY_WORK)/lm$$n/tokens.npz --first $$2 --seed $$n --splits train && \
 	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA3) --tokens $$tokens --work $(TINY_WORK)/lm$$n \
 	    --init $(TINY_WORK)/lm$$((n - 1))/ckpt.pt --steps 2400 --lr 2e-4 --warmup 100 --user-mask 0.05 --dropout 0.1 \
-	    --save-every 800 --multi 0.4 --audio-teacher assets/kokichi-tiny && \
+	    --save-every 800 --multi 0.4 --audio-teacher $(TINY_WORK)/tiny-lm$$((n - 1)) && \
 	  $(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm$$n/export --data $(TINY_DATA3) \
-	    || exit 1; \
+	    --out $(TINY_WORK)/tiny-lm$$n || exit 1; \
 	done && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm24/export --data $(TINY_DATA3) && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv-tiny

@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import domain  # noqa: E402
 import voices  # noqa: E402
+from steps import clear_done, done_before, mark_done, step_key  # noqa: E402
 
 WORD_GAP = 0.08  # seconds of silence between the words of an answer
 
@@ -128,15 +129,34 @@ def main():
     init(out)
     t0 = time.time()
     splits = [("train", args.train, voices.train_voices(args.wide))]
+    # Each call that finished leaves a marker (steps.py): the same call again keeps what it wrote,
+    # so a cut `make train-tiny` restarts where it stopped.
+    key = step_key(args)
+    marker = out / (f"train-{args.start}.done.json" if args.append else "init.done.json")
+    lines = lambda split: len((out / f"{split}.jsonl").read_text().splitlines()) if (out / f"{split}.jsonl").exists() else 0
+    if done_before(marker, key) and lines("train") >= args.start + args.train and (args.append or lines("eval") == args.eval):
+        print(f"{out}: made before by the same call, kept ({marker})", file=sys.stderr)
+        return
     if args.append:
-        have = len((out / "train.jsonl").read_text().splitlines())
+        have = lines("train")
+        if have > args.start and resumable(out, args.start):
+            # An append cut before its end (no later one is recorded): its questions are drawn again.
+            keep = (out / "train.jsonl").read_text().splitlines(keepends=True)[: args.start]
+            (out / "train.jsonl").write_text("".join(keep))
+            print(f"{out / 'train.jsonl'}: {have - args.start} questions of an unfinished append dropped", file=sys.stderr)
+            have = args.start
         if have != args.start:
-            sys.exit(f"{out / 'train.jsonl'}: has {have} questions, --start is {args.start}")
+            sys.exit(f"{out / 'train.jsonl'}: has {have} questions, --start is {args.start} (appends go at the end; "
+                     "one that finished is kept only when called again the same way)")
     else:
         if args.start:
             sys.exit("--start needs --append")
+        # The whole corpus is drawn again: no append's questions stay.
+        for m in out.glob("train-*.done.json"):
+            clear_done(m)
         write_tokenizer(out / "tokenizer.model", domain.vocabulary())
         splits.append(("eval", args.eval, voices.eval_voices()))
+    clear_done(marker)
     with mp.Pool(args.workers, initializer=init, initargs=(out,)) as pool:
         if not args.append:
             answers = dict(pool.map(make_answer, domain.answers()))
@@ -151,7 +171,19 @@ def main():
                     f.write(json.dumps(rec) + "\n")
                     if k % 2000 == 0:
                         print(f"{split}: {k}/{n} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    mark_done(marker, key)
     print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+def resumable(out: Path, start: int) -> bool:
+    """Whether the questions past `start` are those of an unfinished append: the corpus was made
+    with these markers, the first call's questions end by `start`, and no append from `start` on finished."""
+    try:
+        made = json.loads((out / "init.done.json").read_text())
+    except (OSError, ValueError):
+        return False
+    later = [m for m in out.glob("train-*.done.json") if int(m.name.split("-")[1].split(".")[0]) >= start]
+    return made.get("train", start + 1) <= start and not later
 
 
 if __name__ == "__main__":

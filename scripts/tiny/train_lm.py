@@ -86,6 +86,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (CODEBOOKS, FRAME, MIMI, PAD, SEQ_FRAMES, cosine_lr, ctc_greedy, lm_config, load_split,  # noqa: E402
                     read_wav)
+from steps import clear_done, mark_done, records_digest, step_key  # noqa: E402
 from gen_mimi_fixtures import checkpoint_state  # noqa: E402
 
 RATE = 24000
@@ -167,9 +168,30 @@ def layout(rng, q_len, a_len, total):
     return lead, a_frame
 
 
+def selected(args, split, n=None):
+    """The records of `split` that tokenize reads: training ones from --first on, up to --limit (or n)."""
+    first = args.first if split == "train" else 0
+    recs = load_split(args.data, split)[first:]
+    return recs[: n if n is not None else (args.limit or None)]
+
+
 def tokenize(args):
     if not 0 <= args.warp < WARP_BASE:
         sys.exit(f"--warp {args.warp}: must be 0 (off) to {WARP_BASE - 1}")
+    # Done before with the same arguments, codec and records (a restarted `make train-tiny`): kept.
+    marker = args.out.with_name(args.out.name + ".done.json")
+    key = step_key(args, [args.codec, args.data / "answers.json", args.data / "tokenizer.model"])
+    try:
+        old = json.loads(marker.read_text())
+        kept = {k: v for k, v in old.items() if k != "records"} == key and all(
+            records_digest(selected(args, s, old["records"][s][0])) == old["records"][s] for s in args.splits)
+    except (OSError, ValueError, KeyError, TypeError):
+        kept = False
+    if kept:
+        print(f"{args.out}: tokenized before from the same records and codec, kept ({marker})", file=sys.stderr)
+        return
+    clear_done(marker)
+    read = {}
     rng = random.Random(args.seed)
     words, vocab = word_ids(args.data / "tokenizer.model")
     mimi = load_codec(args.codec)
@@ -190,8 +212,8 @@ def tokenize(args):
     for split in args.splits:
         # Training records from --first on (meta holds their index in train.jsonl).
         first = args.first if split == "train" else 0
-        recs = load_split(args.data, split)[first:]
-        recs = recs[: args.limit or None]
+        recs = selected(args, split)
+        read[split] = records_digest(recs)
         reps = args.layouts if split == "train" else 1
         seqs = np.zeros((len(recs) * reps, 1 + 2 * CODEBOOKS, SEQ_FRAMES), np.int16)
         meta = []
@@ -240,6 +262,7 @@ def tokenize(args):
     np.savez(args.out, text_card=vocab, **out)
     # The same sequences for kokichi's own trainer (`kokichi train-lm --tokens`).
     save_file({s: torch.from_numpy(out[s]) for s in args.splits}, str(args.out.with_suffix(".safetensors")))
+    mark_done(marker, {**key, "records": read})
     print(f"wrote {args.out}", file=sys.stderr)
 
 
@@ -508,9 +531,14 @@ def train(args):
         if int(f["text_card"]) != text_card:
             sys.exit(f"{t}: text vocabulary of {int(f['text_card'])}, {args.tokens[0]} has {text_card}")
     cfg = lm_config(text_card)
-    # Training sequences from every file; the held-out ones from the first.
-    train_set = torch.from_numpy(np.concatenate([f["train"] for f in files]).astype(np.int64))
-    train_meta = np.concatenate([f["train_meta"] for f in files])
+    # Training sequences from every file that has them; the held-out ones from the first.
+    if "eval" not in data:
+        sys.exit(f"{args.tokens[0]}: no held-out split (tokenize it with --splits train eval, or name a file "
+                 "that has one first)")
+    if not any("train" in f for f in files):
+        sys.exit(f"{' '.join(map(str, args.tokens))}: no training split in any of them")
+    train_set = torch.from_numpy(np.concatenate([f["train"] for f in files if "train" in f]).astype(np.int64))
+    train_meta = np.concatenate([f["train_meta"] for f in files if "train" in f])
     eval_set = torch.from_numpy(data["eval"].astype(np.int64))
     until = args.ctc_until if args.ctc_until > 0 else None
     questions = Questions(args.data, {"train": train_meta, "eval": data["eval_meta"]},

@@ -46,6 +46,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import FRAME, MelLoss, cosine_lr, read_wav  # noqa: E402
+from steps import clear_done, done_before, mark_done, step_key  # noqa: E402
 from train_codec import export  # noqa: E402
 from train_lm import load_codec  # noqa: E402
 
@@ -87,6 +88,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
+    # Tuned before from the same codec with the same arguments (a restarted `make train-tiny`): kept.
+    marker = args.out / "done.json"
+    key = step_key(args, [args.codec, args.data / "answers.json"])
+    if done_before(marker, key) and (args.out / "export").is_dir():
+        print(f"{args.out / 'export'}: tuned before from the same codec, kept ({marker})", file=sys.stderr)
+        return
+    clear_done(marker)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +149,7 @@ def main():
     assert torch.equal(again, codes), "codes changed: the encoder or quantizer was trained"
     print(f"judge on codec decodes after: {100 * judge_all(texts, after, args.out):.1f}%", file=sys.stderr)
     export(mimi, args.out / "export")
+    mark_done(marker, key)
     print(f"wrote {args.out / 'export'}", file=sys.stderr)
 
 

@@ -11,20 +11,27 @@ use kokichi::backend::{self, BackendKind, Precision};
 use kokichi::mimi::{Mimi, MimiConfig};
 use kokichi::weights::{self, OutTensor};
 
+/// What `encode` and `decode` share: the codec and how to run it.
 #[derive(Args, Debug)]
-pub struct EncodeArgs {
+pub struct CodecArgs {
     /// Mimi weights (safetensors, reference checkpoint layout).
     #[arg(long)]
     mimi: PathBuf,
     /// config.json with a `mimi` object; the real Mimi when omitted.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Run the whole signal at once instead of streaming frame by frame.
+    #[arg(long)]
+    batch: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EncodeArgs {
+    #[command(flatten)]
+    codec: CodecArgs,
     /// Number of codebooks to emit (default: the config's `mimi_codebooks`, else 8).
     #[arg(long)]
     codebooks: Option<usize>,
-    /// Encode the whole signal at once instead of streaming frame by frame.
-    #[arg(long)]
-    batch: bool,
     /// Audio file (wav, flac, mp3, ogg); resampled to 24 kHz mono.
     #[arg(long)]
     input: PathBuf,
@@ -35,13 +42,8 @@ pub struct EncodeArgs {
 
 #[derive(Args, Debug)]
 pub struct DecodeArgs {
-    #[arg(long)]
-    mimi: PathBuf,
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Decode all frames at once instead of streaming.
-    #[arg(long)]
-    batch: bool,
+    #[command(flatten)]
+    codec: CodecArgs,
     /// Safetensors holding `codes` `[1, Q, T]`.
     #[arg(long)]
     input: PathBuf,
@@ -76,7 +78,7 @@ fn load_mimi(backend_kind: BackendKind, dtype: Precision, path: &PathBuf, config
 }
 
 pub fn encode(backend_kind: BackendKind, dtype: Precision, a: EncodeArgs) -> Result<()> {
-    let mimi = load_mimi(backend_kind, dtype, &a.mimi, a.config.as_ref(), a.codebooks)?;
+    let mimi = load_mimi(backend_kind, dtype, &a.codec.mimi, a.codec.config.as_ref(), a.codebooks)?;
     let pcm = audio::read_audio(&a.input, mimi.sample_rate() as u32)?;
     if pcm.is_empty() {
         bail!("{}: no audio samples", a.input.display());
@@ -84,7 +86,7 @@ pub fn encode(backend_kind: BackendKind, dtype: Precision, a: EncodeArgs) -> Res
     let frame = mimi.frame_size();
     let frames = pcm.len().div_ceil(frame);
     let t0 = Instant::now();
-    let (q, codes) = if a.batch {
+    let (q, codes) = if a.codec.batch {
         let n = pcm.len();
         let codes = mimi.encode(mimi.pcm_tensor(pcm, [1, n]))?;
         let q = codes.dims()[1];
@@ -123,13 +125,13 @@ pub fn decode(backend_kind: BackendKind, dtype: Precision, a: DecodeArgs) -> Res
     if b != 1 || q == 0 || t == 0 {
         bail!("{}: tensor `codes` has shape [{b}, {q}, {t}], expected [1, Q, T] with Q, T > 0", a.input.display());
     }
-    let mimi = load_mimi(backend_kind, dtype, &a.mimi, a.config.as_ref(), Some(q))
+    let mimi = load_mimi(backend_kind, dtype, &a.codec.mimi, a.codec.config.as_ref(), Some(q))
         .with_context(|| format!("{}: {q} codebooks", a.input.display()))?;
     let codes = mimi
         .codes_tensor(values.clone(), [1, q, t])
         .with_context(|| format!("{}: tensor `codes`", a.input.display()))?;
     let t0 = Instant::now();
-    let pcm = if a.batch {
+    let pcm = if a.codec.batch {
         backend::read_floats(mimi.decode(codes)?)?
     } else {
         let mut state = mimi.init_dec_state(1)?;

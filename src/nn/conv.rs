@@ -99,16 +99,7 @@ impl ConvState {
 impl Conv1d {
     /// Loads `{prefix}.weight` (and `{prefix}.bias`).
     pub fn load(w: &mut dyn Weights, prefix: &str, spec: ConvSpec, replicate: bool) -> Result<Self> {
-        check_spec(&spec)?;
-        let weight = w.param(
-            &format!("{prefix}.weight"),
-            [spec.out_channels, spec.in_channels / spec.groups, spec.kernel],
-        )?;
-        let bias = if spec.bias {
-            Some(w.param(&format!("{prefix}.bias"), [spec.out_channels])?)
-        } else {
-            None
-        };
+        let (weight, bias) = load_params(w, prefix, &spec, false)?;
         Ok(Self {
             weight,
             bias,
@@ -241,16 +232,7 @@ impl ConvTrState {
 impl ConvTr1d {
     /// Loads `{prefix}.weight` (and `{prefix}.bias`). `spec.in_channels` is the input width.
     pub fn load(w: &mut dyn Weights, prefix: &str, spec: ConvSpec) -> Result<Self> {
-        check_spec(&spec)?;
-        let weight = w.param(
-            &format!("{prefix}.weight"),
-            [spec.in_channels, spec.out_channels / spec.groups, spec.kernel],
-        )?;
-        let bias = if spec.bias {
-            Some(w.param(&format!("{prefix}.bias"), [spec.out_channels])?)
-        } else {
-            None
-        };
+        let (weight, bias) = load_params(w, prefix, &spec, true)?;
         Ok(Self {
             weight,
             bias,
@@ -317,6 +299,25 @@ impl ConvTr1d {
         state.partial = Some(tail);
         Ok(y.narrow(2, 0, len - pt))
     }
+}
+
+/// Checks the spec, then loads `{prefix}.weight` and, when the spec has one, `{prefix}.bias`.
+/// A transposed convolution's weight is `[in, out / groups, kernel]`, a plain one's `[out, in / groups, kernel]`.
+fn load_params(
+    w: &mut dyn Weights,
+    prefix: &str,
+    spec: &ConvSpec,
+    transposed: bool,
+) -> Result<(Param<Tensor<3>>, Option<Param<Tensor<1>>>)> {
+    check_spec(spec)?;
+    let shape = if transposed {
+        [spec.in_channels, spec.out_channels / spec.groups, spec.kernel]
+    } else {
+        [spec.out_channels, spec.in_channels / spec.groups, spec.kernel]
+    };
+    let weight = w.param(&format!("{prefix}.weight"), shape)?;
+    let bias = if spec.bias { Some(w.param(&format!("{prefix}.bias"), [spec.out_channels])?) } else { None };
+    Ok((weight, bias))
 }
 
 fn check_spec(spec: &ConvSpec) -> Result<()> {
