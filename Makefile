@@ -200,7 +200,7 @@ train-tiny: venv-tiny
 	  $(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm$$n/export --data $(TINY_DATA3) \
 	    --out $(TINY_WORK)/tiny-lm$$n || exit 1; \
 	done && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm24/export --data $(TINY_DATA3) && \
+	cp $(TINY_WORK)/tiny-lm24/* assets/kokichi-tiny/ && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv-tiny

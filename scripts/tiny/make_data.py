@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import domain  # noqa: E402
 import voices  # noqa: E402
-from steps import clear_done, done_before, mark_done, step_key  # noqa: E402
+from steps import clear_done, done_before, mark_done, step_key, unfinished_append  # noqa: E402
 
 WORD_GAP = 0.08  # seconds of silence between the words of an answer
 
@@ -139,7 +139,7 @@ def main():
         return
     if args.append:
         have = lines("train")
-        if have > args.start and resumable(out, args.start):
+        if have > args.start and unfinished_append(out, args.start):
             # An append cut before its end (no later one is recorded): its questions are drawn again.
             keep = (out / "train.jsonl").read_text().splitlines(keepends=True)[: args.start]
             (out / "train.jsonl").write_text("".join(keep))
@@ -173,17 +173,6 @@ def main():
                         print(f"{split}: {k}/{n} ({time.time() - t0:.0f} s)", file=sys.stderr)
     mark_done(marker, key)
     print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
-
-
-def resumable(out: Path, start: int) -> bool:
-    """Whether the questions past `start` are those of an unfinished append: the corpus was made
-    with these markers, the first call's questions end by `start`, and no append from `start` on finished."""
-    try:
-        made = json.loads((out / "init.done.json").read_text())
-    except (OSError, ValueError):
-        return False
-    later = [m for m in out.glob("train-*.done.json") if int(m.name.split("-")[1].split(".")[0]) >= start]
-    return made.get("train", start + 1) <= start and not later
 
 
 if __name__ == "__main__":

@@ -55,3 +55,15 @@ def mark_done(marker: Path, key: dict):
     tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(json.dumps(key, indent=1) + "\n")
     os.replace(tmp, marker)
+
+
+def unfinished_append(corpus: Path, start: int) -> bool:
+    """Whether a corpus's training questions past `start` are those of an append cut before its
+    end: make_data.py's first call left its marker, its questions end by `start`, and no append
+    from `start` on finished."""
+    try:
+        made = json.loads((corpus / "init.done.json").read_text())
+    except (OSError, ValueError):
+        return False
+    later = [m for m in corpus.glob("train-*.done.json") if int(m.name.split("-")[1].split(".")[0]) >= start]
+    return made.get("train", start + 1) <= start and not later

@@ -6,7 +6,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from steps import clear_done, done_before, mark_done, records_digest, step_key
+from steps import clear_done, done_before, mark_done, records_digest, step_key, unfinished_append
 
 
 class StepsTest(unittest.TestCase):
@@ -65,6 +65,20 @@ class StepsTest(unittest.TestCase):
         self.assertEqual(records_digest(recs), records_digest([dict(reversed(list(recs[0].items())))]))
         self.assertNotEqual(records_digest(recs), records_digest([{**recs[0], "answer": "four"}]))
         self.assertNotEqual(records_digest(recs), records_digest(recs + recs))
+
+    def test_only_a_cut_append_is_drawn_again(self):
+        corpus = self.root / "corpus"
+        corpus.mkdir()
+        self.assertFalse(unfinished_append(corpus, 100), "a corpus without markers is never cut back")
+        mark_done(corpus / "init.done.json", {"train": 0, "eval": 600})
+        self.assertTrue(unfinished_append(corpus, 0), "no append finished")
+        mark_done(corpus / "train-0.done.json", {"start": 0, "train": 100})
+        self.assertFalse(unfinished_append(corpus, 0), "the append from 0 finished")
+        self.assertTrue(unfinished_append(corpus, 100), "the one from 100 did not")
+        mark_done(corpus / "train-200.done.json", {"start": 200, "train": 100})
+        self.assertFalse(unfinished_append(corpus, 100), "a later append finished after it")
+        mark_done(corpus / "init.done.json", {"train": 16000, "eval": 600})
+        self.assertFalse(unfinished_append(corpus, 300), "the first call's own questions reach past it")
 
 
 if __name__ == "__main__":
