@@ -13,9 +13,7 @@ use common::{Expected, assert_close, fixture};
 use kokichi::weights::{self, OutTensor};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kokichi-cli-codec-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::scratch("cli-codec", name)
 }
 
 /// Runs `kokichi --backend cpu <cmd> --mimi .. --config .. <args>` and panics with its stderr on failure.

@@ -8,9 +8,7 @@ use std::process::Command;
 use common::fixture;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kokichi-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::scratch("cli", name)
 }
 
 /// Runs kokichi on the CPU backend; returns (success, stderr's error line).

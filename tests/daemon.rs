@@ -22,9 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 const FRAME: usize = 1920;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kokichi-daemon-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::scratch("daemon", name)
 }
 
 fn config(name: &str) -> DaemonConfig {

@@ -56,7 +56,7 @@ fn sparse_bf16(path: &Path, tensors: &[(String, Vec<usize>)]) {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("kokichi-{}-{name}", std::process::id()))
+    common::scratch("layouts", name)
 }
 
 #[test]

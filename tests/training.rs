@@ -12,9 +12,7 @@ use kokichi::train;
 use kokichi::weights::{self, WeightFile};
 
 fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("kokichi-train-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    common::scratch("train", name)
 }
 
 #[test]

@@ -12,6 +12,14 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
 }
 
+/// A path in this test run's scratch folder, `$TMPDIR/kokichi-<tag>-<pid>/<name>`, made on first use:
+/// one folder per test binary and process, so parallel runs never share files.
+pub fn scratch(tag: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kokichi-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
 /// The devices the parity tests run on: flex always, wgpu (lavapipe in CI) too.
 /// Set `KOKICHI_TEST_BACKENDS=cpu` to skip wgpu locally.
 pub fn devices() -> Vec<(BackendKind, Device)> {
