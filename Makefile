@@ -95,11 +95,15 @@ fixtures: venv
 # speaker-warped, with the audio distilled from lm16 itself (train_lm.py --audio-teacher) so that its speech holds;
 # then lm23 and lm24 (shipped), each the same on 12,000 more questions (stage, corpus start, data seed; the tokenize
 # seed is the stage), from the previous stage, its audio distilled from the previous stage's assembled folder.
-# The shipped codec's decoder is tuned twice more (stop 35: 2 x 3,000 mel-only steps on the answer clips; the encoder and
-# quantizer, so every LM token, unchanged) and assembled with lm24.
+# The shipped codec's decoder is tuned four more times (stops 35 and 36: 4 x 3,000 mel-only steps on the answer clips; the
+# encoder and quantizer, so every LM token, unchanged). Last, lm27 (stop 36, shipped): lm24's step from its folder on a
+# fourth corpus of 36,000 questions, every answer's model-stream codes replaced by those lm24 itself says
+# (canon_codes.py extract/rewrite; the shipped lm27's are committed in assets/stages/answer-codes), assembled with the
+# tuned decoder.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_DATA2 ?= /var/tmp/kokichi-data2
 TINY_DATA3 ?= /var/tmp/kokichi-data3
+TINY_DATA4 ?= /var/tmp/kokichi-data4
 TINY_WORK ?= /var/tmp/kokichi-train
 train-tiny: venv-tiny
 	@start=$$(date +%s); \
@@ -202,13 +206,36 @@ train-tiny: venv-tiny
 	  $(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-f16 --lm $(TINY_WORK)/lm$$n/export --data $(TINY_DATA3) \
 	    --out $(TINY_WORK)/tiny-lm$$n || exit 1; \
 	done && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-distill-f16 --data $(TINY_DATA3) \
-	  --out $(TINY_WORK)/codec-distill-tuned3 --steps 3000 --wave 0 --threads 2 && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $(TINY_WORK)/codec-distill-tuned3/export --data $(TINY_DATA3) \
-	  --out $(TINY_WORK)/codec-distill-tuned4 --steps 3000 --wave 0 --threads 2 && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-tuned4/export --lm $(TINY_WORK)/lm24/export --data $(TINY_DATA3) \
-	  --out $(TINY_WORK)/tiny-lm24-tuned4 && \
-	cp $(TINY_WORK)/tiny-lm24-tuned4/* assets/kokichi-tiny/ && \
+	prev=$(TINY_WORK)/codec-distill-f16 && \
+	for n in 3 4 5 6; do \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/tune_decoder.py --codec $$prev --data $(TINY_DATA3) \
+	    --out $(TINY_WORK)/codec-distill-tuned$$n --steps 3000 --wave 0 --threads 2 || exit 1; \
+	  prev=$(TINY_WORK)/codec-distill-tuned$$n/export; \
+	done && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA4) --train 0 --eval 600 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA4) --codec $(TINY_WORK)/codec-distill-f16 \
+	  --out $(TINY_WORK)/lm27/probe.npz --seed 19 --splits eval && \
+	for part in "0 20261213 25" "12000 20261214 26" "24000 20261215 27"; do \
+	  set -- $$part; \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA4) --append --start $$1 --train 12000 --balance --channel \
+	    --wide --seed $$2 && \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA4) --codec $(TINY_WORK)/codec-distill-f16 \
+	    --out $(TINY_WORK)/lm27/tokens-$$3.npz --first $$1 --seed $$3 --splits train || exit 1; \
+	done && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/canon_codes.py extract --model $(TINY_WORK)/tiny-lm24 \
+	  --tokens $(TINY_WORK)/lm27/tokens-25.npz --data $(TINY_DATA4) --out $(TINY_WORK)/lm27/answer-codes.npz && \
+	tokens="" && \
+	for part in probe tokens-25 tokens-26 tokens-27; do \
+	  tokens="$$tokens $(TINY_WORK)/lm27/$$part-canon.npz"; \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/canon_codes.py rewrite --codes $(TINY_WORK)/lm27/answer-codes.npz --data $(TINY_DATA4) \
+	    --tokens $(TINY_WORK)/lm27/$$part.npz --out $(TINY_WORK)/lm27/$$part-canon.npz || exit 1; \
+	done && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA4) --tokens $$tokens --work $(TINY_WORK)/lm27 \
+	  --init $(TINY_WORK)/tiny-lm24 --steps 2400 --lr 2e-4 --warmup 100 --user-mask 0.05 --dropout 0.1 --save-every 800 \
+	  --multi 0.4 --audio-teacher $(TINY_WORK)/tiny-lm24 && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-tuned6/export --lm $(TINY_WORK)/lm27/export --data $(TINY_DATA4) \
+	  --out $(TINY_WORK)/tiny-lm27 && \
+	cp $(TINY_WORK)/tiny-lm27/* assets/kokichi-tiny/ && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv-tiny
