@@ -53,9 +53,8 @@ def dialogues(data: Path, npz, split: str):
 
 
 def load_lm(path: Path, text_card: int):
-    cfg_file = path / "lm_config.json"
-    card = (json.loads(cfg_file.read_text()) if cfg_file.exists()
-            else json.loads((path / "config.json").read_text())["lm"])["text_card"]
+    from probe_lm import lm_config as saved_config
+    card = saved_config(path)["text_card"]
     if card != text_card:
         sys.exit(f"{path}: text vocabulary of {card}, the token file has {text_card}")
     lm = get_moshi_lm(str(path / "model.safetensors"), lm_kwargs=dict(lm_config(card)), device="cpu",
@@ -122,6 +121,23 @@ def load_codes(path: Path) -> dict:
     return {str(t): z[f"codes_{i}"] for i, t in enumerate(z["texts"])}
 
 
+def place(said: dict, texts, base: torch.Tensor, start: int, path: Path):
+    """`base` (codes [answers, codebooks, frames], one row per answer of `texts`) with each
+    row's answer frames from `start` on replaced by that answer's codes in `said` (read from
+    `path`); returns them and a mask of the frames replaced."""
+    missing = [t for t in texts if t not in said]
+    if missing:
+        sys.exit(f"{path}: no codes for {', '.join(missing)}")
+    out = base.clone()
+    mask = torch.zeros(base.shape[0], base.shape[-1], dtype=torch.bool)
+    for r, t in enumerate(texts):
+        c = torch.from_numpy(said[t].astype(np.int64))
+        n = min(c.shape[1], base.shape[-1] - start)
+        out[r, :, start:start + n] = c[:, :n]
+        mask[r, start:start + n] = True
+    return out, mask
+
+
 def rewrite(args):
     codes = load_codes(args.codes)
     npz = np.load(args.tokens)
@@ -151,26 +167,16 @@ def judge(args):
     from train_lm import load_codec
     from tune_decoder import LEAD, answer_clips, judge_all
     torch.set_num_threads(args.threads)
-    codes = load_codes(args.codes)
     mimi = load_codec(args.codec)
     texts, x, _ = answer_clips(args.data)
-    missing = sorted(set(texts) - set(codes))
-    if missing:
-        sys.exit(f"{args.codes}: no codes for {', '.join(missing)}")
     clip = torch.cat([mimi.encode(x[i:i + 16]) for i in range(0, len(x), 16)])
     silent = mimi.encode(torch.zeros(1, 1, x.shape[-1]))[0]
-    canon = silent.expand(len(texts), -1, -1).clone()
-    same = total = 0
-    for r, t in enumerate(texts):
-        c = torch.from_numpy(codes[t].astype(np.int64))
-        n = min(c.shape[1], canon.shape[-1] - LEAD)
-        canon[r, :, LEAD:LEAD + n] = c[:, :n]
-        same += (c[:, :n] == clip[r, :, LEAD:LEAD + n]).sum().item()
-        total += c[:, :n].numel()
+    canon, mask = place(load_codes(args.codes), texts, silent.expand(len(texts), -1, -1), LEAD, args.codes)
+    same = (canon == clip).permute(0, 2, 1)[mask].float().mean().item()
     for name, k in (("the clips' own codes", clip), ("the canonical codes", canon)):
         audio = torch.cat([mimi.decode(k[i:i + 16]) for i in range(0, len(k), 16)])
         print(f"judge on {name}, decoded: {100 * judge_all(texts, audio, args.work):.1f}%", file=sys.stderr, flush=True)
-    print(f"({100 * same / total:.1f}% of the answer frames' codes are the same)", file=sys.stderr)
+    print(f"({100 * same:.1f}% of the answer frames' codes are the same)", file=sys.stderr)
 
 
 def main():

@@ -76,21 +76,6 @@ def answer_clips(data: Path):
     return texts, torch.from_numpy(np.stack(rows))[:, None], torch.tensor(lens)
 
 
-def said_codes(path: Path, texts, clip_codes):
-    """The clips' codes with each answer's frames after LEAD replaced by those of `path`."""
-    from canon_codes import load_codes
-    said = load_codes(path)
-    missing = [t for t in texts if t not in said]
-    if missing:
-        sys.exit(f"{path}: no codes for {', '.join(missing)}")
-    codes = clip_codes.clone()
-    for r, t in enumerate(texts):
-        c = torch.from_numpy(said[t].astype(np.int64))
-        n = min(c.shape[1], codes.shape[-1] - LEAD)
-        codes[r, :, LEAD:LEAD + n] = c[:, :n]
-    return codes
-
-
 def judge_all(texts, audio, work: Path):
     from eval_lm import Judge
     judge = Judge(work)
@@ -126,7 +111,10 @@ def main():
     texts, x, lens = answer_clips(args.data)
     with torch.no_grad():
         clip_codes = torch.cat([mimi.encode(x[i:i + 16]) for i in range(0, len(x), 16)])
-        codes = clip_codes if args.codes is None else said_codes(args.codes, texts, clip_codes)
+        codes = clip_codes
+        if args.codes is not None:
+            from canon_codes import load_codes, place
+            codes = place(load_codes(args.codes), texts, clip_codes, LEAD, args.codes)[0]
         before = torch.cat([mimi.decode(codes[i:i + 16]) for i in range(0, len(x), 16)])
     print(f"{len(texts)} answers, {codes.shape[-1]} frames each; judge on the clean clips: "
           f"{100 * judge_all(texts, x, args.out):.1f}%, on codec decodes before: "
