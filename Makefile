@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := $(CARGO_TARGET_DIR)/debug/kokichi
 OUT ?= out
 
-.PHONY: run test test-browser build bench bench-train bench-codec bench-daemon bench-lm bench-step fixtures venv venv-tiny tiny-deps clean train-tiny eval-tiny
+.PHONY: run test test-browser build bench bench-train bench-codec bench-daemon bench-lm bench-step fixtures venv venv-tiny tiny-deps clean train-tiny eval-tiny fmt
 
 build:
 	cargo build --bin kokichi
@@ -39,9 +39,14 @@ export KOKICHI_ASSETS ?= $(CURDIR)/assets
 
 test:
 	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
+	cargo fmt --check
 	python3 -m unittest discover -s scripts/tiny -p 'test_*.py'
 	cargo test --no-fail-fast -- --test-threads=2
 	$(MAKE) test-browser
+
+# Formats the Rust sources (rustfmt.toml: 120 columns); `make test` checks they are.
+fmt:
+	cargo fmt
 
 # The page at GET / in headless Chromium (Debian's `chromium`, driven by playwright-core from npm;
 # no browser download). Writes out/browser/screenshot.png.

@@ -53,11 +53,8 @@ fn main() -> Result<()> {
         let input = Path::new(line.trim());
         let mut pcm = kokichi::audio::read_audio(input, engine.sample_rate() as u32)?;
         pcm.resize(pcm.len().div_ceil(frame) * frame, 0.0);
-        let config = GenConfig {
-            text_seed: Some(seed + i as u64),
-            audio_seed: Some(seed + 1_000_000 + i as u64),
-            ..sampling
-        };
+        let config =
+            GenConfig { text_seed: Some(seed + i as u64), audio_seed: Some(seed + 1_000_000 + i as u64), ..sampling };
         let mut s = engine.init_session(config)?;
         let mut audio = Vec::with_capacity(pcm.len());
         let mut text = String::new();

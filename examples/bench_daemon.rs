@@ -105,7 +105,13 @@ async fn main() -> Result<()> {
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(daemon::serve(cfg, async move { let _ = stop_rx.await; }, Some(ready_tx)));
+    let server = tokio::spawn(daemon::serve(
+        cfg,
+        async move {
+            let _ = stop_rx.await;
+        },
+        Some(ready_tx),
+    ));
     let addr = ready_rx.await.context("daemon did not start")?.addr;
     println!("model {model}, backend {backend}, {frames} frames of 80 ms per client");
 
@@ -128,7 +134,8 @@ async fn main() -> Result<()> {
         let runs = futures_util::future::join_all((0..n).map(|_| client(addr, frames))).await;
         let st = status(addr).await?;
         let ok = runs.iter().all(|r| r.as_ref().is_ok_and(|r| r.latencies_ms.len() == r.frames));
-        let mut lat: Vec<f64> = runs.iter().filter_map(|r| r.as_ref().ok()).flat_map(|r| r.latencies_ms.clone()).collect();
+        let mut lat: Vec<f64> =
+            runs.iter().filter_map(|r| r.as_ref().ok()).flat_map(|r| r.latencies_ms.clone()).collect();
         let p90 = if lat.is_empty() { f64::NAN } else { percentile(&mut lat, 0.9) };
         let rtf = st["rtf"].as_f64().unwrap_or(f64::NAN);
         let holds = ok && rtf < 1.0 && p90 < 400.0;

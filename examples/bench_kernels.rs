@@ -38,7 +38,12 @@ fn main() -> Result<()> {
     for c in dims.split(',') {
         let c: usize = c.trim().parse()?;
         for rows in [1, 64] {
-            let x = backend::floats((0..rows * c).map(|i| (i as f32 * 0.37).sin()).collect(), [1, rows, c], &device, DType::F32);
+            let x = backend::floats(
+                (0..rows * c).map(|i| (i as f32 * 0.37).sin()).collect(),
+                [1, rows, c],
+                &device,
+                DType::F32,
+            );
             let alpha = backend::floats(vec![1.0; c], [c], &device, DType::F32);
             let plain = time(&device, iters, || drop(reference(x.clone(), alpha.clone(), 1e-8)))?;
             let fused = time(&device, iters, || drop(rms_norm(x.clone(), alpha.clone(), 1e-8)))?;

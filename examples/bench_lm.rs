@@ -41,7 +41,9 @@ fn main() -> Result<()> {
         let kind: BackendKind = name.parse()?;
         let device = backend::device(kind, Precision::F32)?;
         println!("== {kind} ({})", backend::adapter_name(&device));
-        for (label, cfg) in [("tiny (test fixtures' shape)", LmConfig::tiny()), ("kokichi-tiny", LmConfig::kokichi_tiny(300))] {
+        for (label, cfg) in
+            [("tiny (test fixtures' shape)", LmConfig::tiny()), ("kokichi-tiny", LmConfig::kokichi_tiny(300))]
+        {
             let lm = LmModel::random(cfg, &device, 1)?.0;
             println!("{label:34} {:8.2} ms/step", time_steps(&lm, steps * 4)?);
         }
@@ -63,7 +65,10 @@ fn main() -> Result<()> {
         println!(
             "  per temporal layer {per_layer:.1} ms; rest (embeddings, text head, 8x6 depformer, sampling) {fixed:.1} ms"
         );
-        println!("  extrapolated to moshiko's 32 layers: {:.0} ms/step (real time needs < 80)", fixed + 32.0 * per_layer);
+        println!(
+            "  extrapolated to moshiko's 32 layers: {:.0} ms/step (real time needs < 80)",
+            fixed + 32.0 * per_layer
+        );
     }
     Ok(())
 }

@@ -28,38 +28,25 @@ const MAX_FFT_BLOCK: u32 = 1024;
 /// Samples are in [-1, 1]. A file without any audio samples is an error.
 pub fn read_audio(path: &Path, target_rate: u32) -> Result<Vec<f32>> {
     let (samples, rate) = decode_mono(path)?;
-    let audio_err = |msg: String| Error::Audio {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let audio_err = |msg: String| Error::Audio { path: path.to_path_buf(), msg };
     if samples.is_empty() {
         return Err(audio_err("file contains no audio samples".into()));
     }
     let mut samples = if rate == target_rate {
         samples
     } else {
-        tracing::debug!(
-            "resampling {} from {rate} Hz to {target_rate} Hz",
-            path.display()
-        );
+        tracing::debug!("resampling {} from {rate} Hz to {target_rate} Hz", path.display());
         resample(&samples, rate, target_rate).map_err(|e| audio_err(e.to_string()))?
     };
     for x in &mut samples {
-        *x = if x.is_finite() {
-            x.clamp(-1.0, 1.0)
-        } else {
-            0.0
-        };
+        *x = if x.is_finite() { x.clamp(-1.0, 1.0) } else { 0.0 };
     }
     Ok(samples)
 }
 
 /// Decodes the default audio track of `path` into mono samples and returns them with their rate.
 fn decode_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
-    let fail = |msg: String| Error::Audio {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let fail = |msg: String| Error::Audio { path: path.to_path_buf(), msg };
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     if file.metadata().map_err(|e| Error::io(path, e))?.len() == 0 {
         return Err(fail("file is empty".into()));
@@ -70,21 +57,10 @@ fn decode_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
         hint.with_extension(ext);
     }
     let mut format = symphonia::default::get_probe()
-        .probe(
-            &hint,
-            stream,
-            FormatOptions::default(),
-            MetadataOptions::default(),
-        )
+        .probe(&hint, stream, FormatOptions::default(), MetadataOptions::default())
         .map_err(|e| fail(format!("not a readable audio file: {e}")))?;
-    let track = format
-        .default_track(TrackType::Audio)
-        .ok_or_else(|| fail("no audio track".into()))?;
-    let params = track
-        .codec_params
-        .as_ref()
-        .and_then(|p| p.audio())
-        .ok_or_else(|| fail("no audio track".into()))?;
+    let track = format.default_track(TrackType::Audio).ok_or_else(|| fail("no audio track".into()))?;
+    let params = track.codec_params.as_ref().and_then(|p| p.audio()).ok_or_else(|| fail("no audio track".into()))?;
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(params, &AudioDecoderOptions::default())
         .map_err(|e| fail(format!("unsupported codec: {e}")))?;
@@ -99,19 +75,11 @@ fn decode_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
             Ok(Some(packet)) => packet,
             Ok(None) => break,
             Err(DecodeError::ResetRequired) => {
-                tracing::warn!(
-                    "{}: stream changes mid-file; reading only the first part",
-                    path.display()
-                );
+                tracing::warn!("{}: stream changes mid-file; reading only the first part", path.display());
                 break;
             }
-            Err(DecodeError::IoError(e))
-                if e.kind() == std::io::ErrorKind::UnexpectedEof && !mono.is_empty() =>
-            {
-                tracing::warn!(
-                    "{}: file is truncated; keeping what was decoded",
-                    path.display()
-                );
+            Err(DecodeError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof && !mono.is_empty() => {
+                tracing::warn!("{}: file is truncated; keeping what was decoded", path.display());
                 break;
             }
             Err(e) => return Err(fail(format!("read error: {e}"))),
@@ -137,9 +105,7 @@ fn decode_mono(path: &Path) -> Result<(Vec<f32>, u32)> {
     if let (true, Some(e)) = (mono.is_empty(), last_error) {
         return Err(fail(format!("decode error: {e}")));
     }
-    let rate = rate
-        .filter(|&r| r > 0)
-        .ok_or_else(|| fail("unknown sample rate".into()))?;
+    let rate = rate.filter(|&r| r > 0).ok_or_else(|| fail("unknown sample rate".into()))?;
     Ok((mono, rate))
 }
 
@@ -168,18 +134,11 @@ pub fn write_wav(path: &Path, samples: &[f32], rate: u32) -> Result<()> {
 /// Writes mono samples as a 32-bit float wav file, unchanged (for exact round trips).
 pub fn write_wav_f32(path: &Path, samples: &[f32], rate: u32) -> Result<()> {
     let spec = wav_spec(rate, 32, hound::SampleFormat::Float);
-    write_samples(path, spec, |w| {
-        samples.iter().try_for_each(|&x| w.write_sample(x))
-    })
+    write_samples(path, spec, |w| samples.iter().try_for_each(|&x| w.write_sample(x)))
 }
 
 fn wav_spec(rate: u32, bits: u16, sample_format: hound::SampleFormat) -> hound::WavSpec {
-    hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: bits,
-        sample_format,
-    }
+    hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: bits, sample_format }
 }
 
 type WavWriter = hound::WavWriter<std::io::BufWriter<File>>;
@@ -191,10 +150,7 @@ fn write_samples(
 ) -> Result<()> {
     let wav_err = |e: hound::Error| match e {
         hound::Error::IoError(e) => Error::io(path, e),
-        e => Error::Audio {
-            path: path.to_path_buf(),
-            msg: format!("cannot write wav: {e}"),
-        },
+        e => Error::Audio { path: path.to_path_buf(), msg: format!("cannot write wav: {e}") },
     };
     let mut writer = hound::WavWriter::create(path, spec).map_err(wav_err)?;
     write(&mut writer).map_err(wav_err)?;
@@ -230,34 +186,14 @@ impl StreamResampler {
     /// A resampler from `from` Hz to `to` Hz. Both rates must be above zero.
     pub fn new(from: u32, to: u32) -> Result<Self> {
         if from == 0 || to == 0 {
-            return Err(Error::config(
-                "sample rate",
-                format!("{from} Hz -> {to} Hz: rates must be above zero"),
-            ));
+            return Err(Error::config("sample rate", format!("{from} Hz -> {to} Hz: rates must be above zero")));
         }
-        let resampler = if from == to {
-            None
-        } else {
-            Some(make_resampler(from, to)?)
-        };
+        let resampler = if from == to { None } else { Some(make_resampler(from, to)?) };
         let (pending, scratch, skip) = match &resampler {
-            Some(r) => (
-                Vec::with_capacity(r.input_frames_max()),
-                vec![0.0; r.output_frames_max()],
-                r.output_delay(),
-            ),
+            Some(r) => (Vec::with_capacity(r.input_frames_max()), vec![0.0; r.output_frames_max()], r.output_delay()),
             None => (Vec::new(), Vec::new(), 0),
         };
-        Ok(Self {
-            resampler,
-            from,
-            to,
-            pending,
-            scratch,
-            skip,
-            consumed: 0,
-            produced: 0,
-        })
+        Ok(Self { resampler, from, to, pending, scratch, skip, consumed: 0, produced: 0 })
     }
 
     /// Input and output rates, in Hz.
@@ -291,19 +227,14 @@ impl StreamResampler {
         let Some(resampler) = &self.resampler else {
             return;
         };
-        let target =
-            (self.consumed * u64::from(self.to) + u64::from(self.from) / 2) / u64::from(self.from);
+        let target = (self.consumed * u64::from(self.to) + u64::from(self.from) / 2) / u64::from(self.from);
         let need = resampler.input_frames_next();
         let mut idle = 0;
         while self.produced < target && idle < 16 {
             self.pending.resize(need, 0.0);
             let before = self.produced;
             if let Err(e) = self.run_block(out, target) {
-                tracing::error!(
-                    "resampler flush {} -> {} Hz failed: {e}",
-                    self.from,
-                    self.to
-                );
+                tracing::error!("resampler flush {} -> {} Hz failed: {e}", self.from, self.to);
                 break;
             }
             idle = if self.produced == before { idle + 1 } else { 0 };
@@ -333,17 +264,13 @@ impl StreamResampler {
             return Ok(());
         };
         let rates = (self.from, self.to);
-        let fail =
-            |e: String| Error::input(format!("resampling {} -> {} Hz: {e}", rates.0, rates.1));
+        let fail = |e: String| Error::input(format!("resampling {} -> {} Hz: {e}", rates.0, rates.1));
         let frames_in = self.pending.len();
         let frames_out = self.scratch.len();
-        let input = InterleavedSlice::new(&self.pending[..], 1, frames_in)
-            .map_err(|e| fail(e.to_string()))?;
-        let mut output = InterleavedSlice::new_mut(&mut self.scratch[..], 1, frames_out)
-            .map_err(|e| fail(e.to_string()))?;
-        let (_, written) = resampler
-            .process_into_buffer(&input, &mut output, None)
-            .map_err(|e| fail(e.to_string()))?;
+        let input = InterleavedSlice::new(&self.pending[..], 1, frames_in).map_err(|e| fail(e.to_string()))?;
+        let mut output =
+            InterleavedSlice::new_mut(&mut self.scratch[..], 1, frames_out).map_err(|e| fail(e.to_string()))?;
+        let (_, written) = resampler.process_into_buffer(&input, &mut output, None).map_err(|e| fail(e.to_string()))?;
         self.pending.clear();
         let dropped = self.skip.min(written);
         self.skip -= dropped;
@@ -359,21 +286,16 @@ impl StreamResampler {
 /// An FFT resampler for the usual rate pairs, a sinc one when the rates share no large divisor.
 fn make_resampler(from: u32, to: u32) -> Result<Box<dyn Resampler<f32>>> {
     let fail = |e: rubato::ResamplerConstructionError| {
-        Error::config(
-            "sample rate",
-            format!("cannot resample {from} -> {to} Hz: {e}"),
-        )
+        Error::config("sample rate", format!("cannot resample {from} -> {to} Hz: {e}"))
     };
     let gcd = gcd(from, to);
     if from / gcd <= MAX_FFT_BLOCK && to / gcd <= MAX_FFT_BLOCK {
-        let fft = Fft::<f32>::new(from as usize, to as usize, CHUNK, 1, FixedSync::Input)
-            .map_err(fail)?;
+        let fft = Fft::<f32>::new(from as usize, to as usize, CHUNK, 1, FixedSync::Input).map_err(fail)?;
         Ok(Box::new(fft))
     } else {
         let ratio = f64::from(to) / f64::from(from);
         let params = SincInterpolationParameters::default();
-        let sinc = Async::<f32>::new_sinc(ratio, 1.0, &params, CHUNK, 1, FixedAsync::Input)
-            .map_err(fail)?;
+        let sinc = Async::<f32>::new_sinc(ratio, 1.0, &params, CHUNK, 1, FixedAsync::Input).map_err(fail)?;
         Ok(Box::new(sinc))
     }
 }
@@ -395,9 +317,7 @@ mod tests {
     }
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/audio")
-            .join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audio").join(name)
     }
 
     fn sine(freq: f32, rate: u32, len: usize, amp: f32) -> Vec<f32> {
@@ -408,16 +328,11 @@ mod tests {
     /// Sign changes, skipping `edge` samples at both ends.
     fn zero_crossings(x: &[f32], edge: usize) -> usize {
         let x = &x[edge..x.len() - edge];
-        x.windows(2)
-            .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
-            .count()
+        x.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count()
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
     #[test]
@@ -461,18 +376,13 @@ mod tests {
                 if bits == 8 {
                     w.write_sample((s * scale).round() as i8).unwrap();
                 } else {
-                    w.write_sample((s as f64 * scale as f64).round() as i32)
-                        .unwrap();
+                    w.write_sample((s as f64 * scale as f64).round() as i32).unwrap();
                 }
             }
             w.finalize().unwrap();
             let y = read_audio(&path, 8000).unwrap();
             assert_eq!(y.len(), x.len(), "{bits} bit");
-            assert!(
-                max_diff(&x, &y) < 2.0 / scale,
-                "{bits} bit: {}",
-                max_diff(&x, &y)
-            );
+            assert!(max_diff(&x, &y) < 2.0 / scale, "{bits} bit: {}", max_diff(&x, &y));
             std::fs::remove_file(&path).unwrap();
         }
     }
@@ -480,15 +390,11 @@ mod tests {
     #[test]
     fn stereo_is_mixed_to_mono() {
         let path = temp_file("stereo.wav");
-        let spec = hound::WavSpec {
-            channels: 2,
-            ..wav_spec(8000, 32, hound::SampleFormat::Float)
-        };
+        let spec = hound::WavSpec { channels: 2, ..wav_spec(8000, 32, hound::SampleFormat::Float) };
         let mut w = hound::WavWriter::create(&path, spec).unwrap();
         for i in 0..100 {
             w.write_sample(0.5f32).unwrap();
-            w.write_sample(if i % 2 == 0 { -0.25f32 } else { 0.25 })
-                .unwrap();
+            w.write_sample(if i % 2 == 0 { -0.25f32 } else { 0.25 }).unwrap();
         }
         w.finalize().unwrap();
         let y = read_audio(&path, 8000).unwrap();
@@ -504,11 +410,7 @@ mod tests {
             let x = sine(1000.0, from, n, 0.5);
             let y = resample(&x, from, 24000).unwrap();
             let expected = n * 24000 / from as usize;
-            assert!(
-                y.len().abs_diff(expected) <= 1,
-                "{from}: {} vs {expected}",
-                y.len()
-            );
+            assert!(y.len().abs_diff(expected) <= 1, "{from}: {} vs {expected}", y.len());
             // 0.5 s of 1 kHz has 1000 crossings; the edges lose a few.
             let zc = zero_crossings(&y, 240);
             assert!(zc.abs_diff(1000 - 40) <= 3, "{from}: {zc} crossings");
@@ -534,13 +436,7 @@ mod tests {
 
     #[test]
     fn stream_matches_one_shot() {
-        for (from, to) in [
-            (48000u32, 24000u32),
-            (44100, 24000),
-            (24000, 48000),
-            (16000, 24000),
-            (44101, 24000),
-        ] {
+        for (from, to) in [(48000u32, 24000u32), (44100, 24000), (24000, 48000), (16000, 24000), (44101, 24000)] {
             let x = sine(1000.0, from, from as usize * 3 / 10, 0.5);
             let whole = resample(&x, from, to).unwrap();
             let mut stream = StreamResampler::new(from, to).unwrap();
@@ -601,12 +497,8 @@ mod tests {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             noise.push((seed >> 24) as u8);
         }
-        let cases: [(&str, &[u8]); 4] = [
-            ("noise.wav", &noise),
-            ("empty.wav", &[]),
-            ("header.wav", &header[..20]),
-            ("nodata.wav", &header[..44]),
-        ];
+        let cases: [(&str, &[u8]); 4] =
+            [("noise.wav", &noise), ("empty.wav", &[]), ("header.wav", &header[..20]), ("nodata.wav", &header[..44])];
         for (name, bytes) in cases {
             let path = temp_file(name);
             std::fs::write(&path, bytes).unwrap();
@@ -615,12 +507,7 @@ mod tests {
             std::fs::remove_file(&path).unwrap();
         }
         let missing = temp_file("missing.wav");
-        assert!(
-            read_audio(&missing, 24000)
-                .unwrap_err()
-                .to_string()
-                .contains("missing.wav")
-        );
+        assert!(read_audio(&missing, 24000).unwrap_err().to_string().contains("missing.wav"));
         std::fs::remove_file(&valid).unwrap();
     }
 }

@@ -38,10 +38,7 @@ impl FromStr for BackendKind {
         match s {
             "wgpu" | "gpu" => Ok(BackendKind::Wgpu),
             "cpu" | "flex" => Ok(BackendKind::Cpu),
-            other => Err(Error::config(
-                "backend",
-                format!("unknown backend `{other}` (expected wgpu or cpu)"),
-            )),
+            other => Err(Error::config("backend", format!("unknown backend `{other}` (expected wgpu or cpu)"))),
         }
     }
 }
@@ -76,10 +73,7 @@ impl FromStr for Precision {
                 "dtype",
                 "bf16 is not computed correctly on wgpu; use f16 or f32 (bf16 checkpoints are cast at load)",
             )),
-            other => Err(Error::config(
-                "dtype",
-                format!("unknown dtype `{other}` (expected f32 or f16)"),
-            )),
+            other => Err(Error::config("dtype", format!("unknown dtype `{other}` (expected f32 or f16)"))),
         }
     }
 }
@@ -108,10 +102,7 @@ pub fn device(kind: BackendKind, precision: Precision) -> Result<Device> {
         }
     };
     if !device.supports_dtype(precision.dtype()) {
-        return Err(Error::Backend(format!(
-            "{kind} device does not support {:?}",
-            precision.dtype()
-        )));
+        return Err(Error::Backend(format!("{kind} device does not support {:?}", precision.dtype())));
     }
     Ok(device)
 }
@@ -136,12 +127,10 @@ pub fn ints<const D: usize>(values: Vec<i64>, shape: [usize; D], device: &Device
 
 /// Reads a float tensor back as f32 values.
 pub fn read_floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.try_into_vec_as::<f32>()
-        .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
+    t.try_into_vec_as::<f32>().map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
 }
 
 /// Reads an int tensor back as i64 values.
 pub fn read_ints<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>> {
-    t.try_into_vec_as::<i64>()
-        .map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
+    t.try_into_vec_as::<i64>().map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
 }

@@ -14,11 +14,7 @@ pub enum Error {
     File { path: PathBuf, msg: String },
     /// One tensor of a weights or codes file is missing, misshapen or of the wrong type.
     #[error("{}: tensor `{name}`: {msg}", path.display())]
-    Tensor {
-        path: PathBuf,
-        name: String,
-        msg: String,
-    },
+    Tensor { path: PathBuf, name: String, msg: String },
     /// A configuration value is invalid; `setting` names it.
     #[error("config `{setting}`: {msg}")]
     Config { setting: String, msg: String },
@@ -44,17 +40,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            err: source,
-        }
+        Error::Io { path: path.into(), err: source }
     }
 
     pub(crate) fn config(setting: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Config {
-            setting: setting.into(),
-            msg: msg.into(),
-        }
+        Error::Config { setting: setting.into(), msg: msg.into() }
     }
 
     pub(crate) fn input(msg: impl Into<String>) -> Self {

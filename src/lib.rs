@@ -17,8 +17,8 @@ pub mod model_dir;
 pub mod nn;
 pub mod protocol;
 pub mod session;
-pub mod train;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -83,18 +83,14 @@ fn require(path: PathBuf) -> Result<PathBuf> {
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::File {
-        path: path.to_path_buf(),
-        msg: format!("invalid JSON: {e}"),
-    })
+    serde_json::from_str(&text).map_err(|e| Error::File { path: path.to_path_buf(), msg: format!("invalid JSON: {e}") })
 }
 
 fn in_file(path: &Path, e: Error) -> Error {
     match e {
-        Error::Config { setting, msg } => Error::File {
-            path: path.to_path_buf(),
-            msg: format!("config `{setting}`: {msg}"),
-        },
+        Error::Config { setting, msg } => {
+            Error::File { path: path.to_path_buf(), msg: format!("config `{setting}`: {msg}") }
+        }
         other => other,
     }
 }
@@ -147,10 +143,7 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
                 Some(l) => LmConfig::from_json(&l.to_string()).map_err(|e| in_file(&config, e))?,
                 None => LmConfig::moshiko(),
             };
-            let codebooks = json
-                .get("mimi_codebooks")
-                .and_then(|v| v.as_u64())
-                .map_or(lm_config.dep_q, |v| v as usize);
+            let codebooks = json.get("mimi_codebooks").and_then(|v| v.as_u64()).map_or(lm_config.dep_q, |v| v as usize);
             let sampling = match json.get("sampling") {
                 Some(v) => model_sampling(v).map_err(|msg| Error::File { path: config.clone(), msg })?,
                 None => GenConfig::default(),
@@ -168,9 +161,7 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
             });
         }
         // A Kyutai config.json: the LM's keyword arguments at the top level plus file names.
-        let name = |key: &str, default: &str| {
-            json.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string()
-        };
+        let name = |key: &str, default: &str| json.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string();
         let lm_config = LmConfig::from_json(&json.to_string()).map_err(|e| in_file(&config, e))?;
         let tok = dir.join(name("tokenizer_name", KYUTAI_TOKENIZER));
         let codebooks = lm_config.dep_q.max(lm_config.n_q - lm_config.dep_q);
@@ -206,24 +197,20 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
 
 /// Downloads a Kyutai repository's files into the Hugging Face cache.
 fn download(repo: &str) -> Result<ModelFiles> {
-    let err = |msg: String| Error::Download {
-        repo: repo.to_string(),
-        msg,
-    };
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(true)
-        .build()
-        .map_err(|e| err(e.to_string()))?;
+    let err = |msg: String| Error::Download { repo: repo.to_string(), msg };
+    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().map_err(|e| err(e.to_string()))?;
     let r = api.model(repo.to_string());
     // A config.json is optional (moshiko has none).
     let config = r.get("config.json").ok();
     let dir = match &config {
         Some(c) => {
             let json = read_json(c)?;
-            let name = |key: &str, default: &str| {
-                json.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string()
-            };
-            for f in [name("moshi_name", KYUTAI_LM), name("mimi_name", KYUTAI_MIMI), name("tokenizer_name", KYUTAI_TOKENIZER)] {
+            let name = |key: &str, default: &str| json.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string();
+            for f in [
+                name("moshi_name", KYUTAI_LM),
+                name("mimi_name", KYUTAI_MIMI),
+                name("tokenizer_name", KYUTAI_TOKENIZER),
+            ] {
                 r.get(&f).map_err(|e| err(format!("{f}: {e}")))?;
             }
             c.parent().map(Path::to_path_buf)
@@ -252,7 +239,8 @@ mod tests {
     fn folder(name: &str, sampling: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("kokichi-model-dir-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let config = format!("{{\"lm\": {}, \"sampling\": {sampling}}}", serde_json::to_string(&LmConfig::tiny()).unwrap());
+        let config =
+            format!("{{\"lm\": {}, \"sampling\": {sampling}}}", serde_json::to_string(&LmConfig::tiny()).unwrap());
         std::fs::write(dir.join("config.json"), config).unwrap();
         for f in ["mimi.safetensors", "model.safetensors"] {
             std::fs::write(dir.join(f), b"").unwrap();

@@ -156,9 +156,8 @@ impl OggOpusReader {
         if buf.len() < end {
             return Ok(None);
         }
-        let page = parser
-            .parse_packet_data(buf[27 + segments..end].to_vec())
-            .map_err(|e| format!("bad Ogg page: {e}"))?;
+        let page =
+            parser.parse_packet_data(buf[27 + segments..end].to_vec()).map_err(|e| format!("bad Ogg page: {e}"))?;
         self.packets.push_page(page).map_err(|e| format!("bad Ogg page: {e}"))?;
         Ok(Some(end))
     }
@@ -183,9 +182,7 @@ impl OggOpusReader {
             return Ok(());
         }
         let dec = self.decoder.as_mut().ok_or("audio before the OpusHead header")?;
-        let n = dec
-            .decode_float(data, &mut self.scratch, false)
-            .map_err(|e| format!("opus packet: {e}"))?;
+        let n = dec.decode_float(data, &mut self.scratch, false).map_err(|e| format!("opus packet: {e}"))?;
         if self.channels == 1 {
             out.extend_from_slice(&self.scratch[..n]);
         } else {
@@ -209,7 +206,8 @@ pub struct OggOpusWriter {
 
 impl OggOpusWriter {
     pub fn new(serial: u32) -> Result<Self, String> {
-        let encoder = opus::Encoder::new(RATE, opus::Channels::Mono, opus::Application::Voip).map_err(|e| format!("opus: {e}"))?;
+        let encoder = opus::Encoder::new(RATE, opus::Channels::Mono, opus::Application::Voip)
+            .map_err(|e| format!("opus: {e}"))?;
         Ok(Self {
             encoder,
             ogg: PacketWriter::new(Vec::new()),
@@ -342,5 +340,4 @@ mod tests {
         assert!(matches!(parse_message(b"\x04{\"a\":1}").unwrap(), ClientMessage::Metadata(_)));
         assert_eq!(handshake(), vec![0, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
-
 }

@@ -67,19 +67,16 @@ impl Engine {
         if files.mimi_config.quantizer.bins != lm_cfg.card {
             return Err(Error::config(
                 "lm.card",
-                format!("LM vocabulary {} differs from the codec's {} bins", lm_cfg.card, files.mimi_config.quantizer.bins),
+                format!(
+                    "LM vocabulary {} differs from the codec's {} bins",
+                    lm_cfg.card, files.mimi_config.quantizer.bins
+                ),
             ));
         }
         let mimi = Mimi::load(&files.mimi, files.mimi_config.clone(), codebooks, device, dtype)?;
         let lm = LmModel::load(&files.lm, lm_cfg.clone(), device, dtype)?;
         let tokenizer = files.tokenizer.as_deref().map(Tokenizer::load).transpose()?;
-        Ok(Self {
-            mimi,
-            lm,
-            tokenizer,
-            source: files.source.clone(),
-            sampling: files.sampling,
-        })
+        Ok(Self { mimi, lm, tokenizer, source: files.source.clone(), sampling: files.sampling })
     }
 
     pub fn frame_size(&self) -> usize {
@@ -126,7 +123,8 @@ impl Engine {
         if sessions.iter().any(|s| s.enc.batch() != 1) {
             return Err(Error::input("sessions must hold one stream each"));
         }
-        let mut enc = EncState::merge(sessions.iter_mut().map(|s| mem::replace(&mut s.enc, EncState::empty())).collect());
+        let mut enc =
+            EncState::merge(sessions.iter_mut().map(|s| mem::replace(&mut s.enc, EncState::empty())).collect());
         let mut lm = LmState::merge(sessions.iter_mut().map(|s| mem::replace(&mut s.lm, LmState::empty())).collect());
         let result = self.step_merged(&mut enc, &mut lm, sessions, pcm);
         for (s, (e, l)) in sessions.iter_mut().zip(enc.split().into_iter().zip(lm.split())) {
@@ -150,13 +148,8 @@ impl Engine {
         let q = codes.dims()[1];
         let codes = backend::read_ints(codes)?;
         let dep_q = self.lm.config.dep_q;
-        let mut outs: Vec<FrameOut> = (0..b)
-            .map(|_| FrameOut {
-                pcm: vec![0.0; frame],
-                text: None,
-                audio: None,
-            })
-            .collect();
+        let mut outs: Vec<FrameOut> =
+            (0..b).map(|_| FrameOut { pcm: vec![0.0; frame], text: None, audio: None }).collect();
         let Some(step) = self.lm.step(lm, &codes, q)? else {
             return Ok(outs);
         };
@@ -167,7 +160,8 @@ impl Engine {
             outs[r].text = Some(step.text[r]);
             outs[r].audio = Some(step.audio[r * dep_q..(r + 1) * dep_q].to_vec());
         }
-        let mut dec = DecState::merge(ready.iter().map(|&r| mem::replace(&mut sessions[r].dec, DecState::empty())).collect());
+        let mut dec =
+            DecState::merge(ready.iter().map(|&r| mem::replace(&mut sessions[r].dec, DecState::empty())).collect());
         let decoded = self
             .mimi
             .codes_tensor(tokens, [ready.len(), dep_q, 1])

@@ -127,9 +127,7 @@ impl Tokenizer {
         let (text, kind) = self.pieces.get(id as usize)?;
         match kind {
             PieceKind::Normal | PieceKind::UserDefined => Some(text.replace(SPACE, " ")),
-            PieceKind::Byte => byte_value(text)
-                .filter(u8::is_ascii)
-                .map(|b| char::from(b).to_string()),
+            PieceKind::Byte => byte_value(text).filter(u8::is_ascii).map(|b| char::from(b).to_string()),
             PieceKind::Control | PieceKind::Unknown | PieceKind::Unused => None,
         }
     }
@@ -142,10 +140,7 @@ impl Tokenizer {
         let mut bytes = Vec::new();
         for &id in ids {
             let Some((piece, kind)) = self.pieces.get(id as usize) else {
-                tracing::debug!(
-                    "decode: skipping id {id}, vocabulary has {}",
-                    self.pieces.len()
-                );
+                tracing::debug!("decode: skipping id {id}, vocabulary has {}", self.pieces.len());
                 continue;
             };
             if *kind == PieceKind::Byte {
@@ -189,8 +184,7 @@ fn parse_model(data: &[u8]) -> std::result::Result<Vec<(String, PieceKind)>, Str
     while !reader.done() {
         match reader.key()? {
             (1, 2) => {
-                let piece = parse_piece(reader.bytes()?)
-                    .map_err(|e| format!("piece {}: {e}", pieces.len()))?;
+                let piece = parse_piece(reader.bytes()?).map_err(|e| format!("piece {}: {e}", pieces.len()))?;
                 pieces.push(piece);
             }
             (1, wire) => return Err(format!("pieces field has wire type {wire}")),
@@ -201,10 +195,7 @@ fn parse_model(data: &[u8]) -> std::result::Result<Vec<(String, PieceKind)>, Str
         return Err("no pieces".into());
     }
     if u32::try_from(pieces.len()).is_err() {
-        return Err(format!(
-            "{} pieces is more than 32-bit ids can address",
-            pieces.len()
-        ));
+        return Err(format!("{} pieces is more than 32-bit ids can address", pieces.len()));
     }
     Ok(pieces)
 }
@@ -217,17 +208,14 @@ fn parse_piece(data: &[u8]) -> std::result::Result<(String, PieceKind), String> 
         match reader.key()? {
             (1, 2) => {
                 let raw = reader.bytes()?;
-                text = std::str::from_utf8(raw)
-                    .map_err(|_| "piece text is not UTF-8")?
-                    .to_owned();
+                text = std::str::from_utf8(raw).map_err(|_| "piece text is not UTF-8")?.to_owned();
             }
             (2, 5) => {
                 reader.take(4)?;
             }
             (3, 0) => {
                 let value = reader.varint()?;
-                kind = PieceKind::from_proto(value)
-                    .ok_or_else(|| format!("unknown piece type {value}"))?;
+                kind = PieceKind::from_proto(value).ok_or_else(|| format!("unknown piece type {value}"))?;
             }
             (field @ 1..=3, wire) => return Err(format!("field {field} has wire type {wire}")),
             (_, wire) => reader.skip(wire)?,
@@ -248,10 +236,7 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&end| end <= self.data.len());
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.data.len());
         let end = end.ok_or_else(|| format!("truncated at byte {}", self.pos))?;
         let bytes = &self.data[self.pos..end];
         self.pos = end;
@@ -286,8 +271,7 @@ impl<'a> Reader<'a> {
 
     fn bytes(&mut self) -> std::result::Result<&'a [u8], String> {
         let len = self.varint()?;
-        let len = usize::try_from(len)
-            .map_err(|_| format!("length {len} too large at byte {}", self.pos))?;
+        let len = usize::try_from(len).map_err(|_| format!("length {len} too large at byte {}", self.pos))?;
         self.take(len)
     }
 
@@ -297,10 +281,7 @@ impl<'a> Reader<'a> {
             1 => self.take(8).map(drop),
             2 => self.bytes().map(drop),
             5 => self.take(4).map(drop),
-            _ => Err(format!(
-                "unsupported wire type {wire} near byte {}",
-                self.pos
-            )),
+            _ => Err(format!("unsupported wire type {wire} near byte {}", self.pos)),
         }
     }
 }
@@ -378,9 +359,7 @@ mod tests {
         let tok = sample();
         assert_eq!(tok.piece(4), Some("▁Hello"));
         assert_eq!(tok.piece(13), None);
-        assert!(
-            tok.is_control(1) && tok.is_control(3) && !tok.is_control(0) && !tok.is_control(99)
-        );
+        assert!(tok.is_control(1) && tok.is_control(3) && !tok.is_control(0) && !tok.is_control(99));
         assert_eq!(tok.kind(7), Some(PieceKind::Byte));
     }
 
@@ -415,12 +394,7 @@ mod tests {
             ("truncated.model", &bytes[..bytes.len() - 3]),
             ("garbage.model", b"hello, this is not a protobuf"),
             ("empty.model", b""),
-            (
-                "overlong.model",
-                &[
-                    0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
-                ],
-            ),
+            ("overlong.model", &[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
             ("group.model", &[0x0b, 0x0c]),
         ];
         for (name, data) in cases {
@@ -432,12 +406,7 @@ mod tests {
             std::fs::remove_file(&path).unwrap();
         }
         let missing = temp_file("missing.model");
-        assert!(
-            Tokenizer::load(&missing)
-                .unwrap_err()
-                .to_string()
-                .contains("missing.model")
-        );
+        assert!(Tokenizer::load(&missing).unwrap_err().to_string().contains("missing.model"));
     }
 
     #[test]

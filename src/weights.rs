@@ -96,24 +96,14 @@ impl WeightFile {
     }
 
     fn err(&self, name: &str, msg: impl Into<String>) -> Error {
-        Error::Tensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-            msg: msg.into(),
-        }
+        Error::Tensor { path: self.path.clone(), name: name.to_string(), msg: msg.into() }
     }
 
     /// Takes tensor `name` as host f32 values, checking its shape.
     pub fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let entry = self
-            .entries
-            .get(name)
-            .ok_or_else(|| self.err(name, "missing from the file"))?;
+        let entry = self.entries.get(name).ok_or_else(|| self.err(name, "missing from the file"))?;
         if entry.shape != shape {
-            return Err(self.err(
-                name,
-                format!("has shape {:?}, expected {:?}", entry.shape, shape),
-            ));
+            return Err(self.err(name, format!("has shape {:?}, expected {:?}", entry.shape, shape)));
         }
         let bytes = &self.data[entry.start..entry.end];
         let n: usize = shape.iter().product();
@@ -121,9 +111,9 @@ impl WeightFile {
             Dtype::F32 => decode(bytes, n, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             Dtype::F16 => decode(bytes, n, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
             Dtype::BF16 => decode(bytes, n, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-            Dtype::F64 => decode(bytes, n, 8, |b| {
-                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
-            }),
+            Dtype::F64 => {
+                decode(bytes, n, 8, |b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+            }
             other => None.ok_or_else(|| self.err(name, format!("unsupported dtype {other:?}")))?,
         }
         .ok_or_else(|| self.err(name, "data size does not match its shape and dtype"))?;
@@ -169,12 +159,7 @@ impl WeightFile {
 
     /// Takes tensor `name` stored as `stored`, reshaped to `shape` (same number of elements,
     /// e.g. RMSNorm `alpha` stored as `[1, 1, d]`).
-    pub fn tensor_as<const D: usize>(
-        &mut self,
-        name: &str,
-        stored: &[usize],
-        shape: [usize; D],
-    ) -> Result<Tensor<D>> {
+    pub fn tensor_as<const D: usize>(&mut self, name: &str, stored: &[usize], shape: [usize; D]) -> Result<Tensor<D>> {
         let data = self.data(name, stored)?;
         Ok(Tensor::from_data(TensorData::new_like(data, shape), (&self.device, self.dtype)))
     }
@@ -188,11 +173,7 @@ impl WeightFile {
 
     /// Fails if tensors remain that the model did not take; returns the parameter slots.
     pub fn finish(self) -> Result<Slots> {
-        let left: Vec<&String> = self
-            .entries
-            .keys()
-            .filter(|k| !self.taken.contains(*k))
-            .collect();
+        let left: Vec<&String> = self.entries.keys().filter(|k| !self.taken.contains(*k)).collect();
         match left.first() {
             None => Ok(self.slots),
             Some(first) => Err(Error::Tensor {
@@ -302,10 +283,18 @@ impl dyn Weights + '_ {
     }
 
     /// A parameter stored as `stored` (same element count), used as `shape`.
-    pub fn param_as<const D: usize>(&mut self, name: &str, stored: &[usize], shape: [usize; D]) -> Result<Param<Tensor<D>>> {
+    pub fn param_as<const D: usize>(
+        &mut self,
+        name: &str,
+        stored: &[usize],
+        shape: [usize; D],
+    ) -> Result<Param<Tensor<D>>> {
         let data = self.take(name, stored)?;
         let t = self.upload(data, shape);
-        Ok(self.register(t, Slot { name: name.into(), part: 0, parts: 1, stored: stored.to_vec(), codebook: false, transposed: false }))
+        Ok(self.register(
+            t,
+            Slot { name: name.into(), part: 0, parts: 1, stored: stored.to_vec(), codebook: false, transposed: false },
+        ))
     }
 
     /// A linear layer's weight, stored `[out, inp]` (any trailing 1s in `stored`), held as a
@@ -313,7 +302,10 @@ impl dyn Weights + '_ {
     pub fn linear(&mut self, name: &str, stored: &[usize], out: usize, inp: usize) -> Result<Param<Tensor<2>>> {
         let data = self.take(name, stored)?.into_f32();
         let t = self.upload(HostData::F32(transpose(&data, out, inp)), [inp, out]);
-        Ok(self.register(t, Slot { name: name.into(), part: 0, parts: 1, stored: stored.to_vec(), codebook: false, transposed: true }))
+        Ok(self.register(
+            t,
+            Slot { name: name.into(), part: 0, parts: 1, stored: stored.to_vec(), codebook: false, transposed: true },
+        ))
     }
 
     /// `sets` linear weights `[rows, cols]` stacked in one stored tensor, each held `[cols, rows]`.
@@ -324,7 +316,17 @@ impl dyn Weights + '_ {
             .map(|i| {
                 let part = &data[i * rows * cols..(i + 1) * rows * cols];
                 let t = self.upload(HostData::F32(transpose(part, rows, cols)), [cols, rows]);
-                self.register(t, Slot { name: name.into(), part: i, parts: sets, stored: stored.to_vec(), codebook: false, transposed: true })
+                self.register(
+                    t,
+                    Slot {
+                        name: name.into(),
+                        part: i,
+                        parts: sets,
+                        stored: stored.to_vec(),
+                        codebook: false,
+                        transposed: true,
+                    },
+                )
             })
             .collect())
     }
@@ -337,7 +339,17 @@ impl dyn Weights + '_ {
         Ok((0..sets)
             .map(|i| {
                 let part = t.clone().narrow(0, i * rows, rows);
-                self.register(part, Slot { name: name.into(), part: i, parts: sets, stored: stored.to_vec(), codebook: false, transposed: false })
+                self.register(
+                    part,
+                    Slot {
+                        name: name.into(),
+                        part: i,
+                        parts: sets,
+                        stored: stored.to_vec(),
+                        codebook: false,
+                        transposed: false,
+                    },
+                )
             })
             .collect())
     }
@@ -357,7 +369,10 @@ impl dyn Weights + '_ {
             row.iter_mut().for_each(|v| *v /= u);
         }
         let t = self.upload(HostData::F32(sum), [bins, dim]);
-        Ok(self.register(t, Slot { name: prefix.into(), part: 0, parts: 1, stored: vec![bins, dim], codebook: true, transposed: false }))
+        Ok(self.register(
+            t,
+            Slot { name: prefix.into(), part: 0, parts: 1, stored: vec![bins, dim], codebook: true, transposed: false },
+        ))
     }
 }
 
@@ -383,21 +398,15 @@ fn decode(bytes: &[u8], n: usize, size: usize, f: impl Fn(&[u8]) -> f32) -> Opti
 /// Returns the values and their shape.
 pub fn read_int_tensor(path: &Path, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::File {
-        path: path.to_path_buf(),
-        msg: format!("not a valid safetensors file ({e:?})"),
-    })?;
-    let err = |msg: String| Error::Tensor {
-        path: path.to_path_buf(),
-        name: name.to_string(),
-        msg,
-    };
-    let view = st
-        .tensor(name)
-        .map_err(|_| err(format!("missing (file holds: {})", st.names().join(", "))))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::File { path: path.to_path_buf(), msg: format!("not a valid safetensors file ({e:?})") })?;
+    let err = |msg: String| Error::Tensor { path: path.to_path_buf(), name: name.to_string(), msg };
+    let view = st.tensor(name).map_err(|_| err(format!("missing (file holds: {})", st.names().join(", "))))?;
     let data = view.data();
     let values: Vec<i64> = match view.dtype() {
-        Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect(),
+        Dtype::I64 => {
+            data.chunks_exact(8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect()
+        }
         Dtype::I32 => data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).collect(),
         Dtype::U32 => data.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).collect(),
         Dtype::I16 => data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as i64).collect(),
@@ -428,19 +437,15 @@ pub fn write_tensors(path: &Path, tensors: Vec<(String, Vec<usize>, OutTensor)>)
     }
     let mut views = Vec::new();
     for (name, dtype, shape, bytes) in &owned {
-        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| {
-            Error::Tensor {
-                path: path.to_path_buf(),
-                name: name.clone(),
-                msg: format!("cannot serialize: {e:?}"),
-            }
+        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| Error::Tensor {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            msg: format!("cannot serialize: {e:?}"),
         })?;
         views.push((name.clone(), view));
     }
-    let buf = safetensors::serialize(views, None).map_err(|e| Error::File {
-        path: path.to_path_buf(),
-        msg: format!("cannot serialize: {e:?}"),
-    })?;
+    let buf = safetensors::serialize(views, None)
+        .map_err(|e| Error::File { path: path.to_path_buf(), msg: format!("cannot serialize: {e:?}") })?;
     std::fs::write(path, buf).map_err(|e| Error::io(path, e))
 }
 
@@ -535,10 +540,7 @@ impl burn::module::ModuleVisitor for Collect {
 /// Writes `module`'s parameters in the checkpoint layout recorded in `slots` (f32, or f16 to
 /// halve the file).
 pub fn export<M: burn::module::Module>(module: &M, slots: &Slots, path: &Path, half: bool) -> Result<()> {
-    let mut c = Collect {
-        values: HashMap::new(),
-        error: None,
-    };
+    let mut c = Collect { values: HashMap::new(), error: None };
     module.visit(&mut c);
     if let Some(e) = c.error {
         return Err(Error::Backend(format!("reading parameters: {e}")));
@@ -550,7 +552,9 @@ pub fn export<M: burn::module::Module>(module: &M, slots: &Slots, path: &Path, h
             groups.entry(slot.name.clone()).or_default().push((slot.part, slot, values));
         }
     }
-    let out = |v: Vec<f32>| if half { OutTensor::F16(v.iter().map(|x| half::f16::from_f32(*x)).collect()) } else { OutTensor::F32(v) };
+    let out = |v: Vec<f32>| {
+        if half { OutTensor::F16(v.iter().map(|x| half::f16::from_f32(*x)).collect()) } else { OutTensor::F32(v) }
+    };
     let mut tensors = Vec::new();
     for (name, mut parts) in groups {
         parts.sort_by_key(|p| p.0);

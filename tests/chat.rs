@@ -14,8 +14,8 @@ use kokichi::backend::{BackendKind, Precision};
 use kokichi::daemon::config::SamplingFile;
 use kokichi::daemon::{self, DaemonConfig};
 use kokichi::protocol::{self, OggOpusReader, OggOpusWriter};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn config(name: &str) -> DaemonConfig {
     DaemonConfig {
@@ -32,10 +32,18 @@ fn config(name: &str) -> DaemonConfig {
     }
 }
 
-async fn start(cfg: DaemonConfig) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<kokichi::Result<()>>) {
+async fn start(
+    cfg: DaemonConfig,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<kokichi::Result<()>>) {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(daemon::serve(cfg, async move { let _ = stop_rx.await; }, Some(ready_tx)));
+    let task = tokio::spawn(daemon::serve(
+        cfg,
+        async move {
+            let _ = stop_rx.await;
+        },
+        Some(ready_tx),
+    ));
     (ready_rx.await.unwrap().addr, stop_tx, task)
 }
 
@@ -50,7 +58,9 @@ async fn errors_until_close(ws: &mut Ws) -> (Vec<String>, bool) {
     let mut errors = Vec::new();
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
         match m {
-            Ok(Message::Binary(b)) if b.first() == Some(&protocol::ERROR) => errors.push(String::from_utf8_lossy(&b[1..]).to_string()),
+            Ok(Message::Binary(b)) if b.first() == Some(&protocol::ERROR) => {
+                errors.push(String::from_utf8_lossy(&b[1..]).to_string())
+            }
             Ok(Message::Close(_)) | Err(_) => return (errors, true),
             _ => {}
         }

@@ -53,8 +53,11 @@ fn corrupt_audio_is_named() {
 #[test]
 fn codes_of_the_wrong_shape_are_named() {
     let codes = tmp("flat.safetensors");
-    kokichi::weights::write_tensors(&codes, vec![("codes".into(), vec![8, 4], kokichi::weights::OutTensor::I64(vec![0; 32]))])
-        .unwrap();
+    kokichi::weights::write_tensors(
+        &codes,
+        vec![("codes".into(), vec![8, 4], kokichi::weights::OutTensor::I64(vec![0; 32]))],
+    )
+    .unwrap();
     let wav = tmp("out.wav");
     let mut full: Vec<String> = vec!["decode".into()];
     full.extend(mimi_args());
@@ -63,8 +66,11 @@ fn codes_of_the_wrong_shape_are_named() {
     assert!(!ok);
     assert!(err.contains("flat.safetensors") && err.contains("codes") && err.contains("[8, 4]"), "{err}");
     // Codes outside the codebook are named too.
-    kokichi::weights::write_tensors(&codes, vec![("codes".into(), vec![1, 2, 3], kokichi::weights::OutTensor::I64(vec![0, 1, 2, 3, 4, 999]))])
-        .unwrap();
+    kokichi::weights::write_tensors(
+        &codes,
+        vec![("codes".into(), vec![1, 2, 3], kokichi::weights::OutTensor::I64(vec![0, 1, 2, 3, 4, 999]))],
+    )
+    .unwrap();
     let (ok, err) = kokichi(&full.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!ok);
     assert!(err.contains("999"), "{err}");

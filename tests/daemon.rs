@@ -57,11 +57,7 @@ impl Running {
             Some(ready_tx),
         ));
         let ready = ready_rx.await.expect("daemon failed to start");
-        Running {
-            addr: ready.addr,
-            stop: Some(stop),
-            task,
-        }
+        Running { addr: ready.addr, stop: Some(stop), task }
     }
 
     async fn shutdown(mut self) {
@@ -163,14 +159,11 @@ async fn the_models_recommended_sampling_is_the_default() {
     for f in ["mimi.safetensors", "model.safetensors", "tokenizer.model"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
-    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     json["sampling"] = serde_json::json!({"greedy": true});
     std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
-    let cfg = DaemonConfig {
-        model: dir.display().to_string(),
-        sampling: Vec::new(),
-        ..config("recommended")
-    };
+    let cfg = DaemonConfig { model: dir.display().to_string(), sampling: Vec::new(), ..config("recommended") };
     let d = Running::start(cfg).await;
     let pcm = question();
     let (want, want_text) = single_session(&pcm);

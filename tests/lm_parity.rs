@@ -38,9 +38,15 @@ fn teacher_case(name: &str) {
         let shape = exp.shape("teacher.codes");
         let (b, t) = (shape[0], shape[2]);
         let (text, audio) = lm.forward_teacher(&exp.i64("teacher.codes"), b, t).unwrap();
-        let n = close_where_valid(&format!("{kind} {name} text logits"), &floats(text), &exp.f32("teacher.text_logits"), 1e-4);
+        let n = close_where_valid(
+            &format!("{kind} {name} text logits"),
+            &floats(text),
+            &exp.f32("teacher.text_logits"),
+            1e-4,
+        );
         assert!(n > 0);
-        let n = close_where_valid(&format!("{kind} {name} audio logits"), &floats(audio), &exp.f32("teacher.logits"), 1e-4);
+        let n =
+            close_where_valid(&format!("{kind} {name} audio logits"), &floats(audio), &exp.f32("teacher.logits"), 1e-4);
         assert!(n > 0);
     }
 }

@@ -98,11 +98,7 @@ fn real_moshiko_layout_loads_from_bf16_in_f16() {
     let tensors: Vec<_> = layout("layout_moshiko.txt").into_iter().filter(|(n, _)| keep(n)).collect();
     let path = tmp("moshiko.safetensors");
     sparse_bf16(&path, &tensors);
-    let cfg = LmConfig {
-        num_layers: 2,
-        depformer_num_layers: 1,
-        ..LmConfig::moshiko()
-    };
+    let cfg = LmConfig { num_layers: 2, depformer_num_layers: 1, ..LmConfig::moshiko() };
     let device = Device::flex();
     let lm = LmModel::load(&path, cfg.clone(), &device, DType::F16).unwrap();
     assert_eq!(lm.text_emb.val().dtype(), DType::F16);

@@ -31,7 +31,13 @@ async fn moshi_python_client_talks_to_kokichi() {
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(daemon::serve(cfg, async move { let _ = stop_rx.await; }, Some(ready_tx)));
+    let server = tokio::spawn(daemon::serve(
+        cfg,
+        async move {
+            let _ = stop_rx.await;
+        },
+        Some(ready_tx),
+    ));
     let addr = ready_rx.await.unwrap().addr;
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)

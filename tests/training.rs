@@ -19,7 +19,8 @@ fn tmp(name: &str) -> std::path::PathBuf {
 fn exported_codec_reloads_identically() {
     let device = Device::flex();
     let dir = fixture("mimi_a");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let cfg = MimiConfig::from_json(&json["mimi"].to_string()).unwrap();
     let mut w = WeightFile::open(&dir.join("mimi.safetensors"), &device, DType::F32).unwrap();
     let mimi = Mimi::build(&mut w, cfg.clone(), 8).unwrap();
@@ -40,7 +41,8 @@ fn exported_codec_reloads_identically() {
 fn exported_lm_reloads_identically_in_f16_too() {
     let device = Device::flex();
     let dir = fixture("lm_other");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let cfg = LmConfig::from_json(&json["lm"].to_string()).unwrap();
     let mut w = WeightFile::open(&dir.join("model.safetensors"), &device, DType::F32).unwrap();
     let lm = LmModel::build(&mut w, cfg.clone()).unwrap();
@@ -63,7 +65,8 @@ fn exported_lm_reloads_identically_in_f16_too() {
 fn burn_training_lowers_the_lm_loss() {
     let device = Device::flex().autodiff();
     let dir = fixture("lm_real");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let cfg = LmConfig::from_json(&json["lm"].to_string()).unwrap();
     let (lm, slots) = LmModel::random(cfg.clone(), &device, 3).unwrap();
     // A small fixed set of sequences the model can fit.
@@ -75,7 +78,8 @@ fn burn_training_lowers_the_lm_loss() {
         let (t, a) = train::lm::loss(&lm, &codes, shape[0], shape[2], 0.5).unwrap();
         floats(t)[0] + floats(a)[0]
     };
-    let settings = train::lm::LmTrain { steps: 60, batch: 2, lr: 3e-3, pad_weight: 0.5, seed: 1, log_every: 20, save_every: 60 };
+    let settings =
+        train::lm::LmTrain { steps: 60, batch: 2, lr: 3e-3, pad_weight: 0.5, seed: 1, log_every: 20, save_every: 60 };
     let out = tmp("lm-run");
     let (lm, _) = train::lm::train(lm, &slots, &data, &settings, &out, 0).unwrap();
     let (t, a) = train::lm::loss(&lm, &codes, shape[0], shape[2], 0.5).unwrap();
@@ -91,7 +95,8 @@ fn burn_training_lowers_the_lm_loss() {
 fn burn_training_lowers_the_codec_loss() {
     let device = Device::flex().autodiff();
     let dir = fixture("mimi_a");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let cfg = MimiConfig::from_json(&json["mimi"].to_string()).unwrap();
     let (mimi, slots) = Mimi::random(cfg.clone(), 4, &device, 5).unwrap();
     let mel = train::codec::MelLoss::new(&device, 24000);

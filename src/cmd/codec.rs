@@ -66,7 +66,13 @@ fn load_config(path: Option<&PathBuf>) -> Result<(MimiConfig, Option<usize>)> {
     Ok((cfg, codebooks))
 }
 
-fn load_mimi(backend_kind: BackendKind, dtype: Precision, path: &PathBuf, config: Option<&PathBuf>, codebooks: Option<usize>) -> Result<Mimi> {
+fn load_mimi(
+    backend_kind: BackendKind,
+    dtype: Precision,
+    path: &PathBuf,
+    config: Option<&PathBuf>,
+    codebooks: Option<usize>,
+) -> Result<Mimi> {
     let (cfg, cfg_codebooks) = load_config(config)?;
     let n = codebooks.or(cfg_codebooks).unwrap_or(8.min(cfg.quantizer.n_q));
     let device = backend::device(backend_kind, dtype)?;

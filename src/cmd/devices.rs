@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use clap::Args;
 
 use kokichi::daemon::local_audio::{self, DeviceInfo, Direction};

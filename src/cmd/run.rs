@@ -109,10 +109,7 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     let mut tokens: Vec<Vec<i64>> = Vec::new();
     let t0 = Instant::now();
     for chunk in pcm.chunks_exact(frame) {
-        let out = engine
-            .step(&mut [&mut session], chunk)?
-            .pop()
-            .context("no output for the frame")?;
+        let out = engine.step(&mut [&mut session], chunk)?.pop().context("no output for the frame")?;
         out_pcm.extend_from_slice(&out.pcm);
         if let (Some(t), Some(a)) = (out.text, &out.audio) {
             if let Some(p) = engine.text_piece(t) {

@@ -168,7 +168,8 @@ pub struct PttArgs {
 }
 
 pub fn ptt(a: PttArgs) -> Result<()> {
-    let cmd = Ptt::parse(&a.command).with_context(|| format!("`{}`: expected press, release, toggle or status", a.command))?;
+    let cmd = Ptt::parse(&a.command)
+        .with_context(|| format!("`{}`: expected press, release, toggle or status", a.command))?;
     let socket = match a.socket {
         Some(s) => s,
         None => {

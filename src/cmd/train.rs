@@ -60,7 +60,8 @@ pub struct LmArgs {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
     Ok(serde_json::from_value(v).with_context(|| format!("{}", path.display()))?)
 }
 
@@ -74,7 +75,8 @@ pub fn codec(kind: BackendKind, a: CodecArgs) -> Result<()> {
     let clips = train::codec::Clips::read(&a.data, config.sample_rate, config.frame_size(), a.seconds, a.max_files)?;
     let (mimi, slots, start) = match Progress::read(&a.out) {
         Some(p) if a.out.join("mimi.safetensors").is_file() => {
-            let mut w = kokichi::weights::WeightFile::open(&a.out.join("mimi.safetensors"), &device, burn::tensor::DType::F32)?;
+            let mut w =
+                kokichi::weights::WeightFile::open(&a.out.join("mimi.safetensors"), &device, burn::tensor::DType::F32)?;
             let m = Mimi::build(&mut w, config, a.codebooks)?;
             (m, w.finish()?, p.step)
         }

@@ -95,10 +95,7 @@ pub async fn chat(
     })
     .to_string();
     upgrade(ws, app, peer, headers, q, "chat", move || {
-        Ok(Box::new(ChatWire {
-            reader: OggOpusReader::new(),
-            writer: OggOpusWriter::new(rand::random())?,
-            metadata,
-        }) as Box<dyn Wire>)
+        Ok(Box::new(ChatWire { reader: OggOpusReader::new(), writer: OggOpusWriter::new(rand::random())?, metadata })
+            as Box<dyn Wire>)
     })
 }

@@ -52,10 +52,8 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        toml::from_str(text).map_err(|e| Error::File {
-            path: path.to_path_buf(),
-            msg: e.to_string().replace('\n', " "),
-        })
+        toml::from_str(text)
+            .map_err(|e| Error::File { path: path.to_path_buf(), msg: e.to_string().replace('\n', " ") })
     }
 }
 
@@ -221,7 +219,10 @@ impl DaemonConfig {
         if !self.bind.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
             return Err(Error::config(
                 "bind",
-                format!("{} is reachable from other machines: set a token (--token or `token` in the config)", self.bind),
+                format!(
+                    "{} is reachable from other machines: set a token (--token or `token` in the config)",
+                    self.bind
+                ),
             ));
         }
         if let Some(t) = &self.token {
@@ -259,8 +260,7 @@ pub fn parse_bind(s: &str) -> Result<SocketAddr> {
     if let Ok(port) = s.parse::<u16>() {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    s.parse()
-        .map_err(|e| Error::config("bind", format!("`{s}` is not host:port ({e})")))
+    s.parse().map_err(|e| Error::config("bind", format!("`{s}` is not host:port ({e})")))
 }
 
 #[cfg(test)]
@@ -290,10 +290,7 @@ mod tests {
 
     #[test]
     fn off_loopback_requires_a_token() {
-        let mut c = DaemonConfig {
-            bind: parse_bind("0.0.0.0:8998").unwrap(),
-            ..DaemonConfig::default()
-        };
+        let mut c = DaemonConfig { bind: parse_bind("0.0.0.0:8998").unwrap(), ..DaemonConfig::default() };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("bind") && err.contains("token"), "{err}");
         c.token = Some("correct-horse".into());

@@ -112,10 +112,7 @@ pub fn serve(path: &Path, talk: Arc<AtomicBool>, open_mode: bool) -> Result<Cont
             });
         }
     });
-    Ok(ControlSocket {
-        path: path.to_path_buf(),
-        task,
-    })
+    Ok(ControlSocket { path: path.to_path_buf(), task })
 }
 
 /// Sends one command to a running daemon and returns its reply.

@@ -152,12 +152,7 @@ pub struct FrameInput {
 
 impl FrameInput {
     pub fn new(frame: usize, backlog: usize, waker: Arc<Waker>) -> Arc<Self> {
-        Arc::new(Self {
-            frames: Bounded::new(backlog),
-            partial: Mutex::new(Vec::with_capacity(frame)),
-            frame,
-            waker,
-        })
+        Arc::new(Self { frames: Bounded::new(backlog), partial: Mutex::new(Vec::with_capacity(frame)), frame, waker })
     }
 
     /// Appends samples; every completed frame is queued (dropping the oldest when behind).
@@ -231,10 +226,7 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(cap: usize) -> Arc<Self> {
-        Arc::new(Self {
-            queue: Bounded::new(cap),
-            notify: tokio::sync::Notify::new(),
-        })
+        Arc::new(Self { queue: Bounded::new(cap), notify: tokio::sync::Notify::new() })
     }
 }
 
@@ -327,14 +319,7 @@ pub struct FileSink {
 
 impl FileSink {
     pub fn new(path: PathBuf, transcript: Option<PathBuf>, rate: u32) -> Self {
-        Self {
-            path,
-            transcript,
-            rate,
-            pcm: Vec::new(),
-            text: String::new(),
-            written: false,
-        }
+        Self { path, transcript, rate, pcm: Vec::new(), text: String::new(), written: false }
     }
 
     fn write(&mut self) -> Result<()> {

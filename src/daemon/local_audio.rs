@@ -205,7 +205,13 @@ mod tests {
         assert_eq!(runtime.active(), 0, "no local session was added");
         // A device named in the config that is not there is a config error naming the setting.
         let named = DaemonConfig { input_device: Some("no-such-mic".into()), ..DaemonConfig::default() };
-        match start(&named, GenConfig::greedy(), &runtime, Arc::new(Metrics::default()), Arc::new(AtomicBool::new(false))) {
+        match start(
+            &named,
+            GenConfig::greedy(),
+            &runtime,
+            Arc::new(Metrics::default()),
+            Arc::new(AtomicBool::new(false)),
+        ) {
             Err(e) => assert!(e.to_string().contains("input_device") && e.to_string().contains("no-such-mic"), "{e}"),
             Ok(l) => assert!(l.is_none(), "a missing named device cannot open"),
         }

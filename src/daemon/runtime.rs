@@ -69,7 +69,11 @@ pub struct RuntimeOptions {
 
 impl Runtime {
     /// Starts the inference thread.
-    pub fn start(engine: Arc<Engine>, metrics: Arc<Metrics>, options: RuntimeOptions) -> Result<(Self, std::thread::JoinHandle<()>)> {
+    pub fn start(
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        options: RuntimeOptions,
+    ) -> Result<(Self, std::thread::JoinHandle<()>)> {
         let (tx, rx) = sync_channel(64);
         let waker = Arc::new(Waker::default());
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -210,12 +214,8 @@ impl Loop {
                     }
                 }
             }
-            let finished: Vec<u64> = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.ended && s.pending.is_none())
-                .map(|(id, _)| *id)
-                .collect();
+            let finished: Vec<u64> =
+                self.sessions.iter().filter(|(_, s)| s.ended && s.pending.is_none()).map(|(id, _)| *id).collect();
             for id in finished {
                 self.end(id, "input ended");
             }
@@ -228,7 +228,8 @@ impl Loop {
             let first = *self.first_ready.get_or_insert_with(Instant::now);
             let waiting = self.sessions.values().filter(|s| s.pending.is_none() && !s.ended).count();
             if waiting > 0 && first.elapsed() < self.options.batch_window {
-                self.waker.wait(self.options.batch_window.saturating_sub(first.elapsed()).min(Duration::from_millis(5)));
+                self.waker
+                    .wait(self.options.batch_window.saturating_sub(first.elapsed()).min(Duration::from_millis(5)));
                 continue;
             }
             self.first_ready = None;
@@ -299,7 +300,8 @@ impl Loop {
         let result = {
             let mut states: Vec<&mut SessionState> = Vec::with_capacity(ids.len());
             // Borrow each selected session's state mutably, in id order.
-            let mut by_id: Vec<(&u64, &mut Live)> = self.sessions.iter_mut().filter(|(id, _)| ids.contains(id)).collect();
+            let mut by_id: Vec<(&u64, &mut Live)> =
+                self.sessions.iter_mut().filter(|(id, _)| ids.contains(id)).collect();
             by_id.sort_unstable_by_key(|(id, _)| **id);
             for (_, live) in by_id {
                 states.push(&mut live.state);

@@ -72,10 +72,8 @@ async fn status(State(app): State<App>, headers: HeaderMap, Query(q): Query<Hash
 /// Token and origin checks, shared by every endpoint.
 pub fn authorize(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<(), Response> {
     if let Some(token) = &app.config.token {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let bearer =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         let given = query.get("token").map(String::as_str).or(bearer);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return Err((StatusCode::UNAUTHORIZED, "missing or wrong token\n").into_response());
@@ -114,14 +112,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Sampling parameters from a query string, as Moshi's web UI sends them.
 pub fn gen_from_query(base: GenConfig, q: &HashMap<String, String>) -> Result<GenConfig, String> {
     let f = |k: &str| -> Result<Option<f32>, String> {
-        q.get(k)
-            .map(|v| v.parse::<f32>().map_err(|_| format!("{k}: `{v}` is not a number")))
-            .transpose()
+        q.get(k).map(|v| v.parse::<f32>().map_err(|_| format!("{k}: `{v}` is not a number"))).transpose()
     };
     let u = |k: &str| -> Result<Option<u64>, String> {
-        q.get(k)
-            .map(|v| v.parse::<u64>().map_err(|_| format!("{k}: `{v}` is not an unsigned integer")))
-            .transpose()
+        q.get(k).map(|v| v.parse::<u64>().map_err(|_| format!("{k}: `{v}` is not an unsigned integer"))).transpose()
     };
     let greedy = match q.get("greedy").map(String::as_str) {
         None => None,
@@ -166,10 +160,7 @@ impl PeerSlot {
             return None;
         }
         *n += 1;
-        Some(Self {
-            peers: app.peers.clone(),
-            ip,
-        })
+        Some(Self { peers: app.peers.clone(), ip })
     }
 }
 
@@ -269,7 +260,9 @@ async fn pcm(
     let format = match q.get("format").map(String::as_str) {
         None | Some("f32") => Format::F32,
         Some("s16") => Format::S16,
-        Some(other) => return (StatusCode::BAD_REQUEST, format!("format `{other}`: expected f32 or s16\n")).into_response(),
+        Some(other) => {
+            return (StatusCode::BAD_REQUEST, format!("format `{other}`: expected f32 or s16\n")).into_response();
+        }
     };
     upgrade(ws, app, peer, headers, q, "pcm", move || Ok(Box::new(PcmWire(format)) as Box<dyn Wire>))
 }
@@ -296,28 +289,30 @@ pub fn upgrade(
         return (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address\n").into_response();
     };
     let max = app.config.max_message_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            match wire() {
-                Ok(w) => session(socket, app, peer, kind, sampling, w).await,
-                Err(e) => tracing::error!("{kind} session: {e}"),
-            }
-            drop(slot);
-        })
+    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| async move {
+        match wire() {
+            Ok(w) => session(socket, app, peer, kind, sampling, w).await,
+            Err(e) => tracing::error!("{kind} session: {e}"),
+        }
+        drop(slot);
+    })
 }
 
 fn close(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }))
+    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
 }
 
 /// A slow consumer gets this long per message before it is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn session(socket: WebSocket, app: App, peer: SocketAddr, kind: &str, sampling: GenConfig, mut wire: Box<dyn Wire>) {
+async fn session(
+    socket: WebSocket,
+    app: App,
+    peer: SocketAddr,
+    kind: &str,
+    sampling: GenConfig,
+    mut wire: Box<dyn Wire>,
+) {
     let rt = &app.runtime;
     let input = FrameInput::new(rt.frame_size, app.config.backlog_frames, rt.waker());
     let outbox = Outbox::new(app.config.backlog_frames * 4 + 16);
@@ -419,10 +414,7 @@ async fn session(socket: WebSocket, app: App, peer: SocketAddr, kind: &str, samp
 fn encode(pcm: &[f32], format: Format) -> Vec<u8> {
     match format {
         Format::F32 => pcm.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Format::S16 => pcm
-            .iter()
-            .flat_map(|v| ((v.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
-            .collect(),
+        Format::S16 => pcm.iter().flat_map(|v| ((v.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes()).collect(),
     }
 }
 

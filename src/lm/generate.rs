@@ -29,23 +29,13 @@ pub struct GenConfig {
 
 impl GenConfig {
     pub fn greedy() -> Self {
-        Self {
-            text: Sampling::GREEDY,
-            audio: Sampling::GREEDY,
-            text_seed: Some(0),
-            audio_seed: Some(0),
-        }
+        Self { text: Sampling::GREEDY, audio: Sampling::GREEDY, text_seed: Some(0), audio_seed: Some(0) }
     }
 }
 
 impl Default for GenConfig {
     fn default() -> Self {
-        Self {
-            text: Sampling::TEXT,
-            audio: Sampling::AUDIO,
-            text_seed: None,
-            audio_seed: None,
-        }
+        Self { text: Sampling::TEXT, audio: Sampling::AUDIO, text_seed: None, audio_seed: None }
     }
 }
 
@@ -71,10 +61,7 @@ pub struct LmState {
 impl LmState {
     /// A state of no streams (a placeholder while a session's state is lent to a batch).
     pub fn empty() -> Self {
-        LmState {
-            transformer: TransformerState { rows: Vec::new(), steps: 0 },
-            rows: Vec::new(),
-        }
+        LmState { transformer: TransformerState { rows: Vec::new(), steps: 0 }, rows: Vec::new() }
     }
 
     pub fn batch(&self) -> usize {
@@ -93,10 +80,7 @@ impl LmState {
             tr.push(p.transformer);
             rows.extend(p.rows);
         }
-        LmState {
-            transformer: TransformerState::merge(tr),
-            rows,
-        }
+        LmState { transformer: TransformerState::merge(tr), rows }
     }
 
     pub fn split(self) -> Vec<LmState> {
@@ -104,10 +88,7 @@ impl LmState {
             .split()
             .into_iter()
             .zip(self.rows)
-            .map(|(t, r)| LmState {
-                transformer: t,
-                rows: vec![r],
-            })
+            .map(|(t, r)| LmState { transformer: t, rows: vec![r] })
             .collect()
     }
 }
@@ -135,10 +116,7 @@ impl LmModel {
                 audio_rng: sampling::rng(cfg.audio_seed),
             })
             .collect();
-        Ok(LmState {
-            transformer: self.init_transformer_state(configs.len())?,
-            rows,
-        })
+        Ok(LmState { transformer: self.init_transformer_state(configs.len())?, rows })
     }
 
     /// One generation step. `user_codes` holds `[B, n_q - dep_q]` codes (row-major, extra
@@ -181,11 +159,7 @@ impl LmModel {
                 row.cache[s][pos] = user_codes[r * cols + u];
             }
             for s in 0..k {
-                input[r * k + s] = if row.offset <= c.delays[s] {
-                    initial(s)
-                } else {
-                    row.cache[s][row.offset % ring]
-                };
+                input[r * k + s] = if row.offset <= c.delays[s] { initial(s) } else { row.cache[s][row.offset % ring] };
             }
         }
         let (out, text_logits) = self.forward_text(&input, b, 1, Some(&mut state.transformer))?;
@@ -238,11 +212,8 @@ impl LmModel {
             let ready = row.offset > max_delay;
             any_ready |= ready;
             for s in 0..=dep_q {
-                let v = if ready {
-                    row.cache[s][(row.offset - max_delay + c.delays[s]) % ring]
-                } else {
-                    UNGENERATED_TOKEN
-                };
+                let v =
+                    if ready { row.cache[s][(row.offset - max_delay + c.delays[s]) % ring] } else { UNGENERATED_TOKEN };
                 if s == 0 {
                     out_text.push(v);
                 } else {
@@ -253,9 +224,6 @@ impl LmModel {
         if !any_ready {
             return Ok(None);
         }
-        Ok(Some(StepOut {
-            text: out_text,
-            audio: out_audio,
-        }))
+        Ok(Some(StepOut { text: out_text, audio: out_audio }))
     }
 }

@@ -69,9 +69,8 @@ impl LmModel {
     pub fn build(w: &mut dyn Weights, config: LmConfig) -> Result<Self> {
         config.validate()?;
         let c = &config;
-        let emb = (0..c.n_q)
-            .map(|k| w.param(&format!("emb.{k}.weight"), [c.card + 1, c.dim]))
-            .collect::<Result<Vec<_>>>()?;
+        let emb =
+            (0..c.n_q).map(|k| w.param(&format!("emb.{k}.weight"), [c.card + 1, c.dim])).collect::<Result<Vec<_>>>()?;
         let text_emb = w.param("text_emb.weight", [c.text_card + 1, c.dim])?;
         let transformer = Transformer::load(w, "transformer", c.transformer_spec()?)?;
         let out_norm = Norm::load(w, "out_norm", NormKind::parse(&c.norm)?, c.dim)?;
@@ -245,7 +244,8 @@ impl LmModel {
         for step in 0..c.dep_q {
             let proj = self.depformer_input(step, out.clone())?;
             let src = if step == 0 { 0 } else { step };
-            let toks: Vec<i64> = (0..b).flat_map(|r| next[(r * k + src) * t..(r * k + src + 1) * t].iter().copied()).collect();
+            let toks: Vec<i64> =
+                (0..b).flat_map(|r| next[(r * k + src) * t..(r * k + src + 1) * t].iter().copied()).collect();
             let table = if step == 0 { &self.depformer_text_emb } else { &self.depformer_emb[step - 1] };
             inputs.push((proj + self.embed(table, &toks, b, t)?).reshape([b * t, 1, c.depformer_dim]));
         }
@@ -258,9 +258,8 @@ impl LmModel {
         let logits = Tensor::cat(logits, 1);
         // Undelay: stream s's prediction for time i sits at delayed position i + d.
         let text_logits = shift_left(text_logits.unsqueeze_dim(1), c.delays[0]).squeeze_dim(1);
-        let parts: Vec<Tensor<4>> = (0..c.dep_q)
-            .map(|s| shift_left(logits.clone().narrow(1, s, 1), c.delays[s + 1]))
-            .collect();
+        let parts: Vec<Tensor<4>> =
+            (0..c.dep_q).map(|s| shift_left(logits.clone().narrow(1, s, 1), c.delays[s + 1])).collect();
         Ok((text_logits, Tensor::cat(parts, 1)))
     }
 

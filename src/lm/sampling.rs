@@ -14,19 +14,10 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    pub const GREEDY: Sampling = Sampling {
-        temperature: 0.0,
-        top_k: 0,
-    };
+    pub const GREEDY: Sampling = Sampling { temperature: 0.0, top_k: 0 };
     /// Moshi's defaults for text (0.7, 25) and audio (0.8, 250).
-    pub const TEXT: Sampling = Sampling {
-        temperature: 0.7,
-        top_k: 25,
-    };
-    pub const AUDIO: Sampling = Sampling {
-        temperature: 0.8,
-        top_k: 250,
-    };
+    pub const TEXT: Sampling = Sampling { temperature: 0.7, top_k: 25 };
+    pub const AUDIO: Sampling = Sampling { temperature: 0.8, top_k: 250 };
 
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
@@ -226,7 +217,8 @@ mod tests {
     #[test]
     fn a_greedy_layer_then_a_text_temperature_samples_the_text_only() {
         // A file that says greedy, then a text temperature on the command line.
-        let layers = [SamplingOverrides::greedy(), SamplingOverrides { text_temperature: Some(0.7), ..Default::default() }];
+        let layers =
+            [SamplingOverrides::greedy(), SamplingOverrides { text_temperature: Some(0.7), ..Default::default() }];
         let g = layers.iter().fold(GenConfig::default(), |g, l| l.over(g));
         assert_eq!((g.text.temperature, g.audio), (0.7, Sampling::GREEDY));
         // And the other way round: greedy last drops the earlier temperature.

@@ -67,14 +67,7 @@ pub struct QuantizerConfig {
 
 impl Default for QuantizerConfig {
     fn default() -> Self {
-        Self {
-            dimension: 256,
-            n_q: 32,
-            n_q_semantic: 1,
-            bins: 2048,
-            input_dimension: 512,
-            output_dimension: 512,
-        }
+        Self { dimension: 256, n_q: 32, n_q_semantic: 1, bins: 2048, input_dimension: 512, output_dimension: 512 }
     }
 }
 
@@ -158,11 +151,7 @@ impl MimiConfig {
             sample_rate: 24000,
             channels: 1,
             frame_rate: 12.5,
-            seanet: SeanetConfig {
-                dimension: 32,
-                n_filters: 4,
-                ..SeanetConfig::default()
-            },
+            seanet: SeanetConfig { dimension: 32, n_filters: 4, ..SeanetConfig::default() },
             quantizer: QuantizerConfig {
                 dimension: 16,
                 n_q: 10,
@@ -191,11 +180,7 @@ impl MimiConfig {
             sample_rate: 24000,
             channels: 1,
             frame_rate: 12.5,
-            seanet: SeanetConfig {
-                dimension: 128,
-                n_filters: 16,
-                ..SeanetConfig::default()
-            },
+            seanet: SeanetConfig { dimension: 128, n_filters: 16, ..SeanetConfig::default() },
             quantizer: QuantizerConfig {
                 dimension: 64,
                 n_q: 6,

@@ -39,17 +39,20 @@ impl ProjectedTransformer {
         let t = &cfg.transformer;
         let spec = cfg.transformer_spec()?;
         let input_proj = (t.d_model != t.input_dimension)
-            .then(|| w.linear(&format!("{prefix}.input_proj.weight"), &[t.d_model, t.input_dimension], t.d_model, t.input_dimension))
+            .then(|| {
+                w.linear(
+                    &format!("{prefix}.input_proj.weight"),
+                    &[t.d_model, t.input_dimension],
+                    t.d_model,
+                    t.input_dimension,
+                )
+            })
             .transpose()?;
         let out = t.output_dimensions[0];
         let output_proj = (t.d_model != out)
             .then(|| w.linear(&format!("{prefix}.output_projs.0.weight"), &[out, t.d_model], out, t.d_model))
             .transpose()?;
-        Ok(Self {
-            input_proj,
-            output_proj,
-            transformer: Transformer::load(w, &format!("{prefix}.transformer"), spec)?,
-        })
+        Ok(Self { input_proj, output_proj, transformer: Transformer::load(w, &format!("{prefix}.transformer"), spec)? })
     }
 
     /// `[B, C, T]` in and out (conv layout).
@@ -183,12 +186,7 @@ impl EncState {
             .into_iter()
             .zip(tr)
             .enumerate()
-            .map(|(i, (s, t))| EncState {
-                seanet: s,
-                transformer: t,
-                down: down[i].take(),
-                batch: 1,
-            })
+            .map(|(i, (s, t))| EncState { seanet: s, transformer: t, down: down[i].take(), batch: 1 })
             .collect()
     }
 }

@@ -24,17 +24,14 @@ pub struct Rvq {
 impl Rvq {
     fn load(w: &mut dyn Weights, prefix: &str, cfg: &QuantizerConfig, n_q: usize) -> Result<Self> {
         let d = cfg.dimension;
-        let input_proj = w.linear(&format!("{prefix}.input_proj.weight"), &[d, cfg.input_dimension, 1], d, cfg.input_dimension)?;
+        let input_proj =
+            w.linear(&format!("{prefix}.input_proj.weight"), &[d, cfg.input_dimension, 1], d, cfg.input_dimension)?;
         let output_proj =
             w.linear(&format!("{prefix}.output_proj.weight"), &[cfg.output_dimension, d, 1], cfg.output_dimension, d)?;
         let codebooks = (0..n_q)
             .map(|i| w.codebook(&format!("{prefix}.vq.layers.{i}._codebook"), cfg.bins, d))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            input_proj,
-            output_proj,
-            codebooks,
-        })
+        Ok(Self { input_proj, output_proj, codebooks })
     }
 
     /// Latents `[B, T, C]` to codes `[B, T, n]` (nearest centroid, residual by residual).
@@ -114,10 +111,7 @@ impl SplitRvq {
     pub fn decode(&self, codes: Tensor<3, Int>) -> Result<Tensor<3>> {
         let [_, n, _] = codes.dims();
         if n == 0 || n > self.total_codebooks() {
-            return Err(Error::input(format!(
-                "{n} codebooks given, the codec has {}",
-                self.total_codebooks()
-            )));
+            return Err(Error::input(format!("{n} codebooks given, the codec has {}", self.total_codebooks())));
         }
         let codes = codes.swap_dims(1, 2);
         let n_first = self.first.codebooks.len().min(n);

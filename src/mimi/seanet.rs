@@ -54,14 +54,25 @@ pub struct SeanetEncoder {
 impl SeanetEncoder {
     pub fn load(w: &mut dyn Weights, prefix: &str, cfg: &SeanetConfig) -> Result<Self> {
         let nf = cfg.n_filters;
-        let first = Conv1d::load(w, &format!("{prefix}.model.0.conv.conv"), ConvSpec::new(cfg.channels, nf, cfg.kernel_size), false)?;
+        let first = Conv1d::load(
+            w,
+            &format!("{prefix}.model.0.conv.conv"),
+            ConvSpec::new(cfg.channels, nf, cfg.kernel_size),
+            false,
+        )?;
         let mut idx = 1;
         let mut mult = 1;
         let mut stages = Vec::new();
         for &ratio in cfg.ratios.iter().rev() {
             let mut res = Vec::new();
             for j in 0..cfg.n_residual_layers {
-                res.push(ResBlock::load(w, &format!("{prefix}.model.{idx}"), cfg, mult * nf, cfg.dilation_base.pow(j as u32))?);
+                res.push(ResBlock::load(
+                    w,
+                    &format!("{prefix}.model.{idx}"),
+                    cfg,
+                    mult * nf,
+                    cfg.dilation_base.pow(j as u32),
+                )?);
                 idx += 1;
             }
             idx += 1; // ELU
@@ -159,7 +170,13 @@ impl SeanetDecoder {
             idx += 1;
             let mut res = Vec::new();
             for j in 0..cfg.n_residual_layers {
-                res.push(ResBlock::load(w, &format!("{prefix}.model.{idx}"), cfg, mult * nf / 2, cfg.dilation_base.pow(j as u32))?);
+                res.push(ResBlock::load(
+                    w,
+                    &format!("{prefix}.model.{idx}"),
+                    cfg,
+                    mult * nf / 2,
+                    cfg.dilation_base.pow(j as u32),
+                )?);
                 idx += 1;
             }
             mult /= 2;

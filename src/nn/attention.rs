@@ -25,12 +25,7 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            k: None,
-            v: None,
-            capacity,
-            end: 0,
-        }
+        Self { k: None, v: None, capacity, end: 0 }
     }
 
     /// Writes `k`, `v` `[1, H, T, D]` and returns the whole ring with each slot's position
@@ -39,9 +34,7 @@ impl KvCache {
         let [_, h, t, d] = k.dims();
         let cap = self.capacity;
         if t > cap {
-            return Err(Error::input(format!(
-                "{t} positions in one step exceed the attention cache of {cap}"
-            )));
+            return Err(Error::input(format!("{t} positions in one step exceed the attention cache of {cap}")));
         }
         let (mut ck, mut cv) = match (self.k.take(), self.v.take()) {
             (Some(ck), Some(cv)) => (ck, cv),

@@ -9,7 +9,7 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::module::{conv1d, conv_transpose1d};
+use burn::tensor::module::{conv_transpose1d, conv1d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 use crate::error::{Error, Result};
@@ -29,15 +29,7 @@ pub struct ConvSpec {
 
 impl ConvSpec {
     pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
-        Self {
-            in_channels,
-            out_channels,
-            kernel,
-            stride: 1,
-            dilation: 1,
-            groups: 1,
-            bias: true,
-        }
+        Self { in_channels, out_channels, kernel, stride: 1, dilation: 1, groups: 1, bias: true }
     }
     pub fn stride(mut self, stride: usize) -> Self {
         self.stride = stride;
@@ -100,14 +92,7 @@ impl Conv1d {
     /// Loads `{prefix}.weight` (and `{prefix}.bias`).
     pub fn load(w: &mut dyn Weights, prefix: &str, spec: ConvSpec, replicate: bool) -> Result<Self> {
         let (weight, bias) = load_params(w, prefix, &spec, false)?;
-        Ok(Self {
-            weight,
-            bias,
-            stride: spec.stride,
-            dilation: spec.dilation,
-            groups: spec.groups,
-            replicate,
-        })
+        Ok(Self { weight, bias, stride: spec.stride, dilation: spec.dilation, groups: spec.groups, replicate })
     }
 
     /// Builds the layer from tensors (tests, training initialisation).
@@ -142,10 +127,7 @@ impl Conv1d {
             let w = self.weight.val();
             Tensor::zeros([batch, self.in_channels(), p], (&w.device(), w.dtype()))
         });
-        ConvState {
-            prev,
-            first: vec![true; batch],
-        }
+        ConvState { prev, first: vec![true; batch] }
     }
 
     /// Convolves a chunk `[B, C, T]` (T a multiple of the stride), updating the state.
@@ -158,10 +140,7 @@ impl Conv1d {
             )));
         }
         if b != state.first.len() {
-            return Err(Error::input(format!(
-                "conv state holds {} streams, input has {b}",
-                state.first.len()
-            )));
+            return Err(Error::input(format!("conv state holds {} streams, input has {b}", state.first.len())));
         }
         let p = self.history();
         let x = match state.prev.take() {
@@ -221,10 +200,7 @@ impl ConvTrState {
 
     pub fn split(self) -> Vec<ConvTrState> {
         (0..self.batch)
-            .map(|b| ConvTrState {
-                partial: self.partial.as_ref().map(|p| p.clone().narrow(0, b, 1)),
-                batch: 1,
-            })
+            .map(|b| ConvTrState { partial: self.partial.as_ref().map(|p| p.clone().narrow(0, b, 1)), batch: 1 })
             .collect()
     }
 }
@@ -233,12 +209,7 @@ impl ConvTr1d {
     /// Loads `{prefix}.weight` (and `{prefix}.bias`). `spec.in_channels` is the input width.
     pub fn load(w: &mut dyn Weights, prefix: &str, spec: ConvSpec) -> Result<Self> {
         let (weight, bias) = load_params(w, prefix, &spec, true)?;
-        Ok(Self {
-            weight,
-            bias,
-            stride: spec.stride,
-            groups: spec.groups,
-        })
+        Ok(Self { weight, bias, stride: spec.stride, groups: spec.groups })
     }
 
     pub fn from_tensors(weight: Tensor<3>, bias: Option<Tensor<1>>, spec: ConvSpec) -> Self {
@@ -271,10 +242,7 @@ impl ConvTr1d {
             return Err(Error::input("transposed conv input is empty"));
         }
         if b != state.batch {
-            return Err(Error::input(format!(
-                "transposed conv state holds {} streams, input has {b}",
-                state.batch
-            )));
+            return Err(Error::input(format!("transposed conv state holds {} streams, input has {b}", state.batch)));
         }
         let y = conv_transpose1d(
             x,
@@ -287,10 +255,8 @@ impl ConvTr1d {
         };
         let [_, out, len] = y.dims();
         let pt = partial.dims()[2];
-        let carried = Tensor::cat(
-            vec![partial.clone(), Tensor::zeros([b, out, len - pt], (&y.device(), y.dtype()))],
-            2,
-        );
+        let carried =
+            Tensor::cat(vec![partial.clone(), Tensor::zeros([b, out, len - pt], (&y.device(), y.dtype()))], 2);
         let y = y + carried;
         let mut tail = y.clone().narrow(2, len - pt, pt);
         if let Some(bias) = &self.bias {
@@ -328,10 +294,7 @@ fn check_spec(spec: &ConvSpec) -> Result<()> {
         || spec.kernel == 0
         || spec.dilation == 0
     {
-        return Err(Error::config(
-            "conv",
-            format!("invalid convolution shape {spec:?}"),
-        ));
+        return Err(Error::config("conv", format!("invalid convolution shape {spec:?}")));
     }
     Ok(())
 }
@@ -348,18 +311,22 @@ mod tests {
     fn chunked_conv(conv: &Conv1d, x: &Tensor<3>, chunk: usize) -> Tensor<3> {
         let [b, _, t] = x.dims();
         let mut state = conv.init_state(b);
-        let outs: Vec<Tensor<3>> = (0..t / chunk)
-            .map(|i| conv.forward(&mut state, x.clone().narrow(2, i * chunk, chunk)).unwrap())
-            .collect();
+        let outs: Vec<Tensor<3>> =
+            (0..t / chunk).map(|i| conv.forward(&mut state, x.clone().narrow(2, i * chunk, chunk)).unwrap()).collect();
         Tensor::cat(outs, 2)
     }
 
     #[test]
     fn conv_whole_equals_chunks() {
         let device = Device::flex();
-        for (k, s, dil, groups, replicate) in
-            [(7, 1, 1, 1, false), (3, 1, 2, 1, false), (8, 4, 1, 1, false), (4, 2, 1, 3, true), (1, 1, 1, 1, false), (10, 5, 1, 1, true)]
-        {
+        for (k, s, dil, groups, replicate) in [
+            (7, 1, 1, 1, false),
+            (3, 1, 2, 1, false),
+            (8, 4, 1, 1, false),
+            (4, 2, 1, 3, true),
+            (1, 1, 1, 1, false),
+            (10, 5, 1, 1, true),
+        ] {
             let spec = ConvSpec::new(6, 9, k).stride(s).dilation(dil).groups(groups);
             let w = Tensor::random([9, 6 / groups, k], Distribution::Normal(0.0, 0.5), &device);
             let bias = Tensor::random([9], Distribution::Normal(0.0, 0.5), &device);
@@ -424,12 +391,8 @@ mod tests {
     fn merged_states_step_like_separate_ones() {
         let device = Device::flex();
         let spec = ConvSpec::new(2, 3, 5).stride(1);
-        let conv = Conv1d::from_tensors(
-            Tensor::random([3, 2, 5], Distribution::Normal(0.0, 1.0), &device),
-            None,
-            spec,
-            true,
-        );
+        let conv =
+            Conv1d::from_tensors(Tensor::random([3, 2, 5], Distribution::Normal(0.0, 1.0), &device), None, spec, true);
         let xa = Tensor::random([1, 2, 8], Distribution::Normal(0.0, 1.0), &device);
         let xb = Tensor::random([1, 2, 8], Distribution::Normal(0.0, 1.0), &device);
         // Stream a runs one chunk ahead, then both step together from merged states.

@@ -70,17 +70,9 @@ impl Norm {
         let (weight, bias) = if kind.is_rms() {
             (w.param_as(&format!("{prefix}.alpha"), &[1, 1, dim], [dim])?, None)
         } else {
-            (
-                w.param(&format!("{prefix}.weight"), [dim])?,
-                Some(w.param(&format!("{prefix}.bias"), [dim])?),
-            )
+            (w.param(&format!("{prefix}.weight"), [dim])?, Some(w.param(&format!("{prefix}.bias"), [dim])?))
         };
-        Ok(Self {
-            weight,
-            bias,
-            rms: kind.is_rms(),
-            eps: kind.eps(),
-        })
+        Ok(Self { weight, bias, rms: kind.is_rms(), eps: kind.eps() })
     }
 
     /// Normalises `[B, T, C]` over `C`, in f32, returning the input dtype. RMSNorm goes through

@@ -43,21 +43,15 @@ impl RopeTables {
         let x = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
         let (re, im) = if interleave {
             let pairs = x.reshape([b, h, t, half, 2]);
-            (
-                pairs.clone().narrow(4, 0, 1).reshape([b, h, t, half]),
-                pairs.narrow(4, 1, 1).reshape([b, h, t, half]),
-            )
+            (pairs.clone().narrow(4, 0, 1).reshape([b, h, t, half]), pairs.narrow(4, 1, 1).reshape([b, h, t, half]))
         } else {
             (x.clone().narrow(3, 0, half), x.narrow(3, half, half))
         };
         let out_re = re.clone() * self.cos.clone() - im.clone() * self.sin.clone();
         let out_im = re * self.sin.clone() + im * self.cos.clone();
         let y = if interleave {
-            Tensor::cat(
-                vec![out_re.reshape([b, h, t, half, 1]), out_im.reshape([b, h, t, half, 1])],
-                4,
-            )
-            .reshape([b, h, t, d])
+            Tensor::cat(vec![out_re.reshape([b, h, t, half, 1]), out_im.reshape([b, h, t, half, 1])], 4)
+                .reshape([b, h, t, d])
         } else {
             Tensor::cat(vec![out_re, out_im], 3)
         };

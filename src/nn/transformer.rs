@@ -22,7 +22,9 @@ use crate::weights::Weights;
 pub enum PosEmb {
     None,
     /// RoPE with interleaved pairs (`rope`) or halves (`rope_concat`).
-    Rope { interleave: bool },
+    Rope {
+        interleave: bool,
+    },
     /// Additive sinusoidal embedding (`sin`).
     Sin,
 }
@@ -105,11 +107,7 @@ pub struct TransformerSpec {
 impl TransformerSpec {
     /// Hidden width of a gated FFN, as the reference derives it.
     pub fn gated_hidden(&self) -> usize {
-        if self.dim_feedforward == 4 * self.d_model {
-            21 * self.d_model / 8
-        } else {
-            2 * self.dim_feedforward / 3
-        }
+        if self.dim_feedforward == 4 * self.d_model { 21 * self.d_model / 8 } else { 2 * self.dim_feedforward / 3 }
     }
 
     fn weight_sets(&self) -> usize {
@@ -183,18 +181,12 @@ pub struct TransformerState {
 impl TransformerState {
     pub fn merge(parts: Vec<TransformerState>) -> TransformerState {
         let steps = parts.first().map_or(0, |p| p.steps);
-        TransformerState {
-            rows: parts.into_iter().flat_map(|p| p.rows).collect(),
-            steps,
-        }
+        TransformerState { rows: parts.into_iter().flat_map(|p| p.rows).collect(), steps }
     }
 
     pub fn split(self) -> Vec<TransformerState> {
         let steps = self.steps;
-        self.rows
-            .into_iter()
-            .map(|r| TransformerState { rows: vec![r], steps })
-            .collect()
+        self.rows.into_iter().map(|r| TransformerState { rows: vec![r], steps }).collect()
     }
 }
 
@@ -214,9 +206,7 @@ fn per_step(x: Tensor<3>, ws: &[Param<Tensor<2>>], schedule: Option<&[usize]>, s
         if let Some(s) = schedule {
             idx = *s.get(idx).ok_or_else(|| Error::input(format!("step {idx} beyond the weights schedule")))?;
         }
-        let w = ws
-            .get(idx)
-            .ok_or_else(|| Error::input(format!("step {idx} has no weights ({} sets)", ws.len())))?;
+        let w = ws.get(idx).ok_or_else(|| Error::input(format!("step {idx} has no weights ({} sets)", ws.len())))?;
         outs.push(lin(x.clone().narrow(1, i, 1), w));
     }
     Ok(Tensor::cat(outs, 1))
@@ -246,11 +236,8 @@ impl Transformer {
                     let mut fi = Vec::new();
                     let mut fo = Vec::new();
                     for s in 0..sets {
-                        let g = if spec.weights_per_step > 0 {
-                            format!("{p}.gating.{s}")
-                        } else {
-                            format!("{p}.gating")
-                        };
+                        let g =
+                            if spec.weights_per_step > 0 { format!("{p}.gating.{s}") } else { format!("{p}.gating") };
                         fi.push(w.linear(&format!("{g}.linear_in.weight"), &[2 * h, d], 2 * h, d)?);
                         fo.push(w.linear(&format!("{g}.linear_out.weight"), &[d, h], d, h)?);
                     }
@@ -284,10 +271,7 @@ impl Transformer {
         let cap = self.spec.cache_capacity()?;
         Ok(TransformerState {
             rows: (0..batch)
-                .map(|_| RowState {
-                    offset: 0,
-                    caches: (0..self.spec.num_layers).map(|_| KvCache::new(cap)).collect(),
-                })
+                .map(|_| RowState { offset: 0, caches: (0..self.spec.num_layers).map(|_| KvCache::new(cap)).collect() })
                 .collect(),
             steps: 0,
         })
@@ -304,7 +288,10 @@ impl Transformer {
         let (offsets, step) = match state.as_deref() {
             Some(s) => {
                 if s.rows.len() != b {
-                    return Err(Error::input(format!("transformer state holds {} streams, input has {b}", s.rows.len())));
+                    return Err(Error::input(format!(
+                        "transformer state holds {} streams, input has {b}",
+                        s.rows.len()
+                    )));
                 }
                 (s.rows.iter().map(|r| r.offset).collect::<Vec<_>>(), s.steps)
             }
@@ -343,10 +330,8 @@ impl Transformer {
                 Some(s) => {
                     let mut outs = Vec::with_capacity(b);
                     for (bi, row) in s.rows.iter_mut().enumerate() {
-                        let (ck, cv, kpos) = row.caches[li].append(
-                            k.clone().narrow(0, bi, 1),
-                            v.clone().narrow(0, bi, 1),
-                        )?;
+                        let (ck, cv, kpos) =
+                            row.caches[li].append(k.clone().narrow(0, bi, 1), v.clone().narrow(0, bi, 1))?;
                         let qpos: Vec<i64> = (0..t).map(|i| (row.offset + i) as i64).collect();
                         let bias = mask_bias(&qpos, &kpos, self.spec.context, &device, dtype);
                         outs.push(attend(q.clone().narrow(0, bi, 1), ck, cv, bias));
@@ -383,7 +368,10 @@ impl Transformer {
                                 None => s,
                             }
                         };
-                        let wi = layer.ffn_in.get(idx).ok_or_else(|| Error::input(format!("no FFN weights for step {idx}")))?;
+                        let wi = layer
+                            .ffn_in
+                            .get(idx)
+                            .ok_or_else(|| Error::input(format!("no FFN weights for step {idx}")))?;
                         let g = lin(hs, wi);
                         let [gb, gt, _] = g.dims();
                         let g = g.reshape([gb, gt, 2, hidden]);
@@ -416,9 +404,8 @@ fn sin_embedding(offsets: &[usize], t: usize, c: usize, max_period: f64, device:
     for &off in offsets {
         for i in 0..t {
             let pos = (off + i) as f32;
-            let phases: Vec<f32> = (0..half)
-                .map(|j| pos / (max_period as f32).powf(j as f32 / (half as f32 - 1.0)))
-                .collect();
+            let phases: Vec<f32> =
+                (0..half).map(|j| pos / (max_period as f32).powf(j as f32 / (half as f32 - 1.0))).collect();
             v.extend(phases.iter().map(|p| p.cos()));
             v.extend(phases.iter().map(|p| p.sin()));
         }
@@ -497,7 +484,8 @@ mod tests {
         let x = Tensor::random([1, 40, 16], Distribution::Normal(0.0, 1.0), &device);
         let whole = tr.forward(x.clone(), None).unwrap();
         let mut st = tr.init_state(1).unwrap();
-        let outs: Vec<Tensor<3>> = (0..40).map(|i| tr.forward(x.clone().narrow(1, i, 1), Some(&mut st)).unwrap()).collect();
+        let outs: Vec<Tensor<3>> =
+            (0..40).map(|i| tr.forward(x.clone().narrow(1, i, 1), Some(&mut st)).unwrap()).collect();
         let d = (whole - Tensor::cat(outs, 1)).abs().max().into_scalar::<f32>();
         assert!(d < 1e-4, "{d}");
         assert_eq!(st.rows[0].offset, 40);

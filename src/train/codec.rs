@@ -111,10 +111,8 @@ impl Clips {
         let manifest = data.join("train.jsonl");
         let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
         for line in text.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::File {
-                path: manifest.clone(),
-                msg: e.to_string(),
-            })?;
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| Error::File { path: manifest.clone(), msg: e.to_string() })?;
             if let Some(f) = v.get("file").and_then(|f| f.as_str()) {
                 files.push(data.join(f));
             }
@@ -158,7 +156,14 @@ pub struct CodecTrain {
 }
 
 /// Trains `mimi` (on an autodiff device); returns the model and seconds per step.
-pub fn train(mut mimi: Mimi, slots: &Slots, clips: &Clips, s: &CodecTrain, out: &Path, start: usize) -> Result<(Mimi, f64)> {
+pub fn train(
+    mut mimi: Mimi,
+    slots: &Slots,
+    clips: &Clips,
+    s: &CodecTrain,
+    out: &Path,
+    start: usize,
+) -> Result<(Mimi, f64)> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let device = mimi.encoder.first.weight.val().device();
     let mel = MelLoss::new(&device, mimi.sample_rate());
@@ -172,7 +177,8 @@ pub fn train(mut mimi: Mimi, slots: &Slots, clips: &Clips, s: &CodecTrain, out: 
     let mut window = Instant::now();
     let mut last = 0.0;
     for step in start..s.steps {
-        let x = backend::floats(clips.batch(s.batch, &mut rng), [s.batch, clips.len], &device, burn::tensor::DType::F32);
+        let x =
+            backend::floats(clips.batch(s.batch, &mut rng), [s.batch, clips.len], &device, burn::tensor::DType::F32);
         let (y, vq) = mimi.train_forward(x.clone())?;
         let l_mel = mel.forward(y.clone(), x.clone());
         let energy = x.clone().square().mean().add_scalar(1e-8);

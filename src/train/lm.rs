@@ -33,7 +33,7 @@ impl TokenSet {
                     path: path.to_path_buf(),
                     name: name.into(),
                     msg: format!("shape {other:?}, expected [N, 1 + n_q, T]"),
-                })
+                });
             }
         };
         Ok(Self { values, n, k, t })
@@ -72,7 +72,13 @@ pub fn loss(lm: &LmModel, codes: &[i64], b: usize, t: usize, pad_weight: f32) ->
             let tok = codes[(r * k) * t + i];
             let valid = lm.valid_mask(0, i, t) && tok >= 0 && (tok as usize) < v;
             idx.push(if valid { tok } else { 0 });
-            w.push(if !valid { 0.0 } else if tok as usize == c.existing_text_padding_id { pad_weight } else { 1.0 });
+            w.push(if !valid {
+                0.0
+            } else if tok as usize == c.existing_text_padding_id {
+                pad_weight
+            } else {
+                1.0
+            });
         }
     }
     let text = nll(text.reshape([b * t, v]), idx, w, &device);
@@ -106,9 +112,19 @@ fn nll(logits: Tensor<2>, targets: Vec<i64>, weights: Vec<f32>, device: &Device)
 
 /// Trains `lm` (on an autodiff device) on `data`; writes `out/model.safetensors` (with its
 /// config) every `save_every` steps and at the end. Returns seconds per step.
-pub fn train(mut lm: LmModel, slots: &Slots, data: &TokenSet, settings: &LmTrain, out: &Path, start: usize) -> Result<(LmModel, f64)> {
+pub fn train(
+    mut lm: LmModel,
+    slots: &Slots,
+    data: &TokenSet,
+    settings: &LmTrain,
+    out: &Path,
+    start: usize,
+) -> Result<(LmModel, f64)> {
     if data.k != lm.config.n_q + 1 {
-        return Err(Error::config("lm.n_q", format!("tokens have {} streams, the model {}", data.k, lm.config.n_q + 1)));
+        return Err(Error::config(
+            "lm.n_q",
+            format!("tokens have {} streams, the model {}", data.k, lm.config.n_q + 1),
+        ));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut optim = AdamWConfig::new()

@@ -70,10 +70,7 @@ impl Expected {
         let st = self.st();
         let v = st.tensor(name).unwrap_or_else(|_| panic!("missing {name}"));
         assert_eq!(v.dtype(), Dtype::I64, "{name}");
-        v.data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-            .collect()
+        v.data().chunks_exact(8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect()
     }
 
     pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
@@ -94,12 +91,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
             at = i;
         }
     }
-    assert!(
-        worst <= tol,
-        "{what}: max abs diff {worst:e} at {at} (got {}, want {}) > {tol:e}",
-        got[at],
-        want[at]
-    );
+    assert!(worst <= tol, "{what}: max abs diff {worst:e} at {at} (got {}, want {}) > {tol:e}", got[at], want[at]);
 }
 
 pub fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
