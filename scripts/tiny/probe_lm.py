@@ -50,17 +50,24 @@ def by_voice(lm, seqs, meta, recs):
 
 
 @torch.no_grad()
-def heard(ckpt: Path, cfg: dict, data: Path, tokens):
+def heard(ckpt: Path, cfg: dict, data: Path, tokens, by_voice: bool = False):
     """Held-out questions transcribed exactly by a checkpoint's CTC head: in the whole dialogue,
     and in the frames before the answer (`train_lm.py --ctc-until 2`'s window); and where the
-    head's last word comes, counted from the answer's first frame."""
+    head's last word comes, counted from the answer's first frame. `by_voice`: the first two
+    figures per held-out voice too."""
     st = torch.load(ckpt, map_location="cpu", weights_only=False)
     if "head" not in st:
         sys.exit(f"{ckpt}: no CTC head in this checkpoint")
     lm = LMModel(**cfg)
     lm.load_state_dict(st["model"])
     lm.eval()
-    questions = Questions(data, {"train": tokens["train_meta"][:1], "eval": tokens["eval_meta"]}, ends=True)
+    if "eval" not in tokens:
+        sys.exit("the token file has no held-out split (tokenize it with --splits eval)")
+    # The head's vocabulary is every training question's words in `data`; no training sequence is read.
+    train_meta = tokens["train_meta"][:1] if "train_meta" in tokens else np.zeros((0, 3), np.int32)
+    questions = Questions(data, {"train": train_meta, "eval": tokens["eval_meta"]}, ends=True)
+    recs = load_split(data, "eval")
+    voices = collections.defaultdict(lambda: [0, 0, 0])
     text_ids, card = word_ids(data / "tokenizer.model")
     head = CtcHead(cfg["dim"], questions.words, text_ids, card)
     head.load_state_dict(st["head"])
@@ -76,8 +83,14 @@ def heard(ckpt: Path, cfg: dict, data: Path, tokens):
             if not want:
                 continue
             n += 1
-            ok_all += ctc_greedy(logits[b]) == want
-            ok_early += ctc_greedy(logits[b, :int(early[k])]) == want
+            all_ok = ctc_greedy(logits[b]) == want
+            ok_all += all_ok
+            early_ok = ctc_greedy(logits[b, :int(early[k])]) == want
+            ok_early += early_ok
+            v = voices[recs[int(tokens["eval_meta"][k][0])]["voice"]]
+            v[0] += all_ok
+            v[1] += early_ok
+            v[2] += 1
             best = logits[b].argmax(-1)
             spikes = torch.nonzero((best != 0) & (best != torch.cat([best.new_zeros(1), best[:-1]]))).flatten()
             if len(spikes):
@@ -86,6 +99,10 @@ def heard(ckpt: Path, cfg: dict, data: Path, tokens):
           f"before the answer starts {100 * ok_early / n:.1f}% (n={n})")
     print(f"its last word, frames after the answer's first: median {np.median(last):.0f}, "
           f"4-8 for {np.mean([4 <= d <= 8 for d in last]) * 100:.1f}% (n={len(last)})")
+    if by_voice:
+        print("held-out, transcribed exactly in the whole dialogue / before the answer starts:")
+        for voice, (ok, early_ok, total) in sorted(voices.items()):
+            print(f"  voice {voice:<34} {100 * ok / total:5.1f}% / {100 * early_ok / total:5.1f}% (n={total})")
 
 
 def lm_config(folder: Path) -> dict:
@@ -111,7 +128,7 @@ def main():
     torch.set_num_threads(1)
     cfg = lm_config(args.export)
     if args.heard is not None:
-        heard(args.heard, cfg, args.data, np.load(args.tokens))
+        heard(args.heard, cfg, args.data, np.load(args.tokens), args.by_voice)
         return
     lm = LMModel(**cfg)
     lm.load_state_dict(load_file(str(args.export / "model.safetensors")), strict=False)
