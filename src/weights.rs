@@ -249,6 +249,13 @@ pub struct Slot {
     pub transposed: bool,
 }
 
+impl Slot {
+    /// Part `part` of `parts` stacked in the stored tensor `name` (not a codebook).
+    fn part(name: &str, stored: &[usize], part: usize, parts: usize, transposed: bool) -> Self {
+        Slot { name: name.into(), part, parts, stored: stored.to_vec(), codebook: false, transposed }
+    }
+}
+
 /// Parameter id -> checkpoint slot, filled while a model is built.
 #[derive(Clone, Debug, Default)]
 pub struct Slots(pub HashMap<ParamId, Slot>);
@@ -291,10 +298,7 @@ impl dyn Weights + '_ {
     ) -> Result<Param<Tensor<D>>> {
         let data = self.take(name, stored)?;
         let t = self.upload(data, shape);
-        Ok(self.register(
-            t,
-            Slot { name: name.into(), part: 0, parts: 1, stored: stored.to_vec(), codebook: false, transposed: false },
-        ))
+        Ok(self.register(t, Slot::part(name, stored, 0, 1, false)))
     }
 
     /// A linear layer's weight, stored `[out, inp]` (any trailing 1s in `stored`), held as a
@@ -302,10 +306,7 @@ impl dyn Weights + '_ {
     pub fn linear(&mut self, name: &str, stored: &[usize], out: usize, inp: usize) -> Result<Param<Tensor<2>>> {
         let data = self.take(name, stored)?.into_f32();
         let t = self.upload(HostData::F32(transpose(&data, out, inp)), [inp, out]);
-        Ok(self.register(
-            t,
-            Slot { name: name.into(), part: 0, parts: 1, stored: stored.to_vec(), codebook: false, transposed: true },
-        ))
+        Ok(self.register(t, Slot::part(name, stored, 0, 1, true)))
     }
 
     /// `sets` linear weights `[rows, cols]` stacked in one stored tensor, each held `[cols, rows]`.
@@ -316,17 +317,7 @@ impl dyn Weights + '_ {
             .map(|i| {
                 let part = &data[i * rows * cols..(i + 1) * rows * cols];
                 let t = self.upload(HostData::F32(transpose(part, rows, cols)), [cols, rows]);
-                self.register(
-                    t,
-                    Slot {
-                        name: name.into(),
-                        part: i,
-                        parts: sets,
-                        stored: stored.to_vec(),
-                        codebook: false,
-                        transposed: true,
-                    },
-                )
+                self.register(t, Slot::part(name, &stored, i, sets, true))
             })
             .collect())
     }
@@ -339,17 +330,7 @@ impl dyn Weights + '_ {
         Ok((0..sets)
             .map(|i| {
                 let part = t.clone().narrow(0, i * rows, rows);
-                self.register(
-                    part,
-                    Slot {
-                        name: name.into(),
-                        part: i,
-                        parts: sets,
-                        stored: stored.to_vec(),
-                        codebook: false,
-                        transposed: false,
-                    },
-                )
+                self.register(part, Slot::part(name, &stored, i, sets, false))
             })
             .collect())
     }
