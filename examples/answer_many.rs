@@ -2,10 +2,11 @@
 //! LM step -> Mimi decode exactly as `kokichi run` does (used by scripts/tiny/eval_lm.py).
 //!
 //! Usage: answer_many --model DIR --list FILE --out DIR [--greedy] [--seed S] [--backend cpu]
-//!        [--text-temp T] [--text-top-k K] [--audio-temp T] [--audio-top-k K]
+//!        [--text-temp T] [--text-top-k K] [--audio-temp T] [--audio-top-k K] [--input-gain DB]
 //! FILE lists one input wav per line; writes OUT/<stem>.wav and OUT/<stem>.txt. Without
 //! `--greedy`, Moshi's sampling; the four sampling flags override one stream's setting of
 //! either, so the text can be greedy while the audio is sampled; file i is seeded with S + i.
+//! `--input-gain` scales every input as `kokichi run --input-gain` does.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,8 @@ fn main() -> Result<()> {
     let kind: BackendKind = arg("--backend").unwrap_or_else(|| "cpu".into()).parse()?;
     let greedy = std::env::args().any(|a| a == "--greedy");
     let seed: u64 = parsed("--seed")?.unwrap_or(0);
+    let gain: f32 = parsed("--input-gain")?.unwrap_or(0.0);
+    anyhow::ensure!(gain.abs() <= kokichi::audio::MAX_GAIN_DB, "--input-gain {gain} dB is out of range");
     let sampling = SamplingOverrides {
         greedy: greedy.then_some(true),
         text_temperature: parsed("--text-temp")?,
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
     for (i, line) in inputs.lines().filter(|l| !l.trim().is_empty()).enumerate() {
         let input = Path::new(line.trim());
         let mut pcm = kokichi::audio::read_audio(input, engine.sample_rate() as u32)?;
+        kokichi::audio::apply_gain(&mut pcm, gain);
         pcm.resize(pcm.len().div_ceil(frame) * frame, 0.0);
         let config =
             GenConfig { text_seed: Some(seed + i as u64), audio_seed: Some(seed + 1_000_000 + i as u64), ..sampling };

@@ -120,6 +120,23 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// The largest input gain the daemon and `kokichi run` accept, either way, in dB.
+pub const MAX_GAIN_DB: f32 = 40.0;
+
+/// Scales `samples` by `db` decibels, clamped to [-1, 1] as a sound card would.
+///
+/// kokichi-tiny hears quiet speech far worse than speech peaking near full scale (measured in
+/// `assets/stages/README.md`, stop 38), and a laptop microphone often peaks 20-30 dB below it.
+pub fn apply_gain(samples: &mut [f32], db: f32) {
+    if db == 0.0 {
+        return;
+    }
+    let g = 10f32.powf(db / 20.0);
+    for x in samples {
+        *x = (*x * g).clamp(-1.0, 1.0);
+    }
+}
+
 /// Writes mono samples as a 16-bit PCM wav file. Samples are clamped to [-1, 1].
 pub fn write_wav(path: &Path, samples: &[f32], rate: u32) -> Result<()> {
     let spec = wav_spec(rate, 16, hound::SampleFormat::Int);
@@ -333,6 +350,18 @@ mod tests {
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn gain_scales_by_decibels_and_clamps() {
+        let mut x = vec![0.05, -0.05, 0.4, -0.9];
+        apply_gain(&mut x, 0.0);
+        assert_eq!(x, vec![0.05, -0.05, 0.4, -0.9]);
+        apply_gain(&mut x, 20.0);
+        let want = [0.5, -0.5, 1.0, -1.0];
+        assert!(max_diff(&x, &want) < 1e-6, "{x:?}");
+        apply_gain(&mut x, -6.0206);
+        assert!(max_diff(&x, &[0.25, -0.25, 0.5, -0.5]) < 1e-5, "{x:?}");
     }
 
     #[test]

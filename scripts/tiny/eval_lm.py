@@ -98,6 +98,9 @@ def main():
     ap.add_argument("--audio-temp", type=float, help="the audio streams' temperature (0: greedy), over --sample's")
     ap.add_argument("--audio-top-k", type=int)
     ap.add_argument("--seed", type=int, default=0, help="sampling seed of the first file (file i: seed + i)")
+    ap.add_argument("--peak", type=float, help="every question rescaled to this peak level (dBFS) instead of its own")
+    ap.add_argument("--noise", type=float, help="RMS level (dBFS) of the white noise under the questions (default -70.5)")
+    ap.add_argument("--input-gain", type=float, help="answer_many's --input-gain (dB), as the daemon's input_gain")
     ap.add_argument("--out", type=Path, default=Path("out/eval-tiny"))
     args = ap.parse_args()
     rng = random.Random(7)
@@ -108,13 +111,21 @@ def main():
     taken = set(picked)
     pool = [r for k, r in enumerate(recs) if k not in taken] or recs
     recs = [recs[k] for k in picked]
+    noise = 3e-4 if args.noise is None else 10 ** (args.noise / 20)
+
+    def question(r):
+        q = read_wav(args.data / r["file"]).astype(np.float32) / 32768
+        if args.peak is not None and np.abs(q).max() > 0:
+            q *= np.float32(10 ** (args.peak / 20) / np.abs(q).max())
+        return q
+
     items = []
     for r in recs:
-        q = read_wav(args.data / r["file"]).astype(np.float32) / 32768
+        q = question(r)
         lead = int(rng.uniform(0.3, 1.0) * RATE)
         pcm = np.zeros(lead + len(q) + 4 * RATE, np.float32)
         pcm[lead:lead + len(q)] = q
-        pcm += np.random.default_rng(r["id"]).normal(0, 3e-4, len(pcm)).astype(np.float32)
+        pcm += np.random.default_rng(r["id"]).normal(0, noise, len(pcm)).astype(np.float32)
         name = f"q{r['id']:06d}"
         write_wav(work / "in" / f"{name}.wav", pcm)
         items.append({"name": name, "task": r["task"], "question": r["question"], "answer": r["answer"],
@@ -128,13 +139,13 @@ def main():
     for i in range(args.pairs):
         # Questions not among the single ones: a fresh draw from the same held-out split.
         a, b = rng.sample(pool, 2)
-        qa, qb = (read_wav(args.data / r["file"]).astype(np.float32) / 32768 for r in (a, b))
+        qa, qb = (question(r) for r in (a, b))
         lead = int(rng.uniform(0.3, 1.0) * RATE)
         second = lead + len(qa) + 4 * RATE
         pcm = np.zeros(second + len(qb) + 4 * RATE, np.float32)
         pcm[lead:lead + len(qa)] = qa
         pcm[second:second + len(qb)] = qb
-        pcm += np.random.default_rng(20_000 + i).normal(0, 3e-4, len(pcm)).astype(np.float32)
+        pcm += np.random.default_rng(20_000 + i).normal(0, noise, len(pcm)).astype(np.float32)
         name = f"p{i:04d}"
         write_wav(work / "in" / f"{name}.wav", pcm)
         pairs.append({"name": name, "questions": [a["question"], b["question"]], "answers": [a["answer"], b["answer"]],
@@ -144,7 +155,7 @@ def main():
     cmd = [args.bin, "--model", args.model, "--list", str(work / "list.txt"), "--out", str(work / "answers"), "--backend", "cpu"]
     if not args.sample:
         cmd.append("--greedy")
-    for flag in ("text_temp", "text_top_k", "audio_temp", "audio_top_k", "seed"):
+    for flag in ("text_temp", "text_top_k", "audio_temp", "audio_top_k", "seed", "input_gain"):
         if getattr(args, flag) is not None:
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     if not args.reuse:
@@ -182,7 +193,11 @@ def main():
     base = "Moshi's sampling" if args.sample else "greedy"
     over = ", ".join(f"{f.replace('_', ' ')} {getattr(args, f)}" for f in ("text_temp", "text_top_k", "audio_temp", "audio_top_k")
                      if getattr(args, f) is not None)
-    print(f"kokichi-tiny on held-out voices ({base}{'; ' + over if over else ''}), {len(qs)} questions, {len(sil)} silent windows")
+    level = "".join([f"; questions peak {args.peak:g} dBFS" if args.peak is not None else "",
+                     f"; noise {args.noise:g} dBFS" if args.noise is not None else "",
+                     f"; input gain {args.input_gain:g} dB" if args.input_gain is not None else ""])
+    print(f"kokichi-tiny on held-out voices ({base}{'; ' + over if over else ''}{level}), {len(qs)} questions, "
+          f"{len(sil)} silent windows")
     for task, (n, t, a) in sorted(by_task.items()):
         print(f"  {task:9s} n={n:3d}  text {100 * t / n:5.1f}%  audio {100 * a / n:5.1f}%")
     print(f"TEXT right answer:  {100 * np.mean([it['ok_text'] for it in qs]):.1f}%")

@@ -87,6 +87,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (CODEBOOKS, FRAME, MIMI, PAD, SEQ_FRAMES, cosine_lr, ctc_greedy, lm_config, load_split,  # noqa: E402
                     read_wav)
 from steps import clear_done, mark_done, records_digest, step_key  # noqa: E402
+import vocode  # noqa: E402
 from gen_mimi_fixtures import checkpoint_state  # noqa: E402
 
 RATE = 24000
@@ -132,8 +133,12 @@ def _encode_users(jobs):
         pcm = np.zeros(total, np.float32)
         if job["file"]:
             q = read_wav(job["file"]).astype(np.float32) / 32768
+            if job.get("vocode"):
+                q = vocode.vocode(q, RATE, job["vocode"])
             if job["warp"] != WARP_BASE:
                 q = warp(q, job["warp"])
+            if job.get("level") is not None and np.abs(q).max() > 0:
+                q = q * np.float32(10 ** (job["level"] / 20) / np.abs(q).max())
             lead = job["lead"]
             pcm[lead:lead + len(q)] = q[: total - lead]
         pcm += np.random.default_rng(job["seed"]).standard_normal(total).astype(np.float32) * job["noise"]
@@ -142,6 +147,8 @@ def _encode_users(jobs):
 
 
 WARP_BASE = 20
+# The quietest noise floor `tokenize --noise` draws (dBFS RMS); without it, -100 to -60.
+NOISE_FLOOR = -75.0
 
 
 def warp(pcm: np.ndarray, p: int) -> np.ndarray:
@@ -178,9 +185,18 @@ def selected(args, split, n=None):
 def tokenize(args):
     if not 0 <= args.warp < WARP_BASE:
         sys.exit(f"--warp {args.warp}: must be 0 (off) to {WARP_BASE - 1}")
+    if not -60.0 <= args.level <= -1.0 and args.level != 0:
+        sys.exit(f"--level {args.level}: must be 0 (off) or a peak level from -60 to -1 dB")
+    if args.noise and not -90.0 <= args.noise <= -20.0:
+        sys.exit(f"--noise {args.noise}: must be 0 (off) or the loudest noise floor, -90 to -20 dBFS")
+    if not 0.0 <= args.vocode <= 1.0:
+        sys.exit(f"--vocode {args.vocode}: must be a fraction from 0 (off) to 1")
     # Done before with the same arguments, codec and records (a restarted `make train-tiny`): kept.
     marker = args.out.with_name(args.out.name + ".done.json")
     key = step_key(args, [args.codec, args.data / "answers.json", args.data / "tokenizer.model"])
+    for opt in ("vocode", "level", "noise"):
+        if not key[opt]:
+            del key[opt]  # off: the key of tokenizings done before the option existed
     try:
         old = json.loads(marker.read_text())
         kept = {k: v for k, v in old.items() if k != "records"} == key and all(
@@ -221,6 +237,9 @@ def tokenize(args):
         # Speaker-size augmentation of the training questions (--warp): its own generator, so
         # the layouts and noise levels stay those of the same seed without it.
         wrng = random.Random(args.seed * 1_000_003 + 7)
+        vrng = random.Random(args.seed * 1_000_003 + 11)  # --vocode's, likewise
+        lrng = random.Random(args.seed * 1_000_003 + 13)  # --level's, likewise
+        nrng = random.Random(args.seed * 1_000_003 + 17)  # --noise's, likewise
         # Layouts and noise levels are drawn here, in order, so the result does not depend on
         # how the encoding is spread over worker processes.
         for rep in range(reps):
@@ -233,6 +252,10 @@ def tokenize(args):
                 if r["task"] != "silence":
                     if split == "train" and args.warp:
                         job["warp"] = wrng.randint(WARP_BASE - args.warp, WARP_BASE + args.warp)
+                    if split == "train" and args.vocode and vrng.random() < args.vocode:
+                        job["vocode"] = vocode.params(vrng)
+                    if split == "train" and args.level:
+                        job["level"] = lrng.uniform(args.level, -1.0)
                     q_len = warped_len(wav_frames(args.data / r["file"]), job["warp"])
                     codes, onsets = ans_codes[r["answer"]]
                     lead, af = layout(rng, q_len, codes.shape[1] * FRAME, total)
@@ -245,6 +268,12 @@ def tokenize(args):
                     meta.append((first + i, lead, af))
                 else:
                     meta.append((first + i, -1, -1))
+                if split == "train" and args.noise:
+                    # A louder noise floor, at least 20 dB under the question's (new) peak.
+                    db = nrng.uniform(NOISE_FLOOR, args.noise)
+                    if job.get("level") is not None:
+                        db = min(db, job["level"] - 20)
+                    job["noise"] = 10 ** (db / 20)
                 seqs[k, 0] = text
                 seqs[k, 1:1 + CODEBOOKS] = model
                 jobs.append(job)
@@ -681,6 +710,15 @@ def main():
     t.add_argument("--first", type=int, default=0, help="first training record to tokenize")
     t.add_argument("--warp", type=int, default=0,
                    help="resample each training question by p/20, p uniform in 20-W..20+W (speaker size; 0: off)")
+    t.add_argument("--vocode", type=float, default=0.0,
+                   help="fraction of training questions resynthesized by a vocoder with F0, formants and excitation "
+                        "varied apart (vocode.py; 0: off)")
+    t.add_argument("--level", type=float, default=0.0,
+                   help="rescale each training question to a peak drawn uniformly from LEVEL to -1 dB "
+                        "(the corpus peaks at -9 to 0 dB; quieter speech is heard far worse without it; 0: off)")
+    t.add_argument("--noise", type=float, default=0.0,
+                   help="white noise under each training sequence at an RMS level drawn uniformly from -75 dBFS to NOISE "
+                        "(kept 20 dB under a --level question's peak), in place of -100..-60 dBFS; 0: off")
     t.add_argument("--splits", nargs="+", default=["train", "eval"], choices=["train", "eval"])
     r = sub.add_parser("train")
     r.add_argument("--tokens", type=Path, nargs="+", default=[Path("/var/tmp/kokichi-train/lm/tokens.npz")],

@@ -78,6 +78,9 @@ pub struct RunArgs {
     /// Write the inner monologue here.
     #[arg(long)]
     pub transcript: Option<PathBuf>,
+    /// Gain on the input in dB, -40 to 40 (clamped to full scale): for quiet recordings.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub input_gain: f32,
     /// Write the produced tokens `[1, 1 + dep_q, T]` (text first) here.
     #[arg(long)]
     pub dump_tokens: Option<PathBuf>,
@@ -87,6 +90,9 @@ pub struct RunArgs {
 
 pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()> {
     let overrides = a.sampling.overrides()?;
+    if !(a.input_gain.abs() <= audio::MAX_GAIN_DB) {
+        bail!("--input-gain {} dB is outside -{m}..{m} dB", a.input_gain, m = audio::MAX_GAIN_DB);
+    }
     let files = model_dir::resolve(&a.model)?;
     let gen_config = overrides.over(files.sampling);
     let device = backend::device(backend_kind, dtype)?;
@@ -98,6 +104,7 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     if pcm.is_empty() {
         bail!("{}: no audio samples", a.input.display());
     }
+    audio::apply_gain(&mut pcm, a.input_gain);
     let frame = engine.frame_size();
     let input_len = pcm.len();
     let frames = input_len.div_ceil(frame);

@@ -30,6 +30,10 @@ pub struct ServeArgs {
     input_device: Option<String>,
     #[arg(long)]
     output_device: Option<String>,
+    /// Gain on the local input (microphone or --input-file) in dB, -40 to 40: raise it when the
+    /// microphone is quiet (kokichi-tiny hears speech peaking well below full scale worse).
+    #[arg(long, allow_negative_numbers = true)]
+    input_gain: Option<f32>,
     /// `ptt`: the model hears you only while talk is held; `open`: full duplex (headphones).
     #[arg(long, value_enum)]
     mode: Option<Mode>,
@@ -104,6 +108,9 @@ fn resolve(a: ServeArgs, backend: Option<BackendKind>, dtype: Option<Precision>)
     }
     if a.output_device.is_some() {
         c.output_device = a.output_device;
+    }
+    if let Some(v) = a.input_gain {
+        c.input_gain = v;
     }
     if let Some(m) = a.mode {
         c.mode = match m {

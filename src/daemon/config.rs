@@ -41,6 +41,7 @@ pub struct FileConfig {
     pub audio: Option<bool>,
     pub input_device: Option<String>,
     pub output_device: Option<String>,
+    pub input_gain: Option<f32>,
     pub mode: Option<TalkMode>,
     pub hotkey: Option<String>,
     pub control_socket: Option<PathBuf>,
@@ -76,6 +77,8 @@ pub struct DaemonConfig {
     pub audio: bool,
     pub input_device: Option<String>,
     pub output_device: Option<String>,
+    /// Gain applied to the local input (microphone or file), in dB.
+    pub input_gain: f32,
     pub mode: TalkMode,
     pub hotkey: Option<String>,
     pub control_socket: PathBuf,
@@ -111,6 +114,7 @@ impl Default for DaemonConfig {
             audio: true,
             input_device: None,
             output_device: None,
+            input_gain: 0.0,
             mode: TalkMode::Ptt,
             hotkey: None,
             control_socket: default_control_socket(),
@@ -182,6 +186,9 @@ impl DaemonConfig {
         if f.output_device.is_some() {
             self.output_device = f.output_device.clone();
         }
+        if let Some(v) = f.input_gain {
+            self.input_gain = v;
+        }
         if let Some(v) = f.mode {
             self.mode = v;
         }
@@ -238,6 +245,12 @@ impl DaemonConfig {
             if v == 0 {
                 return Err(Error::config(name, "must be at least 1"));
             }
+        }
+        if !(self.input_gain.abs() <= crate::audio::MAX_GAIN_DB) {
+            return Err(Error::config(
+                "input_gain",
+                format!("{} dB is outside -{m}..{m} dB", self.input_gain, m = crate::audio::MAX_GAIN_DB),
+            ));
         }
         if self.max_message_bytes < 4096 {
             return Err(Error::config("max_message_bytes", "must be at least 4096"));
@@ -305,5 +318,15 @@ mod tests {
         let c = DaemonConfig { max_sessions: 0, ..DaemonConfig::default() };
         assert!(c.validate().unwrap_err().to_string().contains("max_sessions"));
         assert!(parse_bind("nowhere").unwrap_err().to_string().contains("bind"));
+        for bad in [41.0, -60.0, f32::NAN, f32::INFINITY] {
+            let c = DaemonConfig { input_gain: bad, ..DaemonConfig::default() };
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("input_gain") && err.contains("dB"), "{err}");
+        }
+        let f = FileConfig::parse("input_gain = 12.5\n", Path::new("c.toml")).unwrap();
+        let mut c = DaemonConfig::default();
+        c.apply_file(&f).unwrap();
+        assert_eq!(c.input_gain, 12.5);
+        c.validate().unwrap();
     }
 }

@@ -307,6 +307,38 @@ impl AudioSource for FileSource {
     }
 }
 
+/// A source whose frames are scaled by a fixed gain (the `input_gain` setting), clamped to
+/// full scale. Applied on the inference thread, after the device ring: no callback work.
+pub struct GainSource {
+    inner: Box<dyn AudioSource>,
+    db: f32,
+}
+
+impl GainSource {
+    /// `inner` itself when `db` is 0, else `inner` scaled by `db` decibels.
+    pub fn wrap(inner: Box<dyn AudioSource>, db: f32) -> Box<dyn AudioSource> {
+        if db == 0.0 { inner } else { Box::new(Self { inner, db }) }
+    }
+}
+
+impl AudioSource for GainSource {
+    fn poll_frame(&mut self, frame: &mut [f32]) -> Poll {
+        let poll = self.inner.poll_frame(frame);
+        if poll == Poll::Frame {
+            crate::audio::apply_gain(frame, self.db);
+        }
+        poll
+    }
+
+    fn backlog(&self) -> usize {
+        self.inner.backlog()
+    }
+
+    fn dropped(&self) -> u64 {
+        self.inner.dropped()
+    }
+}
+
 /// Collects the model's voice and text and writes them when the session closes.
 pub struct FileSink {
     path: PathBuf,
@@ -382,6 +414,26 @@ mod tests {
         assert_eq!(f, [9.0, 10.0, 11.0, 12.0]);
         assert_eq!(src.poll_frame(&mut f), Poll::Pending);
         assert_eq!(src.dropped(), 1);
+        input.finish();
+        assert_eq!(src.poll_frame(&mut f), Poll::Ended);
+    }
+
+    #[test]
+    fn gain_scales_frames_and_passes_the_rest_through() {
+        let waker = Arc::new(Waker::default());
+        let input = FrameInput::new(2, 1, waker);
+        input.write(&[0.1, -0.2, 0.3, 0.4]);
+        let mut src = GainSource::wrap(Box::new(QueueSource(input.clone())), 20.0);
+        let mut f = [0f32; 2];
+        assert_eq!(src.poll_frame(&mut f), Poll::Frame);
+        // The backlog of one frame dropped the first; the second, ten times louder, clamps.
+        assert!((f[0] - 1.0).abs() < 1e-6 && (f[1] - 1.0).abs() < 1e-6, "{f:?}");
+        assert_eq!(src.dropped(), 1);
+        assert_eq!(src.poll_frame(&mut f), Poll::Pending);
+        input.write(&[0.01, -0.02]);
+        assert_eq!(src.backlog(), 1);
+        assert_eq!(src.poll_frame(&mut f), Poll::Frame);
+        assert!((f[0] - 0.1).abs() < 1e-6 && (f[1] + 0.2).abs() < 1e-6, "{f:?}");
         input.finish();
         assert_eq!(src.poll_frame(&mut f), Poll::Ended);
     }

@@ -23,6 +23,7 @@ use std::sync::mpsc;
 use cpal::traits::{DeviceTrait, HostTrait};
 
 use super::config::{DaemonConfig, TalkMode};
+use super::io::GainSource;
 use super::metrics::Metrics;
 use super::runtime::{NewSession, Runtime};
 use crate::error::{Error, Result};
@@ -73,7 +74,10 @@ pub fn start(
     runtime.add(NewSession {
         kind: "local".into(),
         config: sampling,
-        source: Box::new(LocalSource::new(captured, model_rate, runtime.frame_size, config.backlog_frames)),
+        source: GainSource::wrap(
+            Box::new(LocalSource::new(captured, model_rate, runtime.frame_size, config.backlog_frames)),
+            config.input_gain,
+        ),
         sink: Box::new(LocalSink::new(played, model_rate, runtime.frame_size)),
         talk: Some(talk.clone()),
     })?;

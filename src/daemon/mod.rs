@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::model_dir;
 use crate::session::Engine;
 pub use config::{DaemonConfig, TalkMode};
-use io::{AudioSink, FileSink, FileSource};
+use io::{AudioSink, FileSink, FileSource, GainSource};
 use metrics::Metrics;
 use runtime::{NewSession, Runtime, RuntimeOptions};
 
@@ -95,7 +95,7 @@ pub async fn serve(
         runtime.add(NewSession {
             kind: format!("file {}", input.display()),
             config: sampling,
-            source: Box::new(source),
+            source: GainSource::wrap(Box::new(source), config.input_gain),
             sink,
             // The file stands in for the microphone: push-to-talk gates it the same way.
             talk: Some(talk.clone()),
