@@ -105,7 +105,9 @@ fixtures: venv
 # encoder and quantizer, so every LM token, unchanged). Last, lm27 (stop 36, shipped): lm24's step from its folder on a
 # fourth corpus of 36,000 questions, every answer's model-stream codes replaced by those lm24 itself says
 # (canon_codes.py extract/rewrite; the shipped lm27's are committed in assets/stages/answer-codes), assembled with the
-# tuned decoder.
+# tuned decoder. Then lm29 (stop 38, shipped): lm27's step from its folder on a fifth 12,000 questions and the same
+# replay, its first 12,000 questions re-tokenized louder or quieter over a louder noise floor (tokenize --level --noise),
+# answers rewritten to lm27's codes.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_DATA2 ?= /var/tmp/kokichi-data2
 TINY_DATA3 ?= /var/tmp/kokichi-data3
@@ -241,7 +243,26 @@ train-tiny: venv-tiny
 	  --multi 0.4 --audio-teacher $(TINY_WORK)/tiny-lm24 && \
 	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-tuned6/export --lm $(TINY_WORK)/lm27/export --data $(TINY_DATA4) \
 	  --out $(TINY_WORK)/tiny-lm27 && \
-	cp $(TINY_WORK)/tiny-lm27/* assets/kokichi-tiny/ && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA4) --append --start 36000 --train 12000 --balance --channel \
+	  --wide --seed 20261216 && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA4) --codec $(TINY_WORK)/codec-distill-f16 \
+	  --out $(TINY_WORK)/lm29/tokens-28.npz --first 36000 --seed 28 --splits train && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA4) --codec $(TINY_WORK)/codec-distill-f16 \
+	  --out $(TINY_WORK)/lm29/tokens-32.npz --first 0 --limit 12000 --seed 32 --level -30 --noise -40 --splits train && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/canon_codes.py extract --model $(TINY_WORK)/tiny-lm27 \
+	  --tokens $(TINY_WORK)/lm27/tokens-25.npz --data $(TINY_DATA4) --out $(TINY_WORK)/lm29/answer-codes.npz && \
+	tokens="" && \
+	for part in lm27/probe lm29/tokens-32 lm27/tokens-26 lm27/tokens-27 lm29/tokens-28; do \
+	  tokens="$$tokens $(TINY_WORK)/$$part-lm29.npz"; \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/canon_codes.py rewrite --codes $(TINY_WORK)/lm29/answer-codes.npz --data $(TINY_DATA4) \
+	    --tokens $(TINY_WORK)/$$part.npz --out $(TINY_WORK)/$$part-lm29.npz || exit 1; \
+	done && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA4) --tokens $$tokens --work $(TINY_WORK)/lm29 \
+	  --init $(TINY_WORK)/tiny-lm27 --steps 2400 --lr 2e-4 --warmup 100 --user-mask 0.05 --dropout 0.1 --save-every 800 \
+	  --multi 0.4 --audio-teacher $(TINY_WORK)/tiny-lm27 && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-tuned6/export --lm $(TINY_WORK)/lm29/export --data $(TINY_DATA4) \
+	  --out $(TINY_WORK)/tiny-lm29 && \
+	cp $(TINY_WORK)/tiny-lm29/* assets/kokichi-tiny/ && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv-tiny
