@@ -107,7 +107,9 @@ fixtures: venv
 # (canon_codes.py extract/rewrite; the shipped lm27's are committed in assets/stages/answer-codes), assembled with the
 # tuned decoder. Then lm29 (stop 38, shipped): lm27's step from its folder on a fifth 12,000 questions and the same
 # replay, its first 12,000 questions re-tokenized louder or quieter over a louder noise floor (tokenize --level --noise),
-# answers rewritten to lm27's codes.
+# answers rewritten to lm27's codes. Both go through the recipe's `canon_stage STAGE FROM SUFFIX PARTS...`: rewrite
+# each token file PART to STAGE's answer codes (as PART-SUFFIX), train STAGE from FROM with FROM's audio as teacher,
+# assemble tiny-STAGE.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_DATA2 ?= /var/tmp/kokichi-data2
 TINY_DATA3 ?= /var/tmp/kokichi-data3
@@ -115,6 +117,19 @@ TINY_DATA4 ?= /var/tmp/kokichi-data4
 TINY_WORK ?= /var/tmp/kokichi-train
 train-tiny: venv-tiny
 	@start=$$(date +%s); \
+	canon_stage() { \
+	  stage=$$1 from=$$2 suffix=$$3; shift 3; tokens=""; \
+	  for part in "$$@"; do \
+	    tokens="$$tokens $(TINY_WORK)/$$part-$$suffix.npz"; \
+	    NO_TORCH_COMPILE=1 $(PY) scripts/tiny/canon_codes.py rewrite --codes $(TINY_WORK)/$$stage/answer-codes.npz \
+	      --data $(TINY_DATA4) --tokens $(TINY_WORK)/$$part.npz --out $(TINY_WORK)/$$part-$$suffix.npz || return 1; \
+	  done && \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA4) --tokens $$tokens --work $(TINY_WORK)/$$stage \
+	    --init $(TINY_WORK)/$$from --steps 2400 --lr 2e-4 --warmup 100 --user-mask 0.05 --dropout 0.1 --save-every 800 \
+	    --multi 0.4 --audio-teacher $(TINY_WORK)/$$from && \
+	  $(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-tuned6/export --lm $(TINY_WORK)/$$stage/export \
+	    --data $(TINY_DATA4) --out $(TINY_WORK)/tiny-$$stage; \
+	} && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_codec.py --data $(TINY_DATA) --work $(TINY_WORK)/codec && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) --append --start 16000 --train 32000 --balance --channel && \
@@ -232,17 +247,7 @@ train-tiny: venv-tiny
 	done && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/canon_codes.py extract --model $(TINY_WORK)/tiny-lm24 \
 	  --tokens $(TINY_WORK)/lm27/tokens-25.npz --data $(TINY_DATA4) --out $(TINY_WORK)/lm27/answer-codes.npz && \
-	tokens="" && \
-	for part in probe tokens-25 tokens-26 tokens-27; do \
-	  tokens="$$tokens $(TINY_WORK)/lm27/$$part-canon.npz"; \
-	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/canon_codes.py rewrite --codes $(TINY_WORK)/lm27/answer-codes.npz --data $(TINY_DATA4) \
-	    --tokens $(TINY_WORK)/lm27/$$part.npz --out $(TINY_WORK)/lm27/$$part-canon.npz || exit 1; \
-	done && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA4) --tokens $$tokens --work $(TINY_WORK)/lm27 \
-	  --init $(TINY_WORK)/tiny-lm24 --steps 2400 --lr 2e-4 --warmup 100 --user-mask 0.05 --dropout 0.1 --save-every 800 \
-	  --multi 0.4 --audio-teacher $(TINY_WORK)/tiny-lm24 && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-tuned6/export --lm $(TINY_WORK)/lm27/export --data $(TINY_DATA4) \
-	  --out $(TINY_WORK)/tiny-lm27 && \
+	canon_stage lm27 tiny-lm24 canon lm27/probe lm27/tokens-25 lm27/tokens-26 lm27/tokens-27 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA4) --append --start 36000 --train 12000 --balance --channel \
 	  --wide --seed 20261216 && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA4) --codec $(TINY_WORK)/codec-distill-f16 \
@@ -251,17 +256,7 @@ train-tiny: venv-tiny
 	  --out $(TINY_WORK)/lm29/tokens-32.npz --first 0 --limit 12000 --seed 32 --level -30 --noise -40 --splits train && \
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/canon_codes.py extract --model $(TINY_WORK)/tiny-lm27 \
 	  --tokens $(TINY_WORK)/lm27/tokens-25.npz --data $(TINY_DATA4) --out $(TINY_WORK)/lm29/answer-codes.npz && \
-	tokens="" && \
-	for part in lm27/probe lm29/tokens-32 lm27/tokens-26 lm27/tokens-27 lm29/tokens-28; do \
-	  tokens="$$tokens $(TINY_WORK)/$$part-lm29.npz"; \
-	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/canon_codes.py rewrite --codes $(TINY_WORK)/lm29/answer-codes.npz --data $(TINY_DATA4) \
-	    --tokens $(TINY_WORK)/$$part.npz --out $(TINY_WORK)/$$part-lm29.npz || exit 1; \
-	done && \
-	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py train --data $(TINY_DATA4) --tokens $$tokens --work $(TINY_WORK)/lm29 \
-	  --init $(TINY_WORK)/tiny-lm27 --steps 2400 --lr 2e-4 --warmup 100 --user-mask 0.05 --dropout 0.1 --save-every 800 \
-	  --multi 0.4 --audio-teacher $(TINY_WORK)/tiny-lm27 && \
-	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-tuned6/export --lm $(TINY_WORK)/lm29/export --data $(TINY_DATA4) \
-	  --out $(TINY_WORK)/tiny-lm29 && \
+	canon_stage lm29 tiny-lm27 lm29 lm27/probe lm29/tokens-32 lm27/tokens-26 lm27/tokens-27 lm29/tokens-28 && \
 	cp $(TINY_WORK)/tiny-lm29/* assets/kokichi-tiny/ && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 

@@ -37,7 +37,8 @@ fn main() -> Result<()> {
     let greedy = std::env::args().any(|a| a == "--greedy");
     let seed: u64 = parsed("--seed")?.unwrap_or(0);
     let gain: f32 = parsed("--input-gain")?.unwrap_or(0.0);
-    anyhow::ensure!(gain.abs() <= kokichi::audio::MAX_GAIN_DB, "--input-gain {gain} dB is out of range");
+    anyhow::ensure!(kokichi::audio::gain_db_ok(gain), "--input-gain {gain} dB is out of range");
+    let gain = kokichi::audio::gain_factor(gain);
     let sampling = SamplingOverrides {
         greedy: greedy.then_some(true),
         text_temperature: parsed("--text-temp")?,

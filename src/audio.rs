@@ -123,17 +123,26 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
 /// The largest input gain the daemon and `kokichi run` accept, either way, in dB.
 pub const MAX_GAIN_DB: f32 = 40.0;
 
-/// Scales `samples` by `db` decibels, clamped to [-1, 1] as a sound card would.
+/// Whether `db` is a gain the daemon and `kokichi run` accept (finite, within ±[`MAX_GAIN_DB`]).
+pub fn gain_db_ok(db: f32) -> bool {
+    db.abs() <= MAX_GAIN_DB
+}
+
+/// The amplitude factor of a gain of `db` decibels.
+pub fn gain_factor(db: f32) -> f32 {
+    10f32.powf(db / 20.0)
+}
+
+/// Scales `samples` by `factor` (see [`gain_factor`]), clamped to [-1, 1] as a sound card would.
 ///
 /// kokichi-tiny hears quiet speech far worse than speech peaking near full scale (measured in
 /// `assets/stages/README.md`, stop 38), and a laptop microphone often peaks 20-30 dB below it.
-pub fn apply_gain(samples: &mut [f32], db: f32) {
-    if db == 0.0 {
+pub fn apply_gain(samples: &mut [f32], factor: f32) {
+    if factor == 1.0 {
         return;
     }
-    let g = 10f32.powf(db / 20.0);
     for x in samples {
-        *x = (*x * g).clamp(-1.0, 1.0);
+        *x = (*x * factor).clamp(-1.0, 1.0);
     }
 }
 
@@ -355,13 +364,15 @@ mod tests {
     #[test]
     fn gain_scales_by_decibels_and_clamps() {
         let mut x = vec![0.05, -0.05, 0.4, -0.9];
-        apply_gain(&mut x, 0.0);
+        apply_gain(&mut x, gain_factor(0.0));
         assert_eq!(x, vec![0.05, -0.05, 0.4, -0.9]);
-        apply_gain(&mut x, 20.0);
+        apply_gain(&mut x, gain_factor(20.0));
         let want = [0.5, -0.5, 1.0, -1.0];
         assert!(max_diff(&x, &want) < 1e-6, "{x:?}");
-        apply_gain(&mut x, -6.0206);
+        apply_gain(&mut x, gain_factor(-6.0206));
         assert!(max_diff(&x, &[0.25, -0.25, 0.5, -0.5]) < 1e-5, "{x:?}");
+        assert!(gain_db_ok(-40.0) && gain_db_ok(12.5));
+        assert!(!gain_db_ok(40.5) && !gain_db_ok(f32::NAN) && !gain_db_ok(f32::NEG_INFINITY));
     }
 
     #[test]

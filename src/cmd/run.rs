@@ -90,7 +90,7 @@ pub struct RunArgs {
 
 pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()> {
     let overrides = a.sampling.overrides()?;
-    if !(a.input_gain.abs() <= audio::MAX_GAIN_DB) {
+    if !audio::gain_db_ok(a.input_gain) {
         bail!("--input-gain {} dB is outside -{m}..{m} dB", a.input_gain, m = audio::MAX_GAIN_DB);
     }
     let files = model_dir::resolve(&a.model)?;
@@ -104,7 +104,7 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     if pcm.is_empty() {
         bail!("{}: no audio samples", a.input.display());
     }
-    audio::apply_gain(&mut pcm, a.input_gain);
+    audio::apply_gain(&mut pcm, audio::gain_factor(a.input_gain));
     let frame = engine.frame_size();
     let input_len = pcm.len();
     let frames = input_len.div_ceil(frame);

@@ -246,7 +246,7 @@ impl DaemonConfig {
                 return Err(Error::config(name, "must be at least 1"));
             }
         }
-        if !(self.input_gain.abs() <= crate::audio::MAX_GAIN_DB) {
+        if !crate::audio::gain_db_ok(self.input_gain) {
             return Err(Error::config(
                 "input_gain",
                 format!("{} dB is outside -{m}..{m} dB", self.input_gain, m = crate::audio::MAX_GAIN_DB),

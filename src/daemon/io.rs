@@ -311,13 +311,13 @@ impl AudioSource for FileSource {
 /// full scale. Applied on the inference thread, after the device ring: no callback work.
 pub struct GainSource {
     inner: Box<dyn AudioSource>,
-    db: f32,
+    factor: f32,
 }
 
 impl GainSource {
     /// `inner` itself when `db` is 0, else `inner` scaled by `db` decibels.
     pub fn wrap(inner: Box<dyn AudioSource>, db: f32) -> Box<dyn AudioSource> {
-        if db == 0.0 { inner } else { Box::new(Self { inner, db }) }
+        if db == 0.0 { inner } else { Box::new(Self { inner, factor: crate::audio::gain_factor(db) }) }
     }
 }
 
@@ -325,7 +325,7 @@ impl AudioSource for GainSource {
     fn poll_frame(&mut self, frame: &mut [f32]) -> Poll {
         let poll = self.inner.poll_frame(frame);
         if poll == Poll::Frame {
-            crate::audio::apply_gain(frame, self.db);
+            crate::audio::apply_gain(frame, self.factor);
         }
         poll
     }
