@@ -107,9 +107,12 @@ fixtures: venv
 # (canon_codes.py extract/rewrite; the shipped lm27's are committed in assets/stages/answer-codes), assembled with the
 # tuned decoder. Then lm29 (stop 38, shipped): lm27's step from its folder on a fifth 12,000 questions and the same
 # replay, its first 12,000 questions re-tokenized louder or quieter over a louder noise floor (tokenize --level --noise),
-# answers rewritten to lm27's codes. Both go through the recipe's `canon_stage STAGE FROM SUFFIX PARTS...`: rewrite
-# each token file PART to STAGE's answer codes (as PART-SUFFIX), train STAGE from FROM with FROM's audio as teacher,
-# assemble tiny-STAGE.
+# answers rewritten to lm27's codes. Then lm30 (stop 39): lm29's step from its folder, its second 12,000
+# questions re-tokenized the same way over white, pink or brown noise, half of them resynthesized by a vocoder with
+# the voice moved (tokenize --vocode 0.5 --level --noise --colour), and what ships is the mean of lm29's and lm30's
+# weights (soup.py), assembled with the tuned decoder. lm27, lm29 and lm30 go through the recipe's
+# `canon_stage STAGE FROM SUFFIX PARTS...`: rewrite each token file PART to STAGE's answer codes (as PART-SUFFIX),
+# train STAGE from FROM with FROM's audio as teacher, assemble tiny-STAGE.
 TINY_DATA ?= /var/tmp/kokichi-data
 TINY_DATA2 ?= /var/tmp/kokichi-data2
 TINY_DATA3 ?= /var/tmp/kokichi-data3
@@ -257,13 +260,25 @@ train-tiny: venv-tiny
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/canon_codes.py extract --model $(TINY_WORK)/tiny-lm27 \
 	  --tokens $(TINY_WORK)/lm27/tokens-25.npz --data $(TINY_DATA4) --out $(TINY_WORK)/lm29/answer-codes.npz && \
 	canon_stage lm29 tiny-lm27 lm29 lm27/probe lm29/tokens-32 lm27/tokens-26 lm27/tokens-27 lm29/tokens-28 && \
-	cp $(TINY_WORK)/tiny-lm29/* assets/kokichi-tiny/ && \
+	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/train_lm.py tokenize --data $(TINY_DATA4) --codec $(TINY_WORK)/codec-distill-f16 \
+	  --out $(TINY_WORK)/lm30/tokens-33.npz --first 12000 --limit 12000 --seed 33 --vocode 0.5 --level -30 --noise -40 --colour \
+	  --splits train && \
+	cp $(TINY_WORK)/lm29/answer-codes.npz $(TINY_WORK)/lm30/answer-codes.npz && \
+	canon_stage lm30 tiny-lm29 lm30 lm27/probe lm29/tokens-32 lm30/tokens-33 lm27/tokens-27 lm29/tokens-28 && \
+	$(PY) scripts/tiny/soup.py --out $(TINY_WORK)/soup30/export $(TINY_WORK)/lm29/export $(TINY_WORK)/lm30/export && \
+	$(PY) scripts/tiny/assemble.py --codec $(TINY_WORK)/codec-distill-tuned6/export --lm $(TINY_WORK)/soup30/export \
+	  --data $(TINY_DATA4) --out $(TINY_WORK)/tiny-soup30 && \
+	cp $(TINY_WORK)/tiny-soup30/* assets/kokichi-tiny/ && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 eval-tiny: venv-tiny
 	cargo build --example answer_many
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/eval_codec.py --codec assets/kokichi-tiny --data $(TINY_DATA)
 	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA) --n 200 --silences 60 --pairs 60
+	@echo "== the same voices in a noisy room (-50 dBFS RMS of white, then pink noise, in the silent windows too) and quiet (peaks at -26 dBFS)"
+	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA) --n 100 --silences 30 --noise -50 --out out/eval-tiny-white50
+	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA) --n 100 --silences 30 --noise -50 --colour 1 --out out/eval-tiny-pink50
+	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA) --n 100 --silences 0 --peak -26 --out out/eval-tiny-quiet
 
 bench-codec: venv
 	cargo build --example bench_codec

@@ -46,6 +46,23 @@ def read_wav(path, rate=RATE) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
 
 
+def noise(rng: np.random.Generator, n: int, slope: float = 0.0) -> np.ndarray:
+    """Unit-RMS Gaussian noise whose power falls as f^-slope: 0 white (hiss), 1 pink (fans,
+    rooms), 2 brown (rumble). Slope 0 is rng.standard_normal itself, so white noise stays the
+    same samples it always was for a given generator."""
+    w = rng.standard_normal(n).astype(np.float32)
+    if not slope:
+        return w
+    spec = np.fft.rfft(w)
+    f = np.arange(len(spec), dtype=np.float64)
+    f[0] = 1.0
+    spec *= f ** (-slope / 2)
+    spec[0] = 0.0
+    c = np.fft.irfft(spec, n)
+    rms = np.sqrt(np.mean(c ** 2))
+    return (c / rms).astype(np.float32) if rms > 0 else w
+
+
 def load_split(data: Path, split: str):
     return [json.loads(l) for l in (data / f"{split}.jsonl").read_text().splitlines()]
 

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import domain  # noqa: E402
-from common import RATE, load_split, read_wav  # noqa: E402
+from common import RATE, load_split, noise as coloured, read_wav  # noqa: E402
 from eval_codec import resample  # noqa: E402
 
 
@@ -99,7 +99,10 @@ def main():
     ap.add_argument("--audio-top-k", type=int)
     ap.add_argument("--seed", type=int, default=0, help="sampling seed of the first file (file i: seed + i)")
     ap.add_argument("--peak", type=float, help="every question rescaled to this peak level (dBFS) instead of its own")
-    ap.add_argument("--noise", type=float, help="RMS level (dBFS) of the white noise under the questions (default -70.5)")
+    ap.add_argument("--noise", type=float, help="RMS level (dBFS) of the noise under the questions and in the silent windows "
+                    "(default: -70.5 under the questions, -90 to -60 in the silent windows)")
+    ap.add_argument("--colour", type=float, default=0.0,
+                    help="that noise's spectral slope: power as f^-COLOUR (0 white, 1 pink, 2 brown)")
     ap.add_argument("--input-gain", type=float, help="answer_many's --input-gain (dB), as the daemon's input_gain")
     ap.add_argument("--out", type=Path, default=Path("out/eval-tiny"))
     args = ap.parse_args()
@@ -113,6 +116,13 @@ def main():
     recs = [recs[k] for k in picked]
     noise = 3e-4 if args.noise is None else 10 ** (args.noise / 20)
 
+    def floor(seed, n):
+        """The noise under a question or a pair; white is drawn as it always was, so earlier figures hold."""
+        g = np.random.default_rng(seed)
+        if not args.colour:
+            return g.normal(0, noise, n).astype(np.float32)
+        return coloured(g, n, args.colour) * np.float32(noise)
+
     def question(r):
         q = read_wav(args.data / r["file"]).astype(np.float32) / 32768
         if args.peak is not None and np.abs(q).max() > 0:
@@ -125,14 +135,18 @@ def main():
         lead = int(rng.uniform(0.3, 1.0) * RATE)
         pcm = np.zeros(lead + len(q) + 4 * RATE, np.float32)
         pcm[lead:lead + len(q)] = q
-        pcm += np.random.default_rng(r["id"]).normal(0, noise, len(pcm)).astype(np.float32)
+        pcm += floor(r["id"], len(pcm))
         name = f"q{r['id']:06d}"
         write_wav(work / "in" / f"{name}.wav", pcm)
         items.append({"name": name, "task": r["task"], "question": r["question"], "answer": r["answer"],
                       "voice": r["voice"], "answer_from": lead + len(q)})
     for i in range(args.silences):
         name = f"s{i:04d}"
-        pcm = np.random.default_rng(10_000 + i).normal(0, 10 ** rng.uniform(-4.5, -3), 6 * RATE).astype(np.float32)
+        level = 10 ** rng.uniform(-4.5, -3)  # drawn either way, so the pairs after stay the same
+        if args.noise is None:
+            pcm = np.random.default_rng(10_000 + i).normal(0, level, 6 * RATE).astype(np.float32)
+        else:  # nobody speaking in the same noisy room
+            pcm = floor(10_000 + i, 6 * RATE)
         write_wav(work / "in" / f"{name}.wav", pcm)
         items.append({"name": name, "task": "silence", "answer": "", "answer_from": 0})
     pairs = []
@@ -145,7 +159,7 @@ def main():
         pcm = np.zeros(second + len(qb) + 4 * RATE, np.float32)
         pcm[lead:lead + len(qa)] = qa
         pcm[second:second + len(qb)] = qb
-        pcm += np.random.default_rng(20_000 + i).normal(0, noise, len(pcm)).astype(np.float32)
+        pcm += floor(20_000 + i, len(pcm))
         name = f"p{i:04d}"
         write_wav(work / "in" / f"{name}.wav", pcm)
         pairs.append({"name": name, "questions": [a["question"], b["question"]], "answers": [a["answer"], b["answer"]],
@@ -195,6 +209,7 @@ def main():
                      if getattr(args, f) is not None)
     level = "".join([f"; questions peak {args.peak:g} dBFS" if args.peak is not None else "",
                      f"; noise {args.noise:g} dBFS" if args.noise is not None else "",
+                     f", spectral slope {args.colour:g}" if args.colour else "",
                      f"; input gain {args.input_gain:g} dB" if args.input_gain is not None else ""])
     print(f"kokichi-tiny on held-out voices ({base}{'; ' + over if over else ''}{level}), {len(qs)} questions, "
           f"{len(sil)} silent windows")

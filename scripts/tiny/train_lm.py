@@ -86,6 +86,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (CODEBOOKS, FRAME, MIMI, PAD, SEQ_FRAMES, cosine_lr, ctc_greedy, lm_config, load_split,  # noqa: E402
                     read_wav)
+from common import noise as coloured  # noqa: E402
 from steps import clear_done, mark_done, records_digest, step_key  # noqa: E402
 import vocode  # noqa: E402
 from gen_mimi_fixtures import checkpoint_state  # noqa: E402
@@ -141,12 +142,14 @@ def _encode_users(jobs):
                 q = q * np.float32(10 ** (job["level"] / 20) / np.abs(q).max())
             lead = job["lead"]
             pcm[lead:lead + len(q)] = q[: total - lead]
-        pcm += np.random.default_rng(job["seed"]).standard_normal(total).astype(np.float32) * job["noise"]
+        pcm += coloured(np.random.default_rng(job["seed"]), total, job.get("colour", 0)) * np.float32(job["noise"])
         out.append((job["k"], encode(_WORKER["mimi"], pcm)))
     return out
 
 
 WARP_BASE = 20
+# The noise spectra `tokenize --colour` draws from: white, pink, brown (power as f^-slope).
+COLOURS = (0, 1, 2)
 # The quietest noise floor `tokenize --noise` draws (dBFS RMS); without it, -100 to -60.
 NOISE_FLOOR = -75.0
 
@@ -194,7 +197,7 @@ def tokenize(args):
     # Done before with the same arguments, codec and records (a restarted `make train-tiny`): kept.
     marker = args.out.with_name(args.out.name + ".done.json")
     key = step_key(args, [args.codec, args.data / "answers.json", args.data / "tokenizer.model"])
-    for opt in ("vocode", "level", "noise"):
+    for opt in ("vocode", "level", "noise", "colour"):
         if not key[opt]:
             del key[opt]  # off: the key of tokenizings done before the option existed
     try:
@@ -240,6 +243,7 @@ def tokenize(args):
         vrng = random.Random(args.seed * 1_000_003 + 11)  # --vocode's, likewise
         lrng = random.Random(args.seed * 1_000_003 + 13)  # --level's, likewise
         nrng = random.Random(args.seed * 1_000_003 + 17)  # --noise's, likewise
+        crng = random.Random(args.seed * 1_000_003 + 19)  # --colour's, likewise
         # Layouts and noise levels are drawn here, in order, so the result does not depend on
         # how the encoding is spread over worker processes.
         for rep in range(reps):
@@ -274,6 +278,8 @@ def tokenize(args):
                     if job.get("level") is not None:
                         db = min(db, job["level"] - 20)
                     job["noise"] = 10 ** (db / 20)
+                if split == "train" and args.colour:
+                    job["colour"] = crng.choice(COLOURS)
                 seqs[k, 0] = text
                 seqs[k, 1:1 + CODEBOOKS] = model
                 jobs.append(job)
@@ -717,8 +723,11 @@ def main():
                    help="rescale each training question to a peak drawn uniformly from LEVEL to -1 dB "
                         "(the corpus peaks at -9 to 0 dB; quieter speech is heard far worse without it; 0: off)")
     t.add_argument("--noise", type=float, default=0.0,
-                   help="white noise under each training sequence at an RMS level drawn uniformly from -75 dBFS to NOISE "
+                   help="noise (white unless --colour) under each training sequence at an RMS level drawn uniformly from -75 dBFS to NOISE "
                         "(kept 20 dB under a --level question's peak), in place of -100..-60 dBFS; 0: off")
+    t.add_argument("--colour", action="store_true",
+                   help="each training sequence's noise white, pink or brown at random (power as f^0, f^-1, f^-2: "
+                        "hiss, fans and rooms, rumble) instead of always white")
     t.add_argument("--splits", nargs="+", default=["train", "eval"], choices=["train", "eval"])
     r = sub.add_parser("train")
     r.add_argument("--tokens", type=Path, nargs="+", default=[Path("/var/tmp/kokichi-train/lm/tokens.npz")],
