@@ -271,14 +271,15 @@ train-tiny: venv-tiny
 	cp $(TINY_WORK)/tiny-soup30/* assets/kokichi-tiny/ && \
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
+EVAL_LM = $(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA)
 eval-tiny: venv-tiny
 	cargo build --example answer_many
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/eval_codec.py --codec assets/kokichi-tiny --data $(TINY_DATA)
-	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA) --n 200 --silences 60 --pairs 60
+	$(EVAL_LM) --n 200 --silences 60 --pairs 60
 	@echo "== the same voices in a noisy room (-50 dBFS RMS of white, then pink noise, in the silent windows too) and quiet (peaks at -26 dBFS)"
-	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA) --n 100 --silences 30 --noise -50 --out out/eval-tiny-white50
-	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA) --n 100 --silences 30 --noise -50 --colour 1 --out out/eval-tiny-pink50
-	$(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA) --n 100 --silences 0 --peak -26 --out out/eval-tiny-quiet
+	$(EVAL_LM) --n 100 --silences 30 --noise -50 --out out/eval-tiny-white50
+	$(EVAL_LM) --n 100 --silences 30 --noise -50 --colour 1 --out out/eval-tiny-pink50
+	$(EVAL_LM) --n 100 --silences 0 --peak -26 --out out/eval-tiny-quiet
 
 bench-codec: venv
 	cargo build --example bench_codec

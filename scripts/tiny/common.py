@@ -47,10 +47,10 @@ def read_wav(path, rate=RATE) -> np.ndarray:
 
 
 def noise(rng: np.random.Generator, n: int, slope: float = 0.0) -> np.ndarray:
-    """Unit-RMS Gaussian noise whose power falls as f^-slope: 0 white (hiss), 1 pink (fans,
-    rooms), 2 brown (rumble). Slope 0 is rng.standard_normal itself, so white noise stays the
-    same samples it always was for a given generator."""
-    w = rng.standard_normal(n).astype(np.float32)
+    """Unit-RMS Gaussian noise (float64) whose power falls as f^-slope: 0 white (hiss), 1 pink
+    (fans, rooms), 2 brown (rumble). Slope 0 is rng.standard_normal(n) itself, so a caller that
+    scales and casts as it did before draws the same white samples as before."""
+    w = rng.standard_normal(n)
     if not slope:
         return w
     spec = np.fft.rfft(w)
@@ -60,7 +60,7 @@ def noise(rng: np.random.Generator, n: int, slope: float = 0.0) -> np.ndarray:
     spec[0] = 0.0
     c = np.fft.irfft(spec, n)
     rms = np.sqrt(np.mean(c ** 2))
-    return (c / rms).astype(np.float32) if rms > 0 else w
+    return c / rms if rms > 0 else w
 
 
 def load_split(data: Path, split: str):

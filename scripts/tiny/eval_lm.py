@@ -117,11 +117,8 @@ def main():
     noise = 3e-4 if args.noise is None else 10 ** (args.noise / 20)
 
     def floor(seed, n):
-        """The noise under a question or a pair; white is drawn as it always was, so earlier figures hold."""
-        g = np.random.default_rng(seed)
-        if not args.colour:
-            return g.normal(0, noise, n).astype(np.float32)
-        return coloured(g, n, args.colour) * np.float32(noise)
+        """The noise under a question, a pair or a silent window (white: the samples drawn before)."""
+        return (coloured(np.random.default_rng(seed), n, args.colour) * noise).astype(np.float32)
 
     def question(r):
         q = read_wav(args.data / r["file"]).astype(np.float32) / 32768

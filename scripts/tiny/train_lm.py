@@ -142,7 +142,7 @@ def _encode_users(jobs):
                 q = q * np.float32(10 ** (job["level"] / 20) / np.abs(q).max())
             lead = job["lead"]
             pcm[lead:lead + len(q)] = q[: total - lead]
-        pcm += coloured(np.random.default_rng(job["seed"]), total, job.get("colour", 0)) * np.float32(job["noise"])
+        pcm += coloured(np.random.default_rng(job["seed"]), total, job.get("colour", 0)).astype(np.float32) * job["noise"]
         out.append((job["k"], encode(_WORKER["mimi"], pcm)))
     return out
 
