@@ -272,8 +272,12 @@ train-tiny: venv-tiny
 	echo "train-tiny took $$(( ($$(date +%s) - start) / 60 )) minutes"
 
 EVAL_LM = $(PY) scripts/tiny/eval_lm.py --model assets/kokichi-tiny --bin $(CARGO_TARGET_DIR)/debug/examples/answer_many --data $(TINY_DATA)
+# The held-out questions and the answer clips come from make_data.py: on a machine without the training
+# corpus, `--train 0` makes just them (about a minute, the same questions bit for bit as a full corpus's).
 eval-tiny: venv-tiny
 	cargo build --example answer_many
+	test -f $(TINY_DATA)/eval.jsonl -a -f $(TINY_DATA)/answers.json || \
+	  NO_TORCH_COMPILE=1 $(PY) scripts/tiny/make_data.py --out $(TINY_DATA) --train 0
 	NO_TORCH_COMPILE=1 $(PY) scripts/tiny/eval_codec.py --codec assets/kokichi-tiny --data $(TINY_DATA)
 	$(EVAL_LM) --n 200 --silences 60 --pairs 60
 	@echo "== the same voices in a noisy room (-50 dBFS RMS of white, then pink noise, in the silent windows too) and quiet (peaks at -26 dBFS)"

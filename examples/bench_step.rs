@@ -1,6 +1,7 @@
 //! One end-to-end 80 ms step (Mimi encode -> LM step -> Mimi decode) of a model, timed on the
 //! cpu and wgpu backends. `make bench-step`; by default kokichi-tiny's shapes with random
-//! weights (`--model DIR` for a real model folder).
+//! weights (`--model DIR` for a real model folder, `--shapes moshiko` for the real Mimi and
+//! moshiko sizes with random weights, which need a GPU; `--dtype f16` for half precision).
 //!
 //! Prints ms per step (mean and p90 after warm-up) and the share of each stage.
 
@@ -12,29 +13,47 @@ use burn::tensor::DType;
 use kokichi::backend::{self, BackendKind, Precision};
 use kokichi::lm::{GenConfig, LmConfig, LmModel};
 use kokichi::mimi::{Mimi, MimiConfig};
+use kokichi::weights::RandomWeights;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
+/// A codec and an LM of the named sizes with random weights (seeds 1 and 2) stored as `dtype`.
+fn random_pair(shapes: &str, device: &Device, dtype: DType) -> Result<(Mimi, LmModel)> {
+    let (mimi_cfg, lm_cfg, codebooks) = match shapes {
+        "kokichi-tiny" => (MimiConfig::kokichi_tiny(), LmConfig::kokichi_tiny(300), 6),
+        "moshiko" => (MimiConfig::v0_1(), LmConfig::moshiko(), 8),
+        other => anyhow::bail!("--shapes takes kokichi-tiny or moshiko, not {other:?}"),
+    };
+    let mut w = RandomWeights::new(device, dtype, 1);
+    if let Some(s) = mimi_cfg.transformer.layer_scale {
+        w.layer_scale = s as f32;
+    }
+    let mimi = Mimi::build(&mut w, mimi_cfg, codebooks)?;
+    let lm = LmModel::build(&mut RandomWeights::new(device, dtype, 2), lm_cfg)?;
+    Ok((mimi, lm))
+}
+
 fn main() -> Result<()> {
     let steps: usize = arg("--steps").map_or(Ok(60), |s| s.parse())?;
     let backends = arg("--backends").unwrap_or_else(|| "cpu".into());
+    let shapes = arg("--shapes").unwrap_or_else(|| "kokichi-tiny".into());
+    let precision: Precision = arg("--dtype").unwrap_or_else(|| "f32".into()).parse()?;
     for name in backends.split(',') {
         let kind: BackendKind = name.parse()?;
-        let device = backend::device(kind, Precision::F32)?;
+        let device = backend::device(kind, precision)?;
+        let t0 = Instant::now();
         let (mimi, lm) = match arg("--model") {
             Some(dir) => {
                 let files = kokichi::model_dir::resolve(&dir)?;
-                let e = kokichi::session::Engine::load(&files, &device, DType::F32)?;
+                let e = kokichi::session::Engine::load(&files, &device, precision.dtype())?;
                 (e.mimi, e.lm)
             }
-            None => (
-                Mimi::random(MimiConfig::kokichi_tiny(), 6, &device, 1)?.0,
-                LmModel::random(LmConfig::kokichi_tiny(300), &device, 2)?.0,
-            ),
+            None => random_pair(&shapes, &device, precision.dtype())?,
         };
+        let init = t0.elapsed().as_secs_f64();
         let frame = mimi.frame_size();
         let q = lm.config.dep_q;
         let mut enc = mimi.init_enc_state(1)?;
@@ -66,8 +85,10 @@ fn main() -> Result<()> {
         sorted.sort_by(f64::total_cmp);
         let p90 = sorted[(sorted.len() - 1) * 9 / 10];
         println!(
-            "{kind} ({}): step {:.2} ms (p90 {:.2}) = encode {:.2} + LM {:.2} + decode {:.2}; real-time factor {:.3}",
+            "{kind} ({}, {:?}, built in {init:.0} s): step {:.2} ms (p90 {:.2}) = encode {:.2} + LM {:.2} + decode {:.2}; \
+             real-time factor {:.3}",
             backend::adapter_name(&device),
+            precision.dtype(),
             mean(&total),
             p90,
             mean(&te),

@@ -35,6 +35,9 @@ what it will be given, against the same clean clip. Measured once and not shippe
 steps from the shipped decoder took the judge on those codes from 71.7% to 74.7%, but lm27's
 audio end to end fell from 45.5% to 43.0% (right for the shipped decoder alone 7 times, the
 new one 2; p = 0.18).
+Stop 42 ran 4,000 more mel-only steps from the shipped model folder: the judge on the clips went
+from 74.7% to 78.5%, but end to end the audio was level (45.0% against 45.5%; p = 1.00), so the
+decoder's gains on the clips' codes no longer reach what the LM says.
 
 Writes OUT/export/mimi.safetensors (the full codec, decoder replaced) and prints a judge
 figure (pocketsphinx, the eval's judge) on all answers: clean, and decoded before and after.
