@@ -1,17 +1,15 @@
 //! `make bench-lm`: milliseconds per LM generation step (temporal transformer + the depth
 //! transformer's codebooks + sampling), random weights, for Moshi's full width with 1 and 2
 //! temporal layers (the per-layer cost extrapolates to moshiko's 32) and for the tiny configs,
-//! on the cpu and wgpu backends. `--full` also builds all 32 layers of moshiko (random weights, f32
-//! then f16: about 31 and 15 GB), for a GPU with the memory to hold them.
+//! on the cpu and wgpu backends.
 //!
-//! Usage: bench_lm [--backends cpu,wgpu] [--steps N] [--skip-moshiko] [--full]
+//! Usage: bench_lm [--backends cpu,wgpu] [--steps N] [--skip-moshiko]
 
 use std::time::Instant;
 
 use anyhow::Result;
 use kokichi::backend::{self, BackendKind, Precision};
 use kokichi::lm::{GenConfig, LmConfig, LmModel};
-use kokichi::weights::RandomWeights;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -38,7 +36,6 @@ fn time_steps(lm: &LmModel, steps: usize) -> Result<f64> {
 fn main() -> Result<()> {
     let steps: usize = arg("--steps").map_or(Ok(12), |s| s.parse())?;
     let skip_moshiko = std::env::args().any(|a| a == "--skip-moshiko");
-    let full = std::env::args().any(|a| a == "--full");
     let backends = arg("--backends").unwrap_or_else(|| "cpu,wgpu".into());
     for name in backends.split(',') {
         let kind: BackendKind = name.parse()?;
@@ -72,22 +69,6 @@ fn main() -> Result<()> {
             "  extrapolated to moshiko's 32 layers: {:.0} ms/step (real time needs < 80)",
             fixed + 32.0 * per_layer
         );
-        if !full {
-            continue;
-        }
-        for precision in [Precision::F32, Precision::F16] {
-            let dtype = precision.dtype();
-            if !device.supports_dtype(dtype) {
-                println!("moshiko, 32 layers, {dtype:?}: not supported by this device");
-                continue;
-            }
-            let t0 = Instant::now();
-            let mut w = RandomWeights::new(&device, dtype, 3);
-            let lm = LmModel::build(&mut w, LmConfig::moshiko())?;
-            let init = t0.elapsed().as_secs_f64();
-            let ms = time_steps(&lm, steps)?;
-            println!("moshiko, all 32 layers, {dtype:?}  {ms:8.1} ms/step  (init {init:.0} s; real time needs < 80)");
-        }
     }
     Ok(())
 }

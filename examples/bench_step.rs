@@ -13,7 +13,6 @@ use burn::tensor::DType;
 use kokichi::backend::{self, BackendKind, Precision};
 use kokichi::lm::{GenConfig, LmConfig, LmModel};
 use kokichi::mimi::{Mimi, MimiConfig};
-use kokichi::weights::RandomWeights;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -27,12 +26,8 @@ fn random_pair(shapes: &str, device: &Device, dtype: DType) -> Result<(Mimi, LmM
         "moshiko" => (MimiConfig::v0_1(), LmConfig::moshiko(), 8),
         other => anyhow::bail!("--shapes takes kokichi-tiny or moshiko, not {other:?}"),
     };
-    let mut w = RandomWeights::new(device, dtype, 1);
-    if let Some(s) = mimi_cfg.transformer.layer_scale {
-        w.layer_scale = s as f32;
-    }
-    let mimi = Mimi::build(&mut w, mimi_cfg, codebooks)?;
-    let lm = LmModel::build(&mut RandomWeights::new(device, dtype, 2), lm_cfg)?;
+    let mimi = Mimi::random_as(mimi_cfg, codebooks, device, dtype, 1)?.0;
+    let lm = LmModel::random_as(lm_cfg, device, dtype, 2)?.0;
     Ok((mimi, lm))
 }
 

@@ -60,7 +60,12 @@ impl LmModel {
 
     /// A freshly initialised model (training), with the slots to export it.
     pub fn random(config: LmConfig, device: &Device, seed: u64) -> Result<(Self, Slots)> {
-        let mut w = crate::weights::RandomWeights::new(device, DType::F32, seed);
+        Self::random_as(config, device, DType::F32, seed)
+    }
+
+    /// [`LmModel::random`] with weights stored as `dtype` (benchmarks of large shapes in f16).
+    pub fn random_as(config: LmConfig, device: &Device, dtype: DType, seed: u64) -> Result<(Self, Slots)> {
+        let mut w = crate::weights::RandomWeights::new(device, dtype, seed);
         let lm = Self::build(&mut w, config)?;
         Ok((lm, w.into_slots()))
     }

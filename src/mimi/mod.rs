@@ -264,7 +264,18 @@ impl Mimi {
 
     /// A freshly initialised codec (training), with the slots to export it.
     pub fn random(config: MimiConfig, num_codebooks: usize, device: &Device, seed: u64) -> Result<(Self, Slots)> {
-        let mut w = crate::weights::RandomWeights::new(device, DType::F32, seed);
+        Self::random_as(config, num_codebooks, device, DType::F32, seed)
+    }
+
+    /// [`Mimi::random`] with weights stored as `dtype` (benchmarks of large shapes in f16).
+    pub fn random_as(
+        config: MimiConfig,
+        num_codebooks: usize,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<(Self, Slots)> {
+        let mut w = crate::weights::RandomWeights::new(device, dtype, seed);
         if let Some(s) = config.transformer.layer_scale {
             w.layer_scale = s as f32;
         }
