@@ -85,6 +85,8 @@ run() {
             done
         done
     fi
+    # Tokens picked on the device (one read-back a step) against the host (one a stream).
+    step 300 "LM step, picking on the device and on the host" "$b/bench_lm" --backends wgpu --steps 12
     step 300 "moshiko-size step, f16" "$b/bench_step" --backends wgpu --shapes moshiko --dtype f16 --steps 40
     step 300 "moshiko-size step, f32" "$b/bench_step" --backends wgpu --shapes moshiko --steps 40
     if [ -d assets/kokichi-tiny ]; then

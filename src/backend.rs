@@ -107,6 +107,11 @@ pub fn device(kind: BackendKind, precision: Precision) -> Result<Device> {
     Ok(device)
 }
 
+/// Whether `device` is the CPU (`flex`) backend's.
+pub fn is_cpu(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
 /// A human-readable name of the device's adapter, for logs.
 pub fn adapter_name(device: &Device) -> String {
     match device.identity() {

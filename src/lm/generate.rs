@@ -7,11 +7,15 @@
 //! once the delays are undone. With a maximum delay of 1 the first step returns nothing.
 //!
 //! The token history lives on the host, per stream, in a ring of `max_delay + 2` steps, so
-//! streams of one batch may be at different positions and a session can run forever.
+//! streams of one batch may be at different positions and a session can run forever. Tokens are
+//! picked on the device and read back once per step ([`pick`](super::pick); on the CPU
+//! backend, on the host).
 
+use burn::prelude::*;
 use rand::rngs::StdRng;
 
 use super::model::{LmModel, UNGENERATED_TOKEN};
+use super::pick::{self, Draw, Picking};
 use super::sampling::{self, Sampling};
 use crate::backend;
 use crate::error::{Error, Result};
@@ -56,12 +60,22 @@ pub struct GenRow {
 pub struct LmState {
     transformer: TransformerState,
     rows: Vec<GenRow>,
+    picking: Picking,
 }
 
 impl LmState {
     /// A state of no streams (a placeholder while a session's state is lent to a batch).
     pub fn empty() -> Self {
-        LmState { transformer: TransformerState { rows: Vec::new(), steps: 0 }, rows: Vec::new() }
+        LmState {
+            transformer: TransformerState { rows: Vec::new(), steps: 0 },
+            rows: Vec::new(),
+            picking: Picking::Host,
+        }
+    }
+
+    /// Where the steps pick their tokens (unless set, [`Picking::for_device`] of the model's).
+    pub fn set_picking(&mut self, picking: Picking) {
+        self.picking = picking;
     }
 
     pub fn batch(&self) -> usize {
@@ -74,21 +88,23 @@ impl LmState {
     }
 
     pub fn merge(parts: Vec<LmState>) -> LmState {
+        let picking = parts.first().map_or(Picking::Host, |p| p.picking);
         let mut tr = Vec::with_capacity(parts.len());
         let mut rows = Vec::new();
         for p in parts {
             tr.push(p.transformer);
             rows.extend(p.rows);
         }
-        LmState { transformer: TransformerState::merge(tr), rows }
+        LmState { transformer: TransformerState::merge(tr), rows, picking }
     }
 
     pub fn split(self) -> Vec<LmState> {
+        let picking = self.picking;
         self.transformer
             .split()
             .into_iter()
             .zip(self.rows)
-            .map(|(t, r)| LmState { transformer: t, rows: vec![r] })
+            .map(|(t, r)| LmState { transformer: t, rows: vec![r], picking })
             .collect()
     }
 }
@@ -116,7 +132,11 @@ impl LmModel {
                 audio_rng: sampling::rng(cfg.audio_seed),
             })
             .collect();
-        Ok(LmState { transformer: self.init_transformer_state(configs.len())?, rows })
+        Ok(LmState {
+            transformer: self.init_transformer_state(configs.len())?,
+            rows,
+            picking: Picking::for_device(&self.device()),
+        })
     }
 
     /// One generation step. `user_codes` holds `[B, n_q - dep_q]` codes (row-major, extra
@@ -162,39 +182,40 @@ impl LmModel {
                 input[r * k + s] = if row.offset <= c.delays[s] { initial(s) } else { row.cache[s][row.offset % ring] };
             }
         }
-        let (out, text_logits) = self.forward_text(&input, b, 1, Some(&mut state.transformer))?;
-        let text_logits = backend::read_floats(text_logits)?;
-        let vocab = c.text_out();
-        let mut scratch = Vec::new();
-        let mut text = Vec::with_capacity(b);
-        for (r, row) in state.rows.iter_mut().enumerate() {
-            let t = match forced_text.get(r).copied().flatten() {
-                Some(t) => t,
-                None => sampling::sample(
-                    &text_logits[r * vocab..(r + 1) * vocab],
-                    row.config.text,
-                    &mut row.text_rng,
-                    &mut scratch,
-                ) as i64,
-            };
-            text.push(t);
+        if let Some(bad) = forced_text.iter().flatten().find(|&&t| t < 0 || t > c.text_card as i64) {
+            return Err(Error::input(format!("forced text token {bad} outside 0..={}", c.text_card)));
         }
+        let (out, text_logits) = self.forward_text(&input, b, 1, Some(&mut state.transformer))?;
+        let picking = state.picking;
+        let mut draws: Vec<Draw> =
+            state.rows.iter_mut().map(|row| Draw { params: row.config.text, rng: &mut row.text_rng }).collect();
+        let text = pick::pick(text_logits.reshape([b, c.text_out()]), &mut draws, forced_text, picking)?;
         // Depth transformer: one codebook at a time, each fed the previous token.
         let mut dep_state = self.init_depformer_state(b)?;
-        let mut audio = vec![0i64; b * dep_q];
-        let mut prev = text.clone();
+        let mut prev = text.device.clone();
+        let mut picked = vec![text];
         for step in 0..dep_q {
-            let logits = self.depformer_step(step, &prev, out.clone(), &mut dep_state)?;
-            let logits = backend::read_floats(logits)?;
-            for (r, row) in state.rows.iter_mut().enumerate() {
-                let tok = sampling::sample(
-                    &logits[r * c.card..(r + 1) * c.card],
-                    row.config.audio,
-                    &mut row.audio_rng,
-                    &mut scratch,
-                ) as i64;
-                audio[r * dep_q + step] = tok;
-                prev[r] = tok;
+            let logits = self.depformer_step(step, prev, out.clone(), &mut dep_state)?;
+            let mut draws: Vec<Draw> =
+                state.rows.iter_mut().map(|row| Draw { params: row.config.audio, rng: &mut row.audio_rng }).collect();
+            let tok = pick::pick(logits.reshape([b, c.card]), &mut draws, &[], picking)?;
+            prev = tok.device.clone();
+            picked.push(tok);
+        }
+        // [1 + dep_q][B] tokens: already on the host when picked there, else one read-back.
+        let cols: Vec<Vec<i64>> = match picked.iter().map(|p| p.host.clone()).collect::<Option<Vec<_>>>() {
+            Some(host) => host,
+            None => {
+                let all = Tensor::cat(picked.into_iter().map(|p| p.device).collect(), 0);
+                let flat = backend::read_ints(all)?;
+                flat.chunks(b).map(<[i64]>::to_vec).collect()
+            }
+        };
+        let text: Vec<i64> = cols[0].clone();
+        let mut audio = vec![0i64; b * dep_q];
+        for (step, col) in cols[1..].iter().enumerate() {
+            for r in 0..b {
+                audio[r * dep_q + step] = col[r];
             }
         }
         // Store the generated tokens and read back the undelayed ones.

@@ -3,8 +3,10 @@
 pub mod config;
 pub mod generate;
 pub mod model;
+pub mod pick;
 pub mod sampling;
 
 pub use config::LmConfig;
 pub use generate::{GenConfig, LmState, StepOut};
 pub use model::LmModel;
+pub use pick::Picking;

@@ -177,16 +177,16 @@ impl LmModel {
     }
 
     /// Depth-transformer step `step` for one time step: input projection of `transformer_out`
-    /// `[B, 1, dim]` plus the embedding of the previous token (`prev`, one per row).
-    /// Returns audio logits `[B, 1, card]`.
+    /// `[B, 1, dim]` plus the embedding of the previous token (`prev` `[B]`, on the device; valid
+    /// indices, no `-1` zero tokens). Returns audio logits `[B, 1, card]`.
     pub fn depformer_step(
         &self,
         step: usize,
-        prev: &[i64],
+        prev: Tensor<1, Int>,
         transformer_out: Tensor<3>,
         state: &mut TransformerState,
     ) -> Result<Tensor<3>> {
-        let b = prev.len();
+        let [b] = prev.dims();
         let proj = self.depformer_input(step, transformer_out)?;
         let table = if step == 0 {
             &self.depformer_text_emb
@@ -195,7 +195,8 @@ impl LmModel {
                 .get(step - 1)
                 .ok_or_else(|| Error::input(format!("depformer step {step} beyond dep_q")))?
         };
-        let x = proj + self.embed(table, prev, b, 1)?;
+        let dim = table.val().dims()[1];
+        let x = proj + table.val().select(0, prev).reshape([b, 1, dim]);
         let y = self.depformer.forward(x, Some(state))?;
         Ok(lin(y, &self.linears[step]))
     }
