@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::DType;
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
@@ -140,7 +141,7 @@ impl WeightFile {
                     }
                     let bf16 = e.dtype == Dtype::BF16;
                     let values: Vec<half::f16> = bytes
-                        .chunks_exact(2)
+                        .par_chunks_exact(2)
                         .map(|b| {
                             if bf16 {
                                 half::f16::from_f32(half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -229,7 +230,7 @@ impl HostData {
     fn into_f32(self) -> Vec<f32> {
         match self {
             HostData::F32(v) => v,
-            HostData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            HostData::F16(v) => v.par_iter().map(|x| x.to_f32()).collect(),
         }
     }
 }
@@ -275,6 +276,12 @@ pub trait Weights {
 
 impl dyn Weights + '_ {
     fn upload<const D: usize>(&self, data: HostData, shape: [usize; D]) -> Tensor<D> {
+        // Converted here, in parallel, so that Burn receives the dtype it stores.
+        let data = match (data, self.dtype()) {
+            (HostData::F32(v), DType::F16) => HostData::F16(v.par_iter().map(|&x| half::f16::from_f32(x)).collect()),
+            (HostData::F16(v), DType::F32) => HostData::F32(v.par_iter().map(|x| x.to_f32()).collect()),
+            (data, _) => data,
+        };
         Tensor::from_data(TensorData::new_like(data, shape), (self.device(), self.dtype()))
     }
 
@@ -358,21 +365,35 @@ impl dyn Weights + '_ {
 }
 
 /// `[rows, cols]` row-major to `[cols, rows]`.
+///
+/// In tiles, so that reads and writes both stay in cache, and in parallel over bands of output
+/// rows: moshiko's 7 B linear weights all pass through here at load.
 fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
     let mut out = vec![0f32; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = data[r * cols + c];
-        }
+    if rows == 0 || cols == 0 {
+        return out;
     }
+    out.par_chunks_mut(TILE * rows).enumerate().for_each(|(band, dst)| {
+        let c0 = band * TILE;
+        let width = dst.len() / rows;
+        for r0 in (0..rows).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let src = &data[r * cols + c0..r * cols + c0 + width];
+                for (dc, &v) in src.iter().enumerate() {
+                    dst[dc * rows + r] = v;
+                }
+            }
+        }
+    });
     out
 }
 
-fn decode(bytes: &[u8], n: usize, size: usize, f: impl Fn(&[u8]) -> f32) -> Option<Vec<f32>> {
+fn decode(bytes: &[u8], n: usize, size: usize, f: impl Fn(&[u8]) -> f32 + Send + Sync) -> Option<Vec<f32>> {
     if bytes.len() != n * size {
         return None;
     }
-    Some(bytes.chunks_exact(size).map(f).collect())
+    Some(bytes.par_chunks_exact(size).map(f).collect())
 }
 
 /// Reads an integer tensor (i64, i32, u32, i16, u16, u8) from a safetensors file.
@@ -457,12 +478,28 @@ impl RandomWeights {
         self.slots
     }
 
-    fn normal(&mut self, std: f32) -> f32 {
-        use rand::Rng;
-        let u1: f32 = self.rng.random::<f32>().max(1e-7);
-        let u2: f32 = self.rng.random::<f32>();
-        std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    /// `n` values of `draw`, in parallel chunks: each chunk has its own generator, seeded from
+    /// one draw of the main generator and the chunk's index, so the values depend on the seed
+    /// alone, not on the number of threads.
+    fn values(&mut self, n: usize, draw: impl Fn(&mut rand::rngs::StdRng) -> f32 + Sync) -> HostData {
+        use rand::{RngCore, SeedableRng};
+        const CHUNK: usize = 1 << 16;
+        let seed = self.rng.next_u64();
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            chunk.iter_mut().for_each(|v| *v = draw(&mut rng));
+        });
+        HostData::F32(out)
     }
+}
+
+/// A normal variate of standard deviation `std` (Box-Muller).
+fn normal(rng: &mut rand::rngs::StdRng, std: f32) -> f32 {
+    use rand::Rng;
+    let u1: f32 = rng.random::<f32>().max(1e-7);
+    let u2: f32 = rng.random::<f32>();
+    std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
 
 impl Weights for RandomWeights {
@@ -481,16 +518,16 @@ impl Weights for RandomWeights {
             "cluster_usage" | "alpha" => fill(1.0),
             "bias" => fill(0.0),
             "scale" => fill(self.layer_scale),
-            "embedding_sum" => HostData::F32((0..n).map(|_| self.normal(0.1)).collect()),
+            "embedding_sum" => self.values(n, |r| normal(r, 0.1)),
             "weight" if shape.len() == 1 => fill(1.0),
             _ if name.contains("emb") && shape.len() == 2 => {
                 let std = 1.0 / (shape[1] as f32).sqrt();
-                HostData::F32((0..n).map(|_| self.normal(std)).collect())
+                self.values(n, move |r| normal(r, std))
             }
             _ => {
                 let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
                 let b = 1.0 / (fan_in as f32).sqrt();
-                HostData::F32((0..n).map(|_| self.rng.random_range(-b..b)).collect())
+                self.values(n, move |r| r.random_range(-b..b))
             }
         })
     }
@@ -558,4 +595,51 @@ pub fn export<M: burn::module::Module>(module: &M, slots: &Slots, path: &Path, h
         }
     }
     write_tensors(path, tensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_matches_the_plain_loop() {
+        // Shapes around and across the tile size, and degenerate ones.
+        for (rows, cols) in [(1, 1), (3, 70), (70, 3), (32, 32), (33, 65), (100, 1), (1, 100), (0, 5)] {
+            let data: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut want = vec![0f32; data.len()];
+            for r in 0..rows {
+                for c in 0..cols {
+                    want[c * rows + r] = data[r * cols + c];
+                }
+            }
+            assert_eq!(transpose(&data, rows, cols), want, "[{rows}, {cols}]");
+        }
+    }
+
+    #[test]
+    fn random_values_depend_on_the_seed_not_the_threads() {
+        let draw = |threads: usize, seed: u64| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string());
+            pool.map(|p| {
+                p.install(|| {
+                    let mut w = RandomWeights::new(&Device::flex(), DType::F32, seed);
+                    // Two tensors, the second over several chunks, from one generator.
+                    let a = w.take("a.weight", &[3, 5]).map(HostData::into_f32);
+                    let b = w.take("b.weight", &[300, 700]).map(HostData::into_f32);
+                    (a.map_err(|e| e.to_string()), b.map_err(|e| e.to_string()))
+                })
+            })
+        };
+        let one = draw(1, 7);
+        let four = draw(4, 7);
+        assert_eq!(one, four);
+        assert_ne!(one, draw(1, 8));
+        let Ok((Ok(a), Ok(b))) = one else { panic!("drawing failed: {one:?}") };
+        // Uniform in +-1/sqrt(fan_in), not constant.
+        let bound = 1.0 / 700f32.sqrt();
+        assert!(b.iter().all(|v| v.abs() <= bound), "values beyond the bound");
+        let mean = b.iter().sum::<f32>() / b.len() as f32;
+        assert!(mean.abs() < bound / 50.0, "mean {mean}");
+        assert!(a.iter().any(|&v| v != a[0]));
+    }
 }
