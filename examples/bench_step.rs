@@ -3,7 +3,8 @@
 //! weights (`--model DIR` for a real model folder, `--shapes moshiko` for the real Mimi and
 //! moshiko sizes with random weights, which need a GPU; `--dtype f16` for half precision).
 //!
-//! Prints ms per step (mean and p90 after warm-up) and the share of each stage.
+//! Prints ms per step (mean and p90 after warm-up) and the share of each stage, and the first
+//! step's time: kernels compile and autotune there (what `kokichi serve` now does at start).
 
 use std::time::Instant;
 
@@ -80,10 +81,11 @@ fn main() -> Result<()> {
         sorted.sort_by(f64::total_cmp);
         let p90 = sorted[(sorted.len() - 1) * 9 / 10];
         println!(
-            "{kind} ({}, {:?}, built in {init:.0} s): step {:.2} ms (p90 {:.2}) = encode {:.2} + LM {:.2} + decode {:.2}; \
-             real-time factor {:.3}",
+            "{kind} ({}, {:?}, built in {init:.0} s, first step {:.0} ms): step {:.2} ms (p90 {:.2}) = encode {:.2} + LM {:.2} + \
+             decode {:.2}; real-time factor {:.3}",
             backend::adapter_name(&device),
             precision.dtype(),
+            total[0],
             mean(&total),
             p90,
             mean(&te),

@@ -97,6 +97,20 @@ impl Engine {
         })
     }
 
+    /// Steps a throwaway session through `frames` frames of silence with `config`, so that the
+    /// backend compiles and autotunes its kernels now rather than during the first real
+    /// conversation (on wgpu that takes from seconds to about a minute; on the CPU, nothing).
+    /// Past the model's delays, so that decoding runs too. Returns how long it took.
+    pub fn warm_up(&self, config: GenConfig, frames: usize) -> Result<std::time::Duration> {
+        let t0 = std::time::Instant::now();
+        let mut session = self.init_session(config)?;
+        let silence = vec![0f32; self.frame_size()];
+        for _ in 0..frames.max(self.lm.config.max_delay() + 2) {
+            self.step(&mut [&mut session], &silence)?;
+        }
+        Ok(t0.elapsed())
+    }
+
     /// The text of a generated token as Moshi streams it ("▁" as a space), or `None` for
     /// padding, start/end and other control tokens.
     pub fn text_piece(&self, token: i64) -> Option<String> {

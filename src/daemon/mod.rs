@@ -63,6 +63,17 @@ pub async fn serve(
     .map_err(|e| Error::Backend(format!("model loading task failed: {e}")))??;
     let sampling = config.gen_config(engine.sampling);
     tracing::info!(text = ?sampling.text, audio = ?sampling.audio, "sampling");
+    // On wgpu, kernels compile and autotune on their first use: here, before anyone is
+    // listening, not in the first conversation (the CPU backend has nothing to warm).
+    let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
+        if !backend::is_cpu(&engine.lm.device()) {
+            let took = engine.warm_up(sampling, 4)?;
+            tracing::info!(seconds = took.as_secs_f64(), "model warmed up (kernels compiled)");
+        }
+        Ok(engine)
+    })
+    .await
+    .map_err(|e| Error::Backend(format!("model warm-up task failed: {e}")))??;
     let engine = Arc::new(engine);
     let metrics = Arc::new(Metrics::default());
     let open_mode = config.mode == TalkMode::Open;
