@@ -3,9 +3,10 @@
 # machine. `scripts/gpu_check.sh pack DIR NAME...` (here, after `cargo test --no-run`) strips and
 # compresses the named binaries into DIR: test binaries by their file's name under tests/
 # (`kernels`, `mimi_parity`, ...), examples by theirs (`bench_step`, ...), and `kokichi`.
-# `scripts/gpu_check.sh run DIR` (there, in a copy of this checkout, as root, with a Vulkan loader
-# and the GPU's Vulkan driver installed) runs what DIR holds on wgpu alone, each part under its own
-# time limit, and prints what each said and how long it took. Each binary is 45-80 MB stripped
+# `scripts/gpu_check.sh run DIR [speed|checks|all]` (there, in a copy of this checkout, as root,
+# with a Vulkan loader and the GPU's Vulkan driver installed) runs what DIR holds on wgpu alone,
+# timings first, each part under its own time limit, and prints what each said and how long it
+# took. `lighten` and `restore` make room in the tree that travels (below). Each binary is 45-80 MB stripped
 # (8-14 MB compressed), so a size limit on what travels may take several bundles.
 #
 # The test binaries carry this checkout's path (CARGO_MANIFEST_DIR) and the kokichi binary's path
@@ -48,7 +49,7 @@ step() {
 }
 
 run() {
-    local dir=$1 f src target
+    local dir=$1 what=${2:-all} f src target
     b=$(mktemp -d)
     for f in "$dir"/*.xz; do
         local out=$b/$(basename "$f" .xz)
@@ -65,6 +66,27 @@ run() {
     export KOKICHI_TEST_BACKENDS=wgpu KOKICHI_ASSETS=$PWD/assets XDG_RUNTIME_DIR=/tmp/kokichi-xdg
     mkdir -p -m 700 "$XDG_RUNTIME_DIR"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    case "$what" in
+    speed) speed ;;
+    checks) checks ;;
+    *) speed && checks ;;
+    esac
+}
+
+# Timings first: they are what no GPU session has measured yet (stop 43's device picking, the
+# moshiko-size step); the correctness checks all passed on an H200 in stop 42.
+speed() {
+    step 300 "moshiko-size step, f16" "$b/bench_step" --backends wgpu --shapes moshiko --dtype f16 --steps 40
+    # Tokens picked on the device (one read-back a step) against the host (one a stream).
+    step 300 "LM step, picking on the device and on the host" "$b/bench_lm" --backends wgpu --steps 12
+    if [ -d assets/kokichi-tiny ]; then
+        step 120 "kokichi-tiny step, f32" "$b/bench_step" --backends cpu,wgpu --model kokichi-tiny
+        step 120 "kokichi-tiny step, f16" "$b/bench_step" --backends wgpu --model kokichi-tiny --dtype f16
+    fi
+    step 300 "moshiko-size step, f32" "$b/bench_step" --backends wgpu --shapes moshiko --steps 40
+}
+
+checks() {
     step 120 kernels "$b/kernels" --test-threads=1
     step 60 "kernels against their references" "$b/bench_kernels"
     step 240 mimi_parity "$b/mimi_parity" --test-threads=4
@@ -85,21 +107,32 @@ run() {
             done
         done
     fi
-    # Tokens picked on the device (one read-back a step) against the host (one a stream).
-    step 300 "LM step, picking on the device and on the host" "$b/bench_lm" --backends wgpu --steps 12
-    step 300 "moshiko-size step, f16" "$b/bench_step" --backends wgpu --shapes moshiko --dtype f16 --steps 40
-    step 300 "moshiko-size step, f32" "$b/bench_step" --backends wgpu --shapes moshiko --steps 40
-    if [ -d assets/kokichi-tiny ]; then
-        step 120 "kokichi-tiny step, f32" "$b/bench_step" --backends cpu,wgpu --model kokichi-tiny
-        step 120 "kokichi-tiny step, f16" "$b/bench_step" --backends wgpu --model kokichi-tiny --dtype f16
-    fi
+}
+
+# The tracked tree is about 66 MB of the 64 MiB (67.1 MB) that travels to the device machine, so
+# binaries fit only with the training stages (29 MB) left behind: `lighten` untracks them and
+# ignores them locally; `restore` undoes both. Commit nothing in between.
+EXCLUDE=.git/info/exclude
+LIGHT=(assets/stages)
+lighten() {
+    git diff --cached --quiet || { echo "the index has staged changes: commit or unstage them first" >&2; exit 1; }
+    git rm -r -q --cached "${LIGHT[@]}" && printf '/%s/\n' "${LIGHT[@]}" >>"$EXCLUDE"
+    echo "untracked ${LIGHT[*]}; run '$0 restore' after the device calls"
+}
+restore() {
+    git reset -q -- "${LIGHT[@]}"
+    local p
+    for p in "${LIGHT[@]}"; do grep -vxF "/$p/" "$EXCLUDE" >"$EXCLUDE.tmp"; mv "$EXCLUDE.tmp" "$EXCLUDE"; done
+    git status --short -- "${LIGHT[@]}"
 }
 
 case "${1:-}" in
 pack) pack "${2:?pack DIR NAME...}" "${@:3}" ;;
-run) run "${2:?run DIR}" ;;
+run) run "${2:?run DIR [speed|checks|all]}" "${3:-all}" ;;
+lighten) lighten ;;
+restore) restore ;;
 *)
-    echo "usage: $0 pack DIR NAME... | run DIR" >&2
+    echo "usage: $0 pack DIR NAME... | run DIR [speed|checks|all] | lighten | restore" >&2
     exit 2
     ;;
 esac

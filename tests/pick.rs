@@ -140,6 +140,36 @@ fn a_seed_fixes_the_tokens_on_every_backend() {
 }
 
 #[test]
+fn f16_logits_pick_like_their_f32_values() {
+    // Logits that f16 holds exactly, so the host's f32 argmax and top-k are the reference.
+    let rows: Vec<Vec<f32>> =
+        (0..2).map(|r| wavy(64, r as f32).iter().map(|v| half::f16::from_f32(*v).to_f32()).collect()).collect();
+    let want: Vec<i64> = rows.iter().map(|r| sampling::argmax(r) as i64).collect();
+    for (kind, device) in devices() {
+        if !device.supports_dtype(DType::F16) {
+            continue;
+        }
+        let logits = |rows: &[Vec<f32>]| backend::floats(rows.concat(), [rows.len(), 64], &device, DType::F16);
+        let mut g = rngs([1, 2]);
+        let mut draws: Vec<Draw> = g.iter_mut().map(|rng| Draw { params: Sampling::GREEDY, rng }).collect();
+        let p = pick::pick(logits(&rows), &mut draws, &[], Picking::Device).unwrap();
+        assert_eq!(backend::read_ints(p.device).unwrap(), want, "{kind}: f16 greedy");
+        let k = 3;
+        let mut top: Vec<usize> = (0..64).collect();
+        top.sort_by(|&a, &b| rows[0][b].total_cmp(&rows[0][a]));
+        top.truncate(k);
+        let mut g = rngs([5]);
+        for _ in 0..50 {
+            let mut draws: Vec<Draw> =
+                g.iter_mut().map(|rng| Draw { params: Sampling { temperature: 1.0, top_k: k }, rng }).collect();
+            let p = pick::pick(logits(&rows[..1]), &mut draws, &[], Picking::Device).unwrap();
+            let t = backend::read_ints(p.device).unwrap()[0] as usize;
+            assert!(top.contains(&t), "{kind}: f16 draw {t} outside the top {k} {top:?}");
+        }
+    }
+}
+
+#[test]
 fn forced_rows_keep_their_token() {
     let rows = vec![wavy(40, 0.0), wavy(40, 1.0)];
     for (kind, device) in devices() {
