@@ -165,6 +165,13 @@ impl LmConfig {
         if self.delays.len() != self.n_q + 1 {
             return fail("delays", format!("{} delays for {} streams (text + n_q)", self.delays.len(), self.n_q + 1));
         }
+        if self.text_out() > self.text_card + 1 {
+            // A generated text token indexes the text embeddings (`text_card + 1` rows) next.
+            return fail(
+                "text_card_out",
+                format!("{} exceeds text_card + 1 = {}", self.text_out(), self.text_card + 1),
+            );
+        }
         if self.dep_q == 0 || self.dep_q > self.n_q {
             return fail("dep_q", format!("{} must be in 1..={}", self.dep_q, self.n_q));
         }
@@ -237,5 +244,22 @@ impl LmConfig {
             weights_per_step: self.dep_q,
             schedule: self.depformer_weights_per_step_schedule.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_bad_shapes_are_named() {
+        for cfg in [LmConfig::tiny(), LmConfig::moshiko(), LmConfig::kokichi_tiny(300)] {
+            assert!(cfg.validate().is_ok(), "{cfg:?}");
+        }
+        let wide = LmConfig { text_card_out: Some(LmConfig::tiny().text_card + 2), ..LmConfig::tiny() };
+        let err = wide.validate().unwrap_err().to_string();
+        assert!(err.contains("lm.text_card_out"), "{err}");
+        let no_dep = LmConfig { dep_q: 0, ..LmConfig::tiny() };
+        assert!(no_dep.validate().unwrap_err().to_string().contains("lm.dep_q"));
     }
 }
