@@ -323,7 +323,7 @@ def lm_loss(lm, codes, pad_weight=0.5, bf16=False, audio_rows=None, head=None, c
     """(text, audio, ctc) losses, and train_forward's output they came from (for a loss on
     the logits themselves, such as --audio-teacher's); ctc is 0 without an auxiliary head and
     targets."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(codes.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = train_forward(lm, codes, audio_rows)
     return losses(lm, codes, out, pad_weight, head, ctc) + (out,)
 
@@ -335,12 +335,12 @@ def losses(lm, codes, out, pad_weight=0.5, head=None, ctc=None):
     text = (F.cross_entropy(tl[tm].float(), tgt[tm], reduction="none") * w[tm]).sum() / w.sum()
     atgt = codes[:al.shape[0], 1:1 + lm.dep_q]
     audio = F.cross_entropy(al[am].float(), atgt[am])
-    aux = torch.zeros(())
+    aux = torch.zeros((), device=codes.device)
     if head is not None and ctc is not None:
         targets, lengths, steps = ctc
         logp = F.log_softmax(head(hidden.float(), tl.float()), -1).transpose(0, 1)  # [T, B, C]
         if steps is None:
-            steps = torch.full((codes.shape[0],), logp.shape[0], dtype=torch.long)
+            steps = torch.full((codes.shape[0],), logp.shape[0], dtype=torch.long, device=codes.device)
         aux = F.ctc_loss(logp, targets, steps, lengths, blank=0, zero_infinity=True)
     return text, audio, aux
 
@@ -528,10 +528,11 @@ def evaluate(lm, head, questions, eval_set, n=64, until=None):
     """Eval losses, and on held-out voices: first answer word right (teacher-forced), question
     transcribed exactly by the auxiliary head (in the frames it is given), and words said where
     padding is due."""
+    dev = next(lm.parameters()).device
     idx = torch.arange(min(n, len(eval_set)))
-    codes = eval_set[idx]
+    codes = eval_set[idx].to(dev)
     out = train_forward(lm, codes)
-    ctc = questions.batch("eval", idx, until) if head is not None else None
+    ctc = to_device(questions.batch("eval", idx, until), dev) if head is not None else None
     et, ea, ec = losses(lm, codes, out, head=head, ctc=ctc)
     hidden, tl, tm, _, _ = out
     tgt = codes[:, 0]
@@ -540,7 +541,7 @@ def evaluate(lm, head, questions, eval_set, n=64, until=None):
     heard = float("nan")
     if head is not None:
         ctc_logits = head(hidden, tl)
-        steps = ctc[2] if ctc[2] is not None else torch.full((len(codes),), codes.shape[-1])
+        steps = ctc[2] if ctc[2] is not None else torch.full((len(codes),), codes.shape[-1], device=dev)
         # Over dialogues with a question: a silent one is "transcribed" by any blank output.
         heard = float(np.mean([ctc_greedy(ctc_logits[b, :steps[b]]) == questions.seqs["eval"][b]
                                for b in range(len(codes)) if questions.seqs["eval"][b]]))
@@ -549,15 +550,23 @@ def evaluate(lm, head, questions, eval_set, n=64, until=None):
     return et.item(), ea.item(), ec.item(), first, heard, blurts
 
 
+def to_device(tensors, dev):
+    """A tuple of tensors (or Nones) moved to `dev`."""
+    return tuple(t.to(dev) if t is not None else None for t in tensors)
+
+
 def export(lm, cfg, work: Path):
     out = work / "export"
     out.mkdir(parents=True, exist_ok=True)
-    save_file(checkpoint_state(lm), str(out / "model.safetensors"))
+    save_file({k: v.cpu() for k, v in checkpoint_state(lm).items()}, str(out / "model.safetensors"))
     (out / "lm_config.json").write_text(json.dumps(cfg, indent=1))
 
 
 def train(args):
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: torch sees no CUDA device")
+    dev = torch.device(args.device)
     torch.manual_seed(args.seed)
     files = [np.load(t) for t in args.tokens]
     data = files[0]
@@ -597,6 +606,9 @@ def train(args):
     else:
         for p in depth:
             p.requires_grad_(False)
+    lm.to(dev)
+    if head is not None:
+        head.to(dev)
     params = [p for g in groups for p in g["params"]]
     lm.train()
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
@@ -640,7 +652,7 @@ def train(args):
         path = args.audio_teacher / "model.safetensors" if args.audio_teacher.is_dir() else args.audio_teacher
         if not path.exists():
             sys.exit(f"{path}: no such model file (--audio-teacher)")
-        teacher = get_moshi_lm(str(path), lm_kwargs=dict(cfg), device="cpu", dtype=torch.float32)
+        teacher = get_moshi_lm(str(path), lm_kwargs=dict(cfg), device="cpu", dtype=torch.float32).to(dev)
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -649,7 +661,15 @@ def train(args):
           f"{len(questions.words)} question words ({head.tied if head else 0} tied to the text head)", file=sys.stderr)
     g = torch.Generator().manual_seed(args.seed + step)
     t0, log = time.time(), []
+    start, started = step, time.time()
     while step < args.steps:
+        if args.minutes > 0 and step == start + 20:
+            # A wall-clock budget (a lent GPU's minutes): the run's length from its first 20 steps'
+            # pace, with a minute kept for the last evaluation and export. The schedule follows.
+            pace = (time.time() - started) / 20
+            fit = start + 20 + int(max(0.0, args.minutes * 60 - 60 - (time.time() - started)) / pace)
+            args.steps = max(step + 1, min(args.steps, fit))
+            print(f"{pace:.3f} s a step: {args.steps} steps fit in {args.minutes} minutes", file=sys.stderr, flush=True)
         for grp in opt.param_groups:
             grp["lr"] = grp["scale"] * cosine_lr(step, args.steps, args.lr, warmup=args.warmup)
         idx = torch.randint(0, len(train_set), (args.batch,), generator=g)
@@ -663,6 +683,9 @@ def train(args):
             codes = drop_user_levels(codes, args.user_levels, g)
         if args.user_mask > 0:
             codes = mask_user_frames(codes, args.user_mask, g)
+        codes = codes.to(dev)
+        if ctc is not None:
+            ctc = to_device(ctc, dev)
         rows = args.audio_rows or None
         lt, la, lc, out = lm_loss(lm, codes, pad_weight=args.pad_weight, bf16=bool(args.bf16),
                                   audio_rows=rows, head=head, ctc=ctc)
@@ -737,6 +760,9 @@ def main():
     r.add_argument("--batch", type=int, default=16)
     r.add_argument("--lr", type=float, default=1e-3)
     r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    r.add_argument("--minutes", type=float, default=0.0,
+                   help="wall-clock budget: --steps shrinks to what fits, from the first 20 steps' pace (0: off)")
     r.add_argument("--seed", type=int, default=5)
     r.add_argument("--pad-weight", type=float, default=0.1,
                    help="weight of padding positions in the text loss: the answer words are 1-3 of 100 positions")

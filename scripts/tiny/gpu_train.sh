@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# kokichi-tiny's LM trained on a lent GPU (the device tool's machine), from token files made here.
+#
+# The GPU machine reaches no network and has no speech synthesizers, but its Python has torch,
+# numpy, safetensors and sentencepiece: of what scripts/tiny/train_lm.py imports it lacks only the
+# `moshi` package. So the corpus is synthesized and tokenized here, and the tokens travel,
+# xz-compressed (about 0.7 KB a sequence), with the moshi wheel and the few data files the trainer
+# reads. The tree that travels is limited to 64 MiB: run `scripts/gpu_check.sh lighten` first
+# (about 37 MB stay), which leaves room for about 40,000 sequences.
+#
+#   here:  scripts/tiny/gpu_train.sh pack DIR DATA TOKENS.npz...
+#          DIR: a folder inside the checkout that .git/info/exclude ignores (name it in `carry`);
+#          DATA: the corpus folder the tokens came from (train.jsonl, eval.jsonl, answers.json, the
+#          answer clips, tokenizer.model). The first token file must hold the eval split.
+#   there: scripts/tiny/gpu_train.sh run DIR MINUTES [train_lm.py train options...]
+#          trains on cuda for about MINUTES (train_lm.py --minutes), then leaves the exported LM in
+#          $OUT as 15 MB parts (the device tool brings back files of at most 16 MiB) with the log.
+#   here:  scripts/tiny/gpu_train.sh fetch FILES_AT WORK
+#          joins the parts into WORK/export (model.safetensors, lm_config.json), the layout
+#          assemble.py --lm reads; the log goes to WORK/gpu.log.
+#
+# PY (default python3) picks the interpreter; DEVICE (default cuda) the torch device, so that
+# `DEVICE=cpu PY=/var/tmp/kokichi-venv/bin/python scripts/tiny/gpu_train.sh run ...` tries the
+# whole path here first.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-python3}
+
+pack() {
+    local dir=$1 data=$2
+    shift 2
+    [ $# -gt 0 ] || { echo "pack: name at least one token file" >&2; exit 2; }
+    mkdir -p "$dir/data" "$dir/tokens" "$dir/whl"
+    local i=0 t
+    for t in "$@"; do
+        xz -9 -T2 -c "$t" >"$dir/tokens/$(printf %02d $i)-$(basename "$t").xz"
+        i=$((i + 1))
+    done
+    cp "$data/train.jsonl" "$data/eval.jsonl" "$data/answers.json" "$data/tokenizer.model" "$dir/data/"
+    cp -r "$data/answers" "$dir/data/"
+    local version
+    version=$("$PY" -c 'import importlib.metadata as m; print(m.version("moshi"))')
+    "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$dir/whl" "moshi==$version"
+    du -sh "$dir"
+}
+
+run() {
+    local dir=$1 minutes=$2
+    shift 2
+    local out=${OUT:-/tmp/kokichi-gpu-out} work=/tmp/kokichi-gpu-work site=/tmp/kokichi-site
+    mkdir -p "$out" "$work/tokens"
+    if ! "$PY" -c 'import moshi' 2>/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$dir"/whl/*.whl
+        export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    local f tokens=()
+    for f in "$dir"/tokens/*.xz; do
+        local name
+        name=$(basename "$f" .xz)
+        xz -dc "$f" >"$work/tokens/$name" 2>/dev/null ||
+            "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$f" "$work/tokens/$name"
+        tokens+=("$work/tokens/$name")
+    done
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    set +e
+    NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1 "$PY" scripts/tiny/train_lm.py train --device "${DEVICE:-cuda}" --threads 8 \
+        --data "$dir/data" --tokens "${tokens[@]}" --work "$work/run" --minutes "$minutes" "$@" 2>&1 | tee "$out/gpu.log"
+    local rc=${PIPESTATUS[0]}
+    set -e
+    if [ -f "$work/run/export/model.safetensors" ]; then
+        split -b 15M -d "$work/run/export/model.safetensors" "$out/model.safetensors.part"
+        cp "$work/run/export/lm_config.json" "$out/"
+    fi
+    ls -l "$out"
+    return "$rc"
+}
+
+fetch() {
+    local from=$1 work=$2
+    mkdir -p "$work/export"
+    cat "$from"/model.safetensors.part* >"$work/export/model.safetensors"
+    cp "$from/lm_config.json" "$work/export/"
+    [ -f "$from/gpu.log" ] && cp "$from/gpu.log" "$work/gpu.log"
+    ls -l "$work/export"
+}
+
+case "${1:-}" in
+pack) pack "${2:?pack DIR DATA TOKENS...}" "${3:?pack DIR DATA TOKENS...}" "${@:4}" ;;
+run) run "${2:?run DIR MINUTES [options]}" "${3:?run DIR MINUTES [options]}" "${@:4}" ;;
+fetch) fetch "${2:?fetch FILES_AT WORK}" "${3:?fetch FILES_AT WORK}" ;;
+*)
+    echo "usage: $0 pack DIR DATA TOKENS.npz... | run DIR MINUTES [train options] | fetch FILES_AT WORK" >&2
+    exit 2
+    ;;
+esac
