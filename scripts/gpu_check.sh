@@ -110,29 +110,39 @@ checks() {
 }
 
 # The tracked tree is about 66 MB of the 64 MiB (67.1 MB) that travels to the device machine, so
-# binaries fit only with the training stages (29 MB) left behind: `lighten` untracks them and
-# ignores them locally; `restore` undoes both. Commit nothing in between.
+# binaries fit only with the training stages (29 MB) left behind: `lighten [PATH...]` untracks
+# PATHs (default assets/stages) and ignores them locally, remembering which; `restore` undoes
+# both. Commit nothing in between. A GPU training call (scripts/tiny/gpu_train.sh) needs neither
+# the tests' fixtures nor the codec: `lighten assets/stages tests assets/kokichi-tiny/mimi.safetensors`
+# leaves about 26 MB of it.
 EXCLUDE=.git/info/exclude
-LIGHT=(assets/stages)
+LIGHTENED=.git/kokichi-lightened
 lighten() {
+    [ ! -e "$LIGHTENED" ] || { echo "already lightened ($(cat "$LIGHTENED")): restore first" >&2; exit 1; }
     git diff --cached --quiet || { echo "the index has staged changes: commit or unstage them first" >&2; exit 1; }
-    git rm -r -q --cached "${LIGHT[@]}" && printf '/%s/\n' "${LIGHT[@]}" >>"$EXCLUDE"
-    echo "untracked ${LIGHT[*]}; run '$0 restore' after the device calls"
+    local paths=("$@")
+    [ ${#paths[@]} -gt 0 ] || paths=(assets/stages)
+    git rm -r -q --cached -- "${paths[@]}" && printf '/%s\n' "${paths[@]}" >>"$EXCLUDE"
+    printf '%s\n' "${paths[@]}" >"$LIGHTENED"
+    echo "untracked ${paths[*]}; run '$0 restore' after the device calls"
 }
 restore() {
-    git reset -q -- "${LIGHT[@]}"
+    [ -e "$LIGHTENED" ] || { echo "nothing to restore" >&2; exit 1; }
     local p
-    for p in "${LIGHT[@]}"; do grep -vxF "/$p/" "$EXCLUDE" >"$EXCLUDE.tmp"; mv "$EXCLUDE.tmp" "$EXCLUDE"; done
-    git status --short -- "${LIGHT[@]}"
+    mapfile -t paths <"$LIGHTENED"
+    git reset -q -- "${paths[@]}"
+    for p in "${paths[@]}"; do grep -vxF "/$p" "$EXCLUDE" >"$EXCLUDE.tmp" || true; mv "$EXCLUDE.tmp" "$EXCLUDE"; done
+    rm -f "$LIGHTENED"
+    git status --short -- "${paths[@]}"
 }
 
 case "${1:-}" in
 pack) pack "${2:?pack DIR NAME...}" "${@:3}" ;;
 run) run "${2:?run DIR [speed|checks|all]}" "${3:-all}" ;;
-lighten) lighten ;;
+lighten) lighten "${@:2}" ;;
 restore) restore ;;
 *)
-    echo "usage: $0 pack DIR NAME... | run DIR [speed|checks|all] | lighten | restore" >&2
+    echo "usage: $0 pack DIR NAME... | run DIR [speed|checks|all] | lighten [PATH...] | restore" >&2
     exit 2
     ;;
 esac

@@ -5,8 +5,9 @@
 # numpy, safetensors and sentencepiece: of what scripts/tiny/train_lm.py imports it lacks only the
 # `moshi` package. So the corpus is synthesized and tokenized here, and the tokens travel,
 # xz-compressed (about 0.7 KB a sequence), with the moshi wheel and the few data files the trainer
-# reads. The tree that travels is limited to 64 MiB: run `scripts/gpu_check.sh lighten` first
-# (about 37 MB stay), which leaves room for about 40,000 sequences.
+# reads. The tree that travels is limited to 64 MiB: run `scripts/gpu_check.sh lighten assets/stages
+# tests assets/kokichi-tiny/mimi.safetensors` first (about 26 MB stay), which leaves room for about
+# 60,000 sequences.
 #
 #   here:  scripts/tiny/gpu_train.sh pack DIR DATA TOKENS.npz...
 #          DIR: a folder inside the checkout that .git/info/exclude ignores (name it in `carry`);
