@@ -4,8 +4,8 @@
 # The GPU machine reaches no network and has no speech synthesizers, but its Python has torch,
 # numpy, safetensors and sentencepiece: of what scripts/tiny/train_lm.py imports it lacks only the
 # `moshi` package. So the corpus is synthesized and tokenized here, and the tokens travel,
-# xz-compressed (about 0.7 KB a sequence), with the moshi wheel and the few data files the trainer
-# reads. The tree that travels is limited to 64 MiB: run `scripts/gpu_check.sh lighten assets/stages
+# xz-compressed (about 0.6 KB a sequence), with the moshi wheel and the few data files the trainer
+# reads (compressed, and of the answer clips only their headers: about 1 MB for 60,000 questions). The tree that travels is limited to 64 MiB: run `scripts/gpu_check.sh lighten assets/stages
 # tests assets/kokichi-tiny/mimi.safetensors` first (about 26 MB stay), which leaves room for about
 # 60,000 sequences.
 #
@@ -37,8 +37,22 @@ pack() {
         xz -9 -T2 -c "$t" >"$dir/tokens/$(printf %02d $i)-$(basename "$t").xz"
         i=$((i + 1))
     done
-    cp "$data/train.jsonl" "$data/eval.jsonl" "$data/answers.json" "$data/tokenizer.model" "$dir/data/"
-    cp -r "$data/answers" "$dir/data/"
+    xz -9 -T2 -c "$data/train.jsonl" >"$dir/data/train.jsonl.xz"
+    cp "$data/eval.jsonl" "$data/answers.json" "$data/tokenizer.model" "$dir/data/"
+    # The trainer reads only the answer clips' lengths (their WAV headers): the headers travel,
+    # through the data chunk's size, not the samples (15 KB instead of 9 MB).
+    mkdir -p "$dir/data/answers"
+    "$PY" - "$data/answers" "$dir/data/answers" <<'PY'
+import sys
+from pathlib import Path
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+for f in sorted(src.glob("*.wav")):
+    b = f.read_bytes()
+    at = b.find(b"data", 12)
+    if at < 0:
+        sys.exit(f"{f}: no data chunk")
+    (dst / f.name).write_bytes(b[:at + 8])
+PY
     local version
     version=$("$PY" -c 'import importlib.metadata as m; print(m.version("moshi"))')
     "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$dir/whl" "moshi==$version"
@@ -49,7 +63,11 @@ run() {
     local dir=$1 minutes=$2
     shift 2
     local out=${OUT:-/tmp/kokichi-gpu-out} work=/tmp/kokichi-gpu-work site=/tmp/kokichi-site
-    mkdir -p "$out" "$work/tokens"
+    mkdir -p "$out" "$work/tokens" "$work/data"
+    cp -r "$dir"/data/* "$work/data/"
+    xz -dc "$dir/data/train.jsonl.xz" >"$work/data/train.jsonl" 2>/dev/null ||
+        "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+            "$dir/data/train.jsonl.xz" "$work/data/train.jsonl"
     if ! "$PY" -c 'import moshi' 2>/dev/null; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$dir"/whl/*.whl
         export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
@@ -65,7 +83,7 @@ run() {
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     set +e
     NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1 "$PY" scripts/tiny/train_lm.py train --device "${DEVICE:-cuda}" --threads 8 \
-        --data "$dir/data" --tokens "${tokens[@]}" --work "$work/run" --minutes "$minutes" "$@" 2>&1 | tee "$out/gpu.log"
+        --data "$work/data" --tokens "${tokens[@]}" --work "$work/run" --minutes "$minutes" "$@" 2>&1 | tee "$out/gpu.log"
     local rc=${PIPESTATUS[0]}
     set -e
     if [ -f "$work/run/export/model.safetensors" ]; then
