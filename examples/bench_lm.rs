@@ -22,18 +22,18 @@ fn arg(name: &str) -> Option<String> {
 /// Median ms per step after warm-up, picking on the device and on the host: two sessions
 /// stepped in turn, so that drift in the machine's load falls on both alike.
 fn time_steps(lm: &LmModel, steps: usize) -> Result<(f64, f64)> {
-    let mut states = [Picking::Device, Picking::Host].map(|p| {
+    let mut states = Vec::new();
+    for picking in [Picking::Device, Picking::Host] {
         let mut s = lm.init_state(&[GenConfig::default()])?;
-        s.set_picking(p);
-        Ok::<_, kokichi::Error>(s)
-    });
+        s.set_picking(picking);
+        states.push(s);
+    }
     let user = lm.config.user_streams();
     let mut times = [Vec::new(), Vec::new()];
     let warm = 3.min(steps / 2);
     for i in 0..steps {
         let codes: Vec<i64> = (0..user).map(|k| ((i * 7 + k * 13) % lm.config.card) as i64).collect();
         for (state, times) in states.iter_mut().zip(&mut times) {
-            let state = state.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
             let t0 = Instant::now();
             lm.step(state, &codes, user)?;
             if i >= warm {

@@ -641,5 +641,9 @@ mod tests {
         let mean = b.iter().sum::<f32>() / b.len() as f32;
         assert!(mean.abs() < bound / 50.0, "mean {mean}");
         assert!(a.iter().any(|&v| v != a[0]));
+        // Every chunk of 65,536 values has a generator of its own: no chunk repeats the first.
+        for c in 1..b.len() / 65_536 {
+            assert_ne!(b[..1000], b[c * 65_536..c * 65_536 + 1000], "chunk {c} repeats chunk 0");
+        }
     }
 }

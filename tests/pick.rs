@@ -29,7 +29,7 @@ fn pick_forced(
     let v = rows[0].len();
     let logits = backend::floats(rows.concat(), [rows.len(), v], device, DType::F32);
     let mut draws: Vec<Draw> = params.iter().zip(rngs.iter_mut()).map(|(&params, rng)| Draw { params, rng }).collect();
-    let p = pick::pick(logits, &mut draws, forced, how).unwrap();
+    let p = pick::pick(logits, &mut draws, forced, how, &mut Vec::new()).unwrap();
     let got = backend::read_ints(p.device).unwrap();
     if let Some(host) = p.host {
         assert_eq!(host, got, "host copy of the picked tokens");
@@ -152,7 +152,7 @@ fn f16_logits_pick_like_their_f32_values() {
         let logits = |rows: &[Vec<f32>]| backend::floats(rows.concat(), [rows.len(), 64], &device, DType::F16);
         let mut g = rngs([1, 2]);
         let mut draws: Vec<Draw> = g.iter_mut().map(|rng| Draw { params: Sampling::GREEDY, rng }).collect();
-        let p = pick::pick(logits(&rows), &mut draws, &[], Picking::Device).unwrap();
+        let p = pick::pick(logits(&rows), &mut draws, &[], Picking::Device, &mut Vec::new()).unwrap();
         assert_eq!(backend::read_ints(p.device).unwrap(), want, "{kind}: f16 greedy");
         let k = 3;
         let mut top: Vec<usize> = (0..64).collect();
@@ -162,7 +162,7 @@ fn f16_logits_pick_like_their_f32_values() {
         for _ in 0..50 {
             let mut draws: Vec<Draw> =
                 g.iter_mut().map(|rng| Draw { params: Sampling { temperature: 1.0, top_k: k }, rng }).collect();
-            let p = pick::pick(logits(&rows[..1]), &mut draws, &[], Picking::Device).unwrap();
+            let p = pick::pick(logits(&rows[..1]), &mut draws, &[], Picking::Device, &mut Vec::new()).unwrap();
             let t = backend::read_ints(p.device).unwrap()[0] as usize;
             assert!(top.contains(&t), "{kind}: f16 draw {t} outside the top {k} {top:?}");
         }
@@ -186,7 +186,7 @@ fn a_row_count_mismatch_is_an_error() {
     let logits = backend::floats(vec![0.0; 16], [2, 8], &device, DType::F32);
     let mut g = rngs([1]);
     let mut draws: Vec<Draw> = g.iter_mut().map(|rng| Draw { params: Sampling::GREEDY, rng }).collect();
-    let err = pick::pick(logits, &mut draws, &[], Picking::Device).unwrap_err();
+    let err = pick::pick(logits, &mut draws, &[], Picking::Device, &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains("1 sampling rows for 2 rows"), "{err}");
 }
 

@@ -57,23 +57,19 @@ pub async fn serve(
         let files = model_dir::resolve(&cfg.model)?;
         let device = backend::device(cfg.backend, cfg.dtype)?;
         tracing::info!(model = %files.source, backend = %cfg.backend, adapter = %backend::adapter_name(&device), "loading model");
-        Engine::load(&files, &device, cfg.dtype.dtype())
-    })
-    .await
-    .map_err(|e| Error::Backend(format!("model loading task failed: {e}")))??;
-    let sampling = config.gen_config(engine.sampling);
-    tracing::info!(text = ?sampling.text, audio = ?sampling.audio, "sampling");
-    // On wgpu, kernels compile and autotune on their first use: here, before anyone is
-    // listening, not in the first conversation (the CPU backend has nothing to warm).
-    let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
-        if !backend::is_cpu(&engine.lm.device()) {
-            let took = engine.warm_up(sampling, 4)?;
+        let engine = Engine::load(&files, &device, cfg.dtype.dtype())?;
+        // On wgpu, kernels compile and autotune on their first use: here, before anyone is
+        // listening, not in the first conversation (the CPU backend has nothing to warm).
+        if !backend::is_cpu(&device) {
+            let took = engine.warm_up(cfg.gen_config(engine.sampling), 4)?;
             tracing::info!(seconds = took.as_secs_f64(), "model warmed up (kernels compiled)");
         }
         Ok(engine)
     })
     .await
-    .map_err(|e| Error::Backend(format!("model warm-up task failed: {e}")))??;
+    .map_err(|e| Error::Backend(format!("model loading task failed: {e}")))??;
+    let sampling = config.gen_config(engine.sampling);
+    tracing::info!(text = ?sampling.text, audio = ?sampling.audio, "sampling");
     let engine = Arc::new(engine);
     let metrics = Arc::new(Metrics::default());
     let open_mode = config.mode == TalkMode::Open;

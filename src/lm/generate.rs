@@ -187,9 +187,10 @@ impl LmModel {
         }
         let (out, text_logits) = self.forward_text(&input, b, 1, Some(&mut state.transformer))?;
         let picking = state.picking;
+        let mut scratch = Vec::new();
         let mut draws: Vec<Draw> =
             state.rows.iter_mut().map(|row| Draw { params: row.config.text, rng: &mut row.text_rng }).collect();
-        let text = pick::pick(text_logits.reshape([b, c.text_out()]), &mut draws, forced_text, picking)?;
+        let text = pick::pick(text_logits.reshape([b, c.text_out()]), &mut draws, forced_text, picking, &mut scratch)?;
         // Depth transformer: one codebook at a time, each fed the previous token.
         let mut dep_state = self.init_depformer_state(b)?;
         let mut prev = text.device.clone();
@@ -198,22 +199,19 @@ impl LmModel {
             let logits = self.depformer_step(step, prev, out.clone(), &mut dep_state)?;
             let mut draws: Vec<Draw> =
                 state.rows.iter_mut().map(|row| Draw { params: row.config.audio, rng: &mut row.audio_rng }).collect();
-            let tok = pick::pick(logits.reshape([b, c.card]), &mut draws, &[], picking)?;
+            let tok = pick::pick(logits.reshape([b, c.card]), &mut draws, &[], picking, &mut scratch)?;
             prev = tok.device.clone();
             picked.push(tok);
         }
         // [1 + dep_q][B] tokens: already on the host when picked there, else one read-back.
-        let cols: Vec<Vec<i64>> = match picked.iter().map(|p| p.host.clone()).collect::<Option<Vec<_>>>() {
-            Some(host) => host,
-            None => {
-                let all = Tensor::cat(picked.into_iter().map(|p| p.device).collect(), 0);
-                let flat = backend::read_ints(all)?;
-                flat.chunks(b).map(<[i64]>::to_vec).collect()
-            }
+        let flat: Vec<i64> = if picked.iter().all(|p| p.host.is_some()) {
+            picked.into_iter().flat_map(|p| p.host.unwrap_or_default()).collect()
+        } else {
+            backend::read_ints(Tensor::cat(picked.into_iter().map(|p| p.device).collect(), 0))?
         };
-        let text: Vec<i64> = cols[0].clone();
+        let text = &flat[..b];
         let mut audio = vec![0i64; b * dep_q];
-        for (step, col) in cols[1..].iter().enumerate() {
+        for (step, col) in flat[b..].chunks(b).enumerate() {
             for r in 0..b {
                 audio[r * dep_q + step] = col[r];
             }

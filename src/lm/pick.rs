@@ -15,7 +15,6 @@
 
 use burn::prelude::*;
 use burn::tensor::{Bool, DType, FloatDType, TensorData};
-use rand::Rng;
 use rand::rngs::StdRng;
 
 use super::sampling::{self, Sampling};
@@ -54,8 +53,15 @@ pub struct Picked {
 }
 
 /// Picks one token per row of `logits` `[B, V]`, where `picking` says. `forced` replaces a
-/// row's pick (teacher forcing); forced values are checked by the caller.
-pub fn pick(logits: Tensor<2>, draws: &mut [Draw<'_>], forced: &[Option<i64>], picking: Picking) -> Result<Picked> {
+/// row's pick (teacher forcing); forced values are checked by the caller. `scratch` is the host
+/// sampler's buffer, kept by the caller across a step's picks.
+pub fn pick(
+    logits: Tensor<2>,
+    draws: &mut [Draw<'_>],
+    forced: &[Option<i64>],
+    picking: Picking,
+    scratch: &mut Vec<(f32, usize)>,
+) -> Result<Picked> {
     let [b, v] = logits.dims();
     if draws.len() != b {
         return Err(Error::input(format!("{} sampling rows for {b} rows of logits", draws.len())));
@@ -65,13 +71,12 @@ pub fn pick(logits: Tensor<2>, draws: &mut [Draw<'_>], forced: &[Option<i64>], p
     match picking {
         Picking::Host => {
             let values = backend::read_floats(logits)?;
-            let mut scratch = Vec::new();
             let host: Vec<i64> = draws
                 .iter_mut()
                 .enumerate()
                 .map(|(r, d)| {
                     forced_at(r).unwrap_or_else(|| {
-                        sampling::sample(&values[r * v..(r + 1) * v], d.params, d.rng, &mut scratch) as i64
+                        sampling::sample(&values[r * v..(r + 1) * v], d.params, d.rng, scratch) as i64
                     })
                 })
                 .collect();
@@ -134,7 +139,5 @@ fn draw_on_device(logits: Tensor<2>, draws: &mut [Draw<'_>]) -> Tensor<1, Int> {
 
 /// A standard Gumbel variate, `-ln E` with `E ~ Exp(1)` (never infinite).
 fn gumbel(rng: &mut StdRng) -> f32 {
-    let u: f64 = rng.random::<f64>();
-    let e = (-(1.0 - u).ln()).max(f64::MIN_POSITIVE);
-    -(e.ln()) as f32
+    -sampling::exp1(rng).ln()
 }

@@ -123,8 +123,8 @@ pub fn sample(logits: &[f32], params: Sampling, rng: &mut StdRng, scratch: &mut 
     best
 }
 
-/// A standard exponential variate.
-fn exp1(rng: &mut StdRng) -> f32 {
+/// A standard exponential variate (never 0).
+pub(super) fn exp1(rng: &mut StdRng) -> f32 {
     // 1 - u is in (0, 1]: never ln(0).
     let u: f64 = rng.random::<f64>();
     (-(1.0 - u).ln()).max(f64::MIN_POSITIVE) as f32
