@@ -14,12 +14,15 @@
 #          DATA: the corpus folder the tokens came from (train.jsonl, eval.jsonl, answers.json, the
 #          answer clips, tokenizer.model). The first token file must hold the eval split.
 #   there: scripts/tiny/gpu_train.sh run DIR MINUTES [train_lm.py train options...]
-#          trains on cuda for about MINUTES (train_lm.py --minutes), then leaves the exported LM in
-#          $OUT as 15 MB parts (the device tool brings back files of at most 16 MiB) with the log.
+#          trains on cuda for about MINUTES (train_lm.py --minutes), then leaves the exported LM
+#          (and with --keep-best the best evaluated one) in $OUT as float16, in 15 MB parts (the
+#          device tool brings back files of at most 16 MiB), with the log.
 #   here:  scripts/tiny/gpu_train.sh fetch FILES_AT WORK
 #          joins the parts into WORK/export (model.safetensors, lm_config.json), the layout
-#          assemble.py --lm reads; the log goes to WORK/gpu.log.
+#          assemble.py --lm reads, and WORK/best the same way where the run kept one
+#          (--keep-best); the log goes to WORK/gpu.log.
 #
+# SMOKE=0 skips the two-step trial run that goes first.
 # PY (default python3) picks the interpreter; DEVICE (default cuda) the torch device, so that
 # `DEVICE=cpu PY=/var/tmp/kokichi-venv/bin/python scripts/tiny/gpu_train.sh run ...` tries the
 # whole path here first.
@@ -81,26 +84,51 @@ run() {
         tokens+=("$work/tokens/$name")
     done
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    # A lent machine's minutes are few: two steps, an evaluation and an export on the first token
+    # file go first, so that a failure on this device shows in seconds, not after the whole run.
+    if [ "${SMOKE:-1}" = 1 ]; then
+        NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1 "$PY" scripts/tiny/train_lm.py train --device "${DEVICE:-cuda}" --threads 8 \
+            --data "$work/data" --work "$work/smoke" "$@" --tokens "${tokens[0]}" --steps 2 --save-every 2 --minutes 0 \
+            2>&1 | tee "$out/smoke.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || { echo "smoke run failed" >&2; return 1; }
+    fi
     set +e
     NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1 "$PY" scripts/tiny/train_lm.py train --device "${DEVICE:-cuda}" --threads 8 \
         --data "$work/data" --tokens "${tokens[@]}" --work "$work/run" --minutes "$minutes" "$@" 2>&1 | tee "$out/gpu.log"
     local rc=${PIPESTATUS[0]}
     set -e
-    if [ -f "$work/run/export/model.safetensors" ]; then
-        split -b 15M -d "$work/run/export/model.safetensors" "$out/model.safetensors.part"
-        cp "$work/run/export/lm_config.json" "$out/"
-    fi
+    # Exports come back as float16 (what assemble.py ships anyway): the last one and, with
+    # --keep-best, the best evaluated one, each in 15 MB parts.
+    local name
+    for name in export best; do
+        [ -f "$work/run/$name/model.safetensors" ] || continue
+        "$PY" - "$work/run/$name/model.safetensors" "$work/$name.f16.safetensors" <<'PY'
+import sys
+import torch
+from safetensors.torch import load_file, save_file
+st = load_file(sys.argv[1])
+save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in st.items()}, sys.argv[2])
+PY
+        split -b 15M -d "$work/$name.f16.safetensors" "$out/$name.safetensors.part"
+        cp "$work/run/$name/lm_config.json" "$out/$name.lm_config.json"
+        [ -f "$work/run/$name/step" ] && cp "$work/run/$name/step" "$out/$name.step"
+    done
     ls -l "$out"
     return "$rc"
 }
 
 fetch() {
-    local from=$1 work=$2
-    mkdir -p "$work/export"
-    cat "$from"/model.safetensors.part* >"$work/export/model.safetensors"
-    cp "$from/lm_config.json" "$work/export/"
+    local from=$1 work=$2 name
+    for name in export best; do
+        [ -f "$from/$name.lm_config.json" ] || continue
+        mkdir -p "$work/$name"
+        cat "$from/$name".safetensors.part* >"$work/$name/model.safetensors"
+        cp "$from/$name.lm_config.json" "$work/$name/lm_config.json"
+        [ -f "$from/$name.step" ] && cp "$from/$name.step" "$work/$name/step"
+        ls -l "$work/$name"
+    done
     [ -f "$from/gpu.log" ] && cp "$from/gpu.log" "$work/gpu.log"
-    ls -l "$work/export"
+    [ -d "$work/export" ] || { echo "fetch: $from holds no export" >&2; exit 1; }
 }
 
 case "${1:-}" in

@@ -555,8 +555,8 @@ def to_device(tensors, dev):
     return tuple(t.to(dev) if t is not None else None for t in tensors)
 
 
-def export(lm, cfg, work: Path):
-    out = work / "export"
+def export(lm, cfg, work: Path, name: str = "export"):
+    out = work / name
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.cpu() for k, v in checkpoint_state(lm).items()}, str(out / "model.safetensors"))
     (out / "lm_config.json").write_text(json.dumps(cfg, indent=1))
@@ -660,6 +660,14 @@ def train(args):
     print(f"lm: {n / 1e6:.2f} M parameters, {len(train_set)} training sequences, "
           f"{len(questions.words)} question words ({head.tied if head else 0} tied to the text head)", file=sys.stderr)
     g = torch.Generator().manual_seed(args.seed + step)
+    best = -1.0
+    if args.keep_best:
+        # The starting point's score: a checkpoint is kept as the best only if it beats it.
+        lm.eval()
+        best = evaluate(lm, head, questions, eval_set, n=args.eval_n, until=until)[3]
+        lm.train()
+        print(f"step {step} eval first word right {100 * best:.1f}% (the start; --keep-best needs more)",
+              file=sys.stderr, flush=True)
     t0, log = time.time(), []
     start, started = step, time.time()
     while step < args.steps:
@@ -669,6 +677,8 @@ def train(args):
             pace = (time.time() - started) / 20
             fit = start + 20 + int(max(0.0, args.minutes * 60 - 60 - (time.time() - started)) / pace)
             args.steps = max(step + 1, min(args.steps, fit))
+            if args.evals > 0:
+                args.save_every = max(1, (args.steps - start) // args.evals)
             print(f"{pace:.3f} s a step: {args.steps} steps fit in {args.minutes} minutes", file=sys.stderr, flush=True)
         for grp in opt.param_groups:
             grp["lr"] = grp["scale"] * cosine_lr(step, args.steps, args.lr, warmup=args.warmup)
@@ -711,7 +721,7 @@ def train(args):
             t0 = time.time()
         if step % args.save_every == 0 or step == args.steps:
             lm.eval()
-            et, ea, ec, first, heard, blurts = evaluate(lm, head, questions, eval_set, until=until)
+            et, ea, ec, first, heard, blurts = evaluate(lm, head, questions, eval_set, n=args.eval_n, until=until)
             print(f"step {step} eval text {et:.4f} audio {ea:.4f} ctc {ec:.4f} first word right {100 * first:.1f}% "
                   f"question heard {100 * heard:.1f}% words where padding is due {100 * blurts:.2f}%",
                   file=sys.stderr, flush=True)
@@ -721,6 +731,11 @@ def train(args):
             torch.save(st, str(ckpt) + ".tmp")
             os.replace(str(ckpt) + ".tmp", ckpt)
             export(lm, cfg, args.work)
+            if args.keep_best and first > best:
+                best = first
+                export(lm, cfg, args.work, "best")
+                (args.work / "best" / "step").write_text(f"{step} {first:.4f}\n")
+                print(f"step {step} kept as the best", file=sys.stderr, flush=True)
             lm.train()
     print("done", file=sys.stderr)
 
@@ -784,6 +799,12 @@ def main():
                    help="share of dialogues given a second exchange spliced in after their answer (0: off)")
     r.add_argument("--dropout", type=float, default=0.0, help="temporal transformer branch dropout (0: off)")
     r.add_argument("--save-every", type=int, default=250)
+    r.add_argument("--evals", type=int, default=0,
+                   help="with --minutes: evaluate and save this many times over the run (sets --save-every; 0: off)")
+    r.add_argument("--eval-n", type=int, default=64, help="held-out sequences each evaluation scores")
+    r.add_argument("--keep-best", action="store_true",
+                   help="also export the evaluation with the most first answer words right, if it beats the start, "
+                        "to WORK/best")
     r.add_argument("--depformer-lr-scale", type=float, default=1.0,
                    help="learning rate of the depth transformer's side (depformer*, linears) relative to --lr (0: frozen)")
     r.add_argument("--audio-teacher", type=Path, default=None,
