@@ -66,13 +66,16 @@ run() {
     local dir=$1 minutes=$2
     shift 2
     local out=${OUT:-/tmp/kokichi-gpu-out} work=/tmp/kokichi-gpu-work site=/tmp/kokichi-site
+    # A machine kept warm between calls still holds the last call's run: a checkpoint there
+    # would make this call resume it rather than start as told.
+    rm -rf "$work"
     mkdir -p "$out" "$work/tokens" "$work/data"
     cp -r "$dir"/data/* "$work/data/"
     xz -dc "$dir/data/train.jsonl.xz" >"$work/data/train.jsonl" 2>/dev/null ||
         "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
             "$dir/data/train.jsonl.xz" "$work/data/train.jsonl"
     if ! "$PY" -c 'import moshi' 2>/dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$dir"/whl/*.whl
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$dir"/whl/*.whl
         export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
     fi
     local f tokens=()
