@@ -73,10 +73,15 @@ run() {
     esac
 }
 
-# Timings first: they are what no GPU session has measured yet (stop 43's device picking, the
-# moshiko-size step); the correctness checks all passed on an H200 in stop 42.
+# Timings first: what no GPU session has measured yet (stop 44's matrix-vector kernel, with and
+# without it in a moshiko-size step); the correctness checks all passed on an H200 in stop 42,
+# stop 44 timed the moshiko step and device picking there (README, Benchmarks).
 speed() {
-    step 300 "moshiko-size step, f16" "$b/bench_step" --backends wgpu --shapes moshiko --dtype f16 --steps 40
+    # The matrix-vector kernel (stop 44) against Burn's product: moshiko's widths alone, then a
+    # whole moshiko-size step with and without it (stop 44 measured 255 ms without, on an H200).
+    step 60 "matvec kernel against its reference" "$b/bench_kernels" --iters 200 --dims 4096 \
+        --matvec 1024x1024,4096x4096,4096x12288,4096x22528,11264x4096
+    step 300 "moshiko-size step, f16" "$b/bench_step" --backends wgpu --shapes moshiko --dtype f16 --steps 40 --matvec both
     # Tokens picked on the device (one read-back a step) against the host (one a stream).
     step 300 "LM step, picking on the device and on the host" "$b/bench_lm" --backends wgpu --steps 12
     if [ -d assets/kokichi-tiny ]; then

@@ -8,7 +8,6 @@ use std::path::Path;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::module::linear;
 
 use super::config::LmConfig;
 use crate::backend;
@@ -46,7 +45,7 @@ pub struct LmModel {
 }
 
 fn lin(x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<3> {
-    linear(x, w.val(), None)
+    crate::kernels::matvec::linear(x, w.val())
 }
 
 impl LmModel {

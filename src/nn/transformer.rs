@@ -9,7 +9,6 @@
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, relu, sigmoid, silu, tanh};
-use burn::tensor::module::linear;
 
 use super::attention::{KvCache, attend, mask_bias};
 use super::norm::{Norm, NormKind};
@@ -191,7 +190,7 @@ impl TransformerState {
 }
 
 fn lin(x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<3> {
-    linear(x, w.val(), None)
+    crate::kernels::matvec::linear(x, w.val())
 }
 
 /// Applies one weight set per time step (`weights_per_step`), or the shared one.
