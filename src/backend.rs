@@ -120,6 +120,34 @@ pub fn adapter_name(device: &Device) -> String {
     }
 }
 
+/// The most bytes one tensor may take on `device`: the largest buffer its adapter allocates in
+/// one go (lavapipe: 128 MiB), `None` where nothing smaller than memory applies (the CPU
+/// backend, and autodiff devices, which train small models).
+pub fn max_tensor_bytes(device: &Device) -> Option<u64> {
+    match device.as_dispatch() {
+        burn::backend::DispatchDevice::Cube(d) => Some(d.client().properties().memory.max_page_size),
+        _ => None,
+    }
+}
+
+/// Checks that a tensor `name` of `elements` values in `dtype` fits in one buffer of `device`
+/// ([`max_tensor_bytes`]). Past it, wgpu fails only at the first read-back, with an allocation
+/// error that names no tensor; this names it at load and says what would fit.
+pub fn check_fits(device: &Device, name: &str, elements: usize, dtype: DType) -> Result<()> {
+    let bytes = elements as u64 * dtype.size() as u64;
+    match max_tensor_bytes(device) {
+        Some(max) if bytes > max => {
+            let half = if dtype == DType::F32 && bytes / 2 <= max { " (it would fit with --dtype f16)" } else { "" };
+            Err(Error::Backend(format!(
+                "tensor `{name}` takes {bytes} bytes as {dtype:?}, more than the {max} bytes the adapter `{}` \
+                 allocates in one buffer{half}",
+                adapter_name(device)
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Uploads host floats as a float tensor of the given dtype.
 pub fn floats<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device, dtype: DType) -> Tensor<D> {
     Tensor::from_data(TensorData::new(values, shape), (device, dtype))

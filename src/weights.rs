@@ -275,14 +275,15 @@ pub trait Weights {
 }
 
 impl dyn Weights + '_ {
-    fn upload<const D: usize>(&self, data: HostData, shape: [usize; D]) -> Tensor<D> {
+    fn upload<const D: usize>(&self, name: &str, data: HostData, shape: [usize; D]) -> Result<Tensor<D>> {
+        crate::backend::check_fits(self.device(), name, shape.iter().product(), self.dtype())?;
         // Converted here, in parallel, so that Burn receives the dtype it stores.
         let data = match (data, self.dtype()) {
             (HostData::F32(v), DType::F16) => HostData::F16(v.par_iter().map(|&x| half::f16::from_f32(x)).collect()),
             (HostData::F16(v), DType::F32) => HostData::F32(v.par_iter().map(|x| x.to_f32()).collect()),
             (data, _) => data,
         };
-        Tensor::from_data(TensorData::new_like(data, shape), (self.device(), self.dtype()))
+        Ok(Tensor::from_data(TensorData::new_like(data, shape), (self.device(), self.dtype())))
     }
 
     fn register<const D: usize>(&mut self, t: Tensor<D>, slot: Slot) -> Param<Tensor<D>> {
@@ -304,7 +305,7 @@ impl dyn Weights + '_ {
         shape: [usize; D],
     ) -> Result<Param<Tensor<D>>> {
         let data = self.take(name, stored)?;
-        let t = self.upload(data, shape);
+        let t = self.upload(name, data, shape)?;
         Ok(self.register(t, Slot::part(name, stored, 0, 1, false)))
     }
 
@@ -312,7 +313,7 @@ impl dyn Weights + '_ {
     /// contiguous `[inp, out]` so every call multiplies without copying the weight.
     pub fn linear(&mut self, name: &str, stored: &[usize], out: usize, inp: usize) -> Result<Param<Tensor<2>>> {
         let data = self.take(name, stored)?.into_f32();
-        let t = self.upload(HostData::F32(transpose(&data, out, inp)), [inp, out]);
+        let t = self.upload(name, HostData::F32(transpose(&data, out, inp)), [inp, out])?;
         Ok(self.register(t, Slot::part(name, stored, 0, 1, true)))
     }
 
@@ -320,20 +321,20 @@ impl dyn Weights + '_ {
     pub fn linear_parts(&mut self, name: &str, sets: usize, rows: usize, cols: usize) -> Result<Vec<Param<Tensor<2>>>> {
         let stored = [sets * rows, cols];
         let data = self.take(name, &stored)?.into_f32();
-        Ok((0..sets)
+        (0..sets)
             .map(|i| {
                 let part = &data[i * rows * cols..(i + 1) * rows * cols];
-                let t = self.upload(HostData::F32(transpose(part, rows, cols)), [cols, rows]);
-                self.register(t, Slot::part(name, &stored, i, sets, true))
+                let t = self.upload(name, HostData::F32(transpose(part, rows, cols)), [cols, rows])?;
+                Ok(self.register(t, Slot::part(name, &stored, i, sets, true)))
             })
-            .collect())
+            .collect()
     }
 
     /// `sets` parameters `[rows, cols]` stacked in one stored tensor `[sets * rows, cols]`.
     pub fn param_parts(&mut self, name: &str, sets: usize, rows: usize, cols: usize) -> Result<Vec<Param<Tensor<2>>>> {
         let stored = [sets * rows, cols];
         let data = self.take(name, &stored)?;
-        let t: Tensor<2> = self.upload(data, stored);
+        let t: Tensor<2> = self.upload(name, data, stored)?;
         Ok((0..sets)
             .map(|i| {
                 let part = t.clone().narrow(0, i * rows, rows);
@@ -356,7 +357,7 @@ impl dyn Weights + '_ {
             let u = u.max(1e-5);
             row.iter_mut().for_each(|v| *v /= u);
         }
-        let t = self.upload(HostData::F32(sum), [bins, dim]);
+        let t = self.upload(&format!("{prefix}.embedding_sum"), HostData::F32(sum), [bins, dim])?;
         Ok(self.register(
             t,
             Slot { name: prefix.into(), part: 0, parts: 1, stored: vec![bins, dim], codebook: true, transposed: false },
