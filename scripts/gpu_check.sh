@@ -63,6 +63,15 @@ run() {
         mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"
     fi
     if [ -x "$b/kokichi" ]; then mkdir -p "$target/debug" && cp "$b/kokichi" "$target/debug/kokichi"; fi
+    # On a machine without a Vulkan loader, the loader and the libraries the binaries link, from
+    # the .deb files the device tool's notes have carried in .gl/; and NVIDIA's Vulkan driver
+    # where that machine keeps it.
+    if ! ldconfig -p | grep -q 'libvulkan\.so\.1' && compgen -G ".gl/*.deb" >/dev/null; then
+        for f in .gl/*.deb; do dpkg -x "$f" /; done
+        ldconfig
+    fi
+    local icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    if [ -f "$icd" ] && [ -z "${VK_DRIVER_FILES:-}" ]; then export VK_DRIVER_FILES=$icd; fi
     export KOKICHI_TEST_BACKENDS=wgpu KOKICHI_ASSETS=$PWD/assets XDG_RUNTIME_DIR=/tmp/kokichi-xdg
     mkdir -p -m 700 "$XDG_RUNTIME_DIR"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
