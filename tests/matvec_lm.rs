@@ -5,7 +5,6 @@
 
 mod common;
 
-use burn::prelude::*;
 use burn::tensor::DType;
 use common::*;
 use kokichi::backend::{self, BackendKind};
