@@ -3,20 +3,18 @@
 //! returned in `x`'s dtype.
 //!
 //! Why: an LM step multiplies one position by every weight matrix, so it is bound by reading the
-//! weights once (14 GB a step for moshiko in f16). A general matrix product tiles the output
-//! over both dimensions; with one row most of each tile is empty, and the few column tiles of
-//! `N` walk all of `K` each, too few cubes to keep a GPU's memory busy. Measured on an H200
-//! (stop 44, wgpu, f16, before this kernel): a moshiko step's LM took 180 ms, which reads its
-//! 14 GB of weights at about 78 GB/s, under 2% of that card's 4.3 TB/s (not profiled further).
+//! weights once (14 GB a step for moshiko in f16). Measured on an H200 (stop 44, wgpu, f16,
+//! before this kernel): a moshiko step's LM took 180 ms, which reads its 14 GB of weights at
+//! about 78 GB/s, under 2% of that card's 4.3 TB/s (not profiled further). Burn's matrix-product
+//! autotuner says why it may be: for this layout ("row major vecmat") it has no good algorithm
+//! (burn-cubecl 0.22.1, `kernel/matmul/tune/base.rs`); a product tiled for many rows leaves
+//! most of each tile empty with one.
 //!
-//! The kernel splits `K` too: each cube reads a `chunk × 64` block of `W` (64 adjacent columns,
-//! so a row of the block is one contiguous read) with 4 lanes striding down it, adds the lanes in
-//! shared memory and writes one f32 partial sum per column; a second launch adds the chunks'
-//! partials in a fixed order and casts. For `K = N = 4096` that is 1,024 cubes instead of a few
-//! dozen.
-//!
-//! Burn's matrix-product autotuner says as much: for this layout ("row major vecmat") it has no
-//! good algorithm (burn-cubecl 0.22.1, `kernel/matmul/tune/base.rs`).
+//! This kernel splits `K` as well as `N`, so that there are cubes enough to keep a GPU's memory
+//! busy: each cube reads a `chunk × 64` block of `W` (64 adjacent columns, so a row of the block
+//! is one contiguous read) with 4 lanes striding down it, adds the lanes in shared memory and
+//! writes one f32 partial sum per column; a second launch adds the chunks' partials in a fixed
+//! order and casts. For `K = N = 4096` that is 1,024 cubes of 256 units.
 //!
 //! - [`reference`]: Burn's `linear`; runs on the flex CPU backend, under autodiff, for more
 //!   rows than [`MAX_ROWS`] (prompts, training) and for weights under [`MIN_WEIGHTS`], and is
@@ -26,8 +24,8 @@
 //!   run (tests, benchmarks); [`set_enabled`] turns it off for a process (A/B timings) and
 //!   [`set_min_weights`] moves its size threshold (tests of whole models).
 //!
-//! On lavapipe (a CPU) the kernel is 0.25-0.3x the reference for a 1024 x 1024 weight and
-//! 0.9-1.35x at 4096 x 4096 (`bench_kernels`); its gain on a GPU is not measured yet.
+//! On lavapipe (a CPU) the kernel is 0.30-0.37x the reference for a 1024 x 1024 weight and
+//! 0.77-1.85x at 4096 x 4096 (`bench_kernels`, two runs); its gain on a GPU is not measured yet.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Cube, Dispatch, DispatchDevice, backend_extension};
