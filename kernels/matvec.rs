@@ -28,12 +28,14 @@
 //! 0.77-1.85x at 4096 x 4096 (`bench_kernels`, two runs); its gain on a GPU is not measured yet.
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Cube, Dispatch, DispatchDevice, backend_extension};
+use burn::backend::{Backend, Cube, Dispatch, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::module;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::on_cube;
 
 /// Most rows (`B * T`) the kernel takes; it reads `W` once per row, so beyond a few rows the
 /// general matrix product, which reads it once, wins.
@@ -93,7 +95,6 @@ pub fn uses_kernel(x: &Tensor<3>, w: &Tensor<2>) -> bool {
 /// both f32 or both f16, `x`'s last dimension equal to `W`'s first, 1..=[`MAX_ROWS`] rows and
 /// nothing empty. A shape or dtype mismatch takes the reference, which reports it as Burn does.
 pub fn can_launch(x: &Tensor<3>, w: &Tensor<2>) -> bool {
-    let on_cube = |d: Device| matches!(d.as_dispatch(), DispatchDevice::Cube(_));
     let float = |t: DType| matches!(t, DType::F32 | DType::F16);
     let [b, t, k] = x.dims();
     let [wk, n] = w.dims();

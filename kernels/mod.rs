@@ -8,7 +8,16 @@
 //! Each kernel sits beside its plain-Burn reference, which runs on every other device (the flex
 //! CPU backend) and whenever gradients are tracked, and `tests/kernels.rs` checks the two agree.
 
+use burn::backend::DispatchDevice;
+use burn::prelude::Device;
+
 pub mod matvec;
 pub mod rms_norm;
 
 pub use rms_norm::rms_norm;
+
+/// Whether `device` is a CubeCL device without autodiff (an autodiff device is its own
+/// `DispatchDevice` variant): where the kernels here can launch.
+fn on_cube(device: Device) -> bool {
+    matches!(device.as_dispatch(), DispatchDevice::Cube(_))
+}

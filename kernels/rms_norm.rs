@@ -12,9 +12,11 @@
 //! - [`rms_norm`]: picks one of the two per call.
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Cube, Dispatch, DispatchDevice, backend_extension};
+use burn::backend::{Backend, Cube, Dispatch, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
+
+use super::on_cube;
 
 /// The plain-Burn RMSNorm over the last dimension, in f32, returned in `x`'s dtype.
 pub fn reference<const D: usize>(x: Tensor<D>, alpha: Tensor<1>, eps: f64) -> Tensor<D> {
@@ -43,7 +45,6 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, alpha: Tensor<1>, eps: f64) -> Ten
 /// long as the last dimension and nothing empty. Anything else (including a shape mismatch,
 /// which the reference then reports as Burn does) takes the reference.
 pub fn uses_kernel<const D: usize>(x: &Tensor<D>, alpha: &Tensor<1>) -> bool {
-    let on_cube = |d: Device| matches!(d.as_dispatch(), DispatchDevice::Cube(_));
     let float = |t: DType| matches!(t, DType::F32 | DType::F16);
     let dims = x.dims();
     let c = dims.last().copied().unwrap_or(0);

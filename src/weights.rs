@@ -122,12 +122,6 @@ impl WeightFile {
         Ok(values)
     }
 
-    /// Takes tensor `name` onto the device, checking its shape.
-    pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        let data = self.data(name, &shape)?;
-        Ok(Tensor::from_data(TensorData::new_like(data, shape), (&self.device, self.dtype)))
-    }
-
     /// The values of `name` in the target dtype: 16-bit sources go straight to f16 when the
     /// model computes in f16, without an f32 copy of the whole tensor.
     fn data(&mut self, name: &str, shape: &[usize]) -> Result<HostData> {
@@ -156,13 +150,6 @@ impl WeightFile {
             }
         }
         Ok(HostData::F32(self.host(name, shape)?))
-    }
-
-    /// Takes tensor `name` stored as `stored`, reshaped to `shape` (same number of elements,
-    /// e.g. RMSNorm `alpha` stored as `[1, 1, d]`).
-    pub fn tensor_as<const D: usize>(&mut self, name: &str, stored: &[usize], shape: [usize; D]) -> Result<Tensor<D>> {
-        let data = self.data(name, stored)?;
-        Ok(Tensor::from_data(TensorData::new_like(data, shape), (&self.device, self.dtype)))
     }
 
     /// Marks a tensor as known but unused (e.g. `_initialized` flags of codebooks).

@@ -105,13 +105,8 @@ run() {
     local name
     for name in export best; do
         [ -f "$work/run/$name/model.safetensors" ] || continue
-        "$PY" - "$work/run/$name/model.safetensors" "$work/$name.f16.safetensors" <<'PY'
-import sys
-import torch
-from safetensors.torch import load_file, save_file
-st = load_file(sys.argv[1])
-save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in st.items()}, sys.argv[2])
-PY
+        "$PY" -c 'import sys; from pathlib import Path; sys.path.insert(0, "scripts/tiny"); from assemble import halve
+halve(Path(sys.argv[1]), Path(sys.argv[2]))' "$work/run/$name/model.safetensors" "$work/$name.f16.safetensors"
         split -b 15M -d "$work/$name.f16.safetensors" "$out/$name.safetensors.part"
         cp "$work/run/$name/lm_config.json" "$out/$name.lm_config.json"
         [ -f "$work/run/$name/step" ] && cp "$work/run/$name/step" "$out/$name.step"

@@ -204,10 +204,9 @@ impl LmModel {
             picked.push(tok);
         }
         // [1 + dep_q][B] tokens: already on the host when picked there, else one read-back.
-        let flat: Vec<i64> = if picked.iter().all(|p| p.host.is_some()) {
-            picked.into_iter().flat_map(|p| p.host.unwrap_or_default()).collect()
-        } else {
-            backend::read_ints(Tensor::cat(picked.into_iter().map(|p| p.device).collect(), 0))?
+        let flat: Vec<i64> = match picked.iter_mut().map(|p| p.host.take()).collect::<Option<Vec<_>>>() {
+            Some(rows) => rows.concat(),
+            None => backend::read_ints(Tensor::cat(picked.into_iter().map(|p| p.device).collect(), 0))?,
         };
         let text = &flat[..b];
         let mut audio = vec![0i64; b * dep_q];
