@@ -6,7 +6,7 @@ and held-out token sequences? Separates "does not recognise" from "recognises bu
   probe_lm.py [--export WORK/lm4/export] [--tokens WORK/lm/tokens.npz] [--n 160] [--by-voice]
   probe_lm.py --heard WORK/lm4/ckpt.pt
 
-With --by-voice, the first-word figure per voice and per task: on every held-out sequence, and
+With --by-voice, the first-word figure per engine, voice and task: on every held-out sequence, and
 on the first --n training sequences (their records come from --data's train.jsonl, so a token
 file needs the corpus it was made from).
 With --heard, how often the training-only CTC head of a checkpoint transcribes a held-out

@@ -11,6 +11,8 @@ Every voice renders text to a 24 kHz mono float32 array. Licences of the voice d
   joe dataset (CC0), fine-tuned from the lessac voice; it runs through onnxruntime and takes
   espeak-ng's IPA phonemes.
 """
+import importlib.resources
+import json
 import os
 import random
 import subprocess
@@ -95,10 +97,7 @@ class Piper:
     _loaded = {}
 
     def __init__(self, name):
-        import importlib.resources
-        import json
-
-        import onnxruntime as ort
+        import onnxruntime as ort  # only here: the other engines do not need it
 
         if name not in PIPER_PACKAGES:
             raise ValueError(f"piper:{name}: not one of {sorted(PIPER_PACKAGES)}")
