@@ -563,6 +563,24 @@ def export(lm, cfg, work: Path, name: str = "export"):
     (out / "lm_config.json").write_text(json.dumps(cfg, indent=1))
 
 
+CODE_TABLES = ("emb.", "depformer_emb.", "linears.")
+
+
+def fresh_code_tables(lm, cfg, seed):
+    """--new-codes: the tokens come from another codec, so every table indexed by an audio code
+    (the audio input embeddings, the depth transformer's code embeddings, the audio output heads)
+    starts as a run from scratch would, while the transformers and the text side keep what they
+    learned."""
+    torch.manual_seed(seed)
+    fresh = get_moshi_lm(None, lm_kwargs=dict(cfg), device="cpu", dtype=torch.float32).state_dict()
+    own = lm.state_dict()
+    keys = [k for k in own if k.startswith(CODE_TABLES)]
+    if not keys:
+        sys.exit("--new-codes: the LM has no audio code tables (emb.*, depformer_emb.*, linears.*)")
+    lm.load_state_dict({**own, **{k: fresh[k] for k in keys}})
+    print(f"--new-codes: {len(keys)} audio code tables start afresh", file=sys.stderr)
+
+
 def train(args):
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -651,6 +669,10 @@ def train(args):
         st = load_weights(args.init)
         print(f"initialised from {args.init}" + (" (with its CTC head)" if head is not None and "head" in st else ""),
               file=sys.stderr)
+        if args.new_codes:
+            fresh_code_tables(lm, cfg, args.seed)
+    elif args.new_codes:
+        sys.exit("--new-codes: needs --init (a run starting from scratch has fresh tables already)")
     teacher = None
     if not 0 <= args.audio_kd <= 1:
         sys.exit(f"--audio-kd {args.audio_kd}: must be in 0..1")
@@ -820,6 +842,8 @@ def main():
     r.add_argument("--audio-kd", type=float, default=1.0,
                    help="with --audio-teacher: the audio loss is (1 - w) * cross-entropy + w * KL to the teacher")
     r.add_argument("--init", type=Path, default=None, help="start from another run's ckpt.pt, or an exported/shipped model folder (weights only)")
+    r.add_argument("--new-codes", action="store_true",
+                   help="with --init: the tokens come from a different codec; the audio code tables start afresh")
     args = ap.parse_args()
     torch.set_num_threads(getattr(args, "threads", 2))
     tokenize(args) if args.cmd == "tokenize" else train(args)
