@@ -6,7 +6,8 @@ and held-out token sequences? Separates "does not recognise" from "recognises bu
   probe_lm.py [--export WORK/lm4/export] [--tokens WORK/lm/tokens.npz] [--n 160] [--by-voice]
   probe_lm.py --heard WORK/lm4/ckpt.pt
 
-With --by-voice, the first-word figure per engine, voice and task: on every held-out sequence, and
+With --by-voice, the first-word figure per engine, voice, task and gap (frames from the end of the
+question's speech to the answer; off for questions tokenized with --warp): on every held-out sequence, and
 on the first --n training sequences (their records come from --data's train.jsonl, so a token
 file needs the corpus it was made from).
 With --heard, how often the training-only CTC head of a checkpoint transcribes a held-out
@@ -18,6 +19,7 @@ import argparse
 import collections
 import json
 import sys
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from safetensors.torch import load_file
 from moshi.models.lm import LMModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ctc_greedy, export_config, load_split  # noqa: E402
+from common import FRAME, ctc_greedy, export_config, load_split  # noqa: E402
 from train_lm import CtcHead, Questions, first_words, text_accuracy, train_forward, word_ids  # noqa: E402
 
 
@@ -36,9 +38,25 @@ def accuracy(lm, seqs):
     return text_accuracy(res.text_logits[:, 0].argmax(-1), seqs[:, 0], res.text_mask[:, 0])
 
 
+def speech_end(path: Path) -> int:
+    """The sample where a question's speech ends: the end of its last 20 ms window within 40 dB
+    of its loudest (the synthesizers leave trailing silence of their own)."""
+    with wave.open(str(path)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32)
+    win = 480
+    n = len(pcm) // win
+    if n == 0:
+        return len(pcm)
+    rms = np.sqrt((pcm[: n * win].reshape(n, win) ** 2).mean(1) + 1e-9)
+    loud = np.nonzero(rms > rms.max() * 0.01)[0]
+    return int(loud[-1] + 1) * win
+
+
 @torch.no_grad()
-def by_voice(lm, seqs, meta, recs):
-    """First answer word right on each sequence, grouped by engine, by voice and by task."""
+def by_voice(lm, seqs, meta, recs, data: Path):
+    """First answer word right on each sequence, grouped by engine, by voice, by task, and by the
+    frames between the end of the question's speech and the answer's first frame (the time the
+    model has to finish hearing it)."""
     groups = collections.defaultdict(list)
     for i in range(0, len(seqs), 50):
         res = lm(seqs[i:i + 50])
@@ -48,6 +66,9 @@ def by_voice(lm, seqs, meta, recs):
             groups["engine " + r["voice"].split(":")[0]].append(ok)
             groups["voice " + r["voice"]].append(ok)
             groups["task " + r["task"]].append(ok)
+            _, lead, af = (int(x) for x in meta[i + b])
+            gap = af - (lead + speech_end(data / r["file"])) / FRAME
+            groups[f"gap {min(int(gap), 12):2d}{'+' if gap >= 12 else ''} frames"].append(ok)
     for k, v in sorted(groups.items()):
         print(f"  {k:38s} {100 * np.mean(v):5.1f}% (n={len(v)})")
 
@@ -144,7 +165,7 @@ def main():
             print(f"{'held-out' if split == 'eval' else 'training'} questions, first answer word right:")
             n = len(data[split]) if split == "eval" else args.n
             by_voice(lm, torch.from_numpy(data[split][:n].astype(np.int64)), data[f"{split}_meta"],
-                     load_split(args.data, split))
+                     load_split(args.data, split), args.data)
 
 
 if __name__ == "__main__":
