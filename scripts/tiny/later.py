@@ -4,10 +4,10 @@ answer, without synthesizing or encoding anything again.
 
   later.py IN.npz OUT.npz --frames K
 
-Why: the first answer word is due 3-9 frames after the question's speech ends (the tokenizer's
-gap of 0.25-0.7 s, plus the synthesizer's own trailing silence), and probe_lm.py --by-voice shows
-the shipped LM right on 11-43% of the questions given 3-4 frames and on about 60% of those given
-7-9 (held-out voices). A model trained to answer later has longer to finish hearing.
+Why: probe_lm.py --by-voice shows the first answer word right far less often when the answer
+is due 3-4 frames after the question's speech ends than when it is due 7-9. Moving the answers
+is the controlled test of whether that is time to hear. It was not (stop 46: 3 frames later gave
+nothing; the short-gap misses are padding written at the answer's frame, see --words-only).
 
 The user stream is left as it is (it holds the question and then its own silence). On the model
 stream and the text stream, frames from the answer's first on move K later; the K frames opened

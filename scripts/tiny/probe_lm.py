@@ -3,13 +3,16 @@
 answer words (and the first word, the one that depends on hearing the question) on training
 and held-out token sequences? Separates "does not recognise" from "recognises but misspeaks".
 
-  probe_lm.py [--export WORK/lm4/export] [--tokens WORK/lm/tokens.npz] [--n 160] [--by-voice]
+  probe_lm.py [--export WORK/lm4/export] [--tokens WORK/lm/tokens.npz] [--n 160] [--by-voice] [--words-only]
   probe_lm.py --heard WORK/lm4/ckpt.pt
 
 With --by-voice, the first-word figure per engine, voice, task and gap (frames from the end of the
 question's speech to the answer; off for questions tokenized with --warp): on every held-out sequence, and
 on the first --n training sequences (their records come from --data's train.jsonl, so a token
 file needs the corpus it was made from).
+With --words-only, the first answer word is the best word at its frame, padding set aside: the
+plain figure also counts as wrong a model that would say the right word a frame later than the
+dialogue has it (most misses at short gaps are that, stop 46), which is timing, not hearing.
 With --heard, how often the training-only CTC head of a checkpoint transcribes a held-out
 question exactly: anywhere in the dialogue, and before the model's answer starts. Only the
 second is hearing: later, the head can read the answer's words off the model's own answer
@@ -28,14 +31,23 @@ from safetensors.torch import load_file
 from moshi.models.lm import LMModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FRAME, ctc_greedy, export_config, load_split  # noqa: E402
+from common import FRAME, PAD, ctc_greedy, export_config, load_split  # noqa: E402
 from train_lm import CtcHead, Questions, first_words, text_accuracy, train_forward, word_ids  # noqa: E402
 
 
+def said(logits, words_only: bool):
+    """The text token the model would write at each position; with `words_only`, the best word
+    (padding set aside): what it would say once it speaks, whatever the frame."""
+    if words_only:
+        logits = logits.clone()
+        logits[..., PAD] = float("-inf")
+    return logits.argmax(-1)
+
+
 @torch.no_grad()
-def accuracy(lm, seqs):
+def accuracy(lm, seqs, words_only=False):
     res = lm(seqs)
-    return text_accuracy(res.text_logits[:, 0].argmax(-1), seqs[:, 0], res.text_mask[:, 0])
+    return text_accuracy(said(res.text_logits[:, 0], words_only), seqs[:, 0], res.text_mask[:, 0])
 
 
 def speech_end(path: Path) -> int:
@@ -53,14 +65,14 @@ def speech_end(path: Path) -> int:
 
 
 @torch.no_grad()
-def by_voice(lm, seqs, meta, recs, data: Path):
+def by_voice(lm, seqs, meta, recs, data: Path, words_only=False):
     """First answer word right on each sequence, grouped by engine, by voice, by task, and by the
     frames between the end of the question's speech and the answer's first frame (the time the
     model has to finish hearing it)."""
     groups = collections.defaultdict(list)
     for i in range(0, len(seqs), 50):
         res = lm(seqs[i:i + 50])
-        right = first_words(res.text_logits[:, 0].argmax(-1), seqs[i:i + 50, 0], res.text_mask[:, 0])
+        right = first_words(said(res.text_logits[:, 0], words_only), seqs[i:i + 50, 0], res.text_mask[:, 0])
         for b, ok in right.items():
             r = recs[meta[i + b][0]]
             groups["engine " + r["voice"].split(":")[0]].append(ok)
@@ -146,6 +158,8 @@ def main():
     ap.add_argument("--data", type=Path, default=Path("/var/tmp/kokichi-data"))
     ap.add_argument("--n", type=int, default=160)
     ap.add_argument("--by-voice", action="store_true")
+    ap.add_argument("--words-only", action="store_true",
+                    help="score the best word at the answer's frame, padding set aside: hearing apart from timing")
     ap.add_argument("--heard", type=Path, default=None, help="a training checkpoint (ckpt.pt) with its CTC head")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -158,14 +172,14 @@ def main():
     lm.eval()
     data = np.load(args.tokens)
     for split in [s for s in ["train", "eval"] if s in data]:
-        words, first, n = accuracy(lm, torch.from_numpy(data[split][: args.n].astype(np.int64)))
+        words, first, n = accuracy(lm, torch.from_numpy(data[split][: args.n].astype(np.int64)), args.words_only)
         print(f"{split}: answer words right {100 * words:.1f}%, first word right {100 * first:.1f}% (n={n})")
     if args.by_voice:
         for split in [s for s in ["train", "eval"] if s in data]:
             print(f"{'held-out' if split == 'eval' else 'training'} questions, first answer word right:")
             n = len(data[split]) if split == "eval" else args.n
             by_voice(lm, torch.from_numpy(data[split][:n].astype(np.int64)), data[f"{split}_meta"],
-                     load_split(args.data, split), args.data)
+                     load_split(args.data, split), args.data, args.words_only)
 
 
 if __name__ == "__main__":
