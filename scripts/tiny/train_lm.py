@@ -674,6 +674,8 @@ def train(args):
     elif args.new_codes:
         sys.exit("--new-codes: needs --init (a run starting from scratch has fresh tables already)")
     teacher = None
+    if args.new_codes and args.audio_teacher is not None:
+        sys.exit("--new-codes with --audio-teacher: the teacher's audio predictions are in the old codes")
     if not 0 <= args.audio_kd <= 1:
         sys.exit(f"--audio-kd {args.audio_kd}: must be in 0..1")
     if args.audio_teacher is not None:
