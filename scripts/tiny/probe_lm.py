@@ -7,7 +7,7 @@ and held-out token sequences? Separates "does not recognise" from "recognises bu
   probe_lm.py --heard WORK/lm4/ckpt.pt
 
 With --by-voice, the first-word figure per engine, voice, task and gap (frames from the end of the
-question's speech to the answer; off for questions tokenized with --warp): on every held-out sequence, and
+question's speech to the answer; wrong for questions tokenized with --warp, which moves that end): on every held-out sequence, and
 on the first --n training sequences (their records come from --data's train.jsonl, so a token
 file needs the corpus it was made from).
 With --words-only, the first answer word is the best word at its frame, padding set aside: the
@@ -52,7 +52,8 @@ def accuracy(lm, seqs, words_only=False):
 
 def speech_end(path: Path) -> int:
     """The sample where a question's speech ends: the end of its last 20 ms window within 40 dB
-    of its loudest (the synthesizers leave trailing silence of their own)."""
+    of its loudest. voices.py trims the files at a fixed floor (-50 dBFS) with 10 ms to spare, so
+    this differs from the file's end only by a quiet question's faint tail."""
     with wave.open(str(path)) as w:
         pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32)
     win = 480

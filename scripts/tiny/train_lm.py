@@ -587,6 +587,10 @@ def train(args):
         sys.exit(f"--device {args.device}: torch sees no CUDA device")
     dev = torch.device(args.device)
     torch.manual_seed(args.seed)
+    if args.new_codes and args.init is None:
+        sys.exit("--new-codes: needs --init (a run starting from scratch has fresh tables already)")
+    if args.new_codes and args.audio_teacher is not None:
+        sys.exit("--new-codes with --audio-teacher: the teacher's audio predictions are in the old codes")
     files = [np.load(t) for t in args.tokens]
     data = files[0]
     text_card = int(data["text_card"])
@@ -671,11 +675,7 @@ def train(args):
               file=sys.stderr)
         if args.new_codes:
             fresh_code_tables(lm, cfg, args.seed)
-    elif args.new_codes:
-        sys.exit("--new-codes: needs --init (a run starting from scratch has fresh tables already)")
     teacher = None
-    if args.new_codes and args.audio_teacher is not None:
-        sys.exit("--new-codes with --audio-teacher: the teacher's audio predictions are in the old codes")
     if not 0 <= args.audio_kd <= 1:
         sys.exit(f"--audio-kd {args.audio_kd}: must be in 0..1")
     if args.audio_teacher is not None:
