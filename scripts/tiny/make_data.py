@@ -13,6 +13,9 @@ lm8 stages (the Makefile's `train-tiny`). Each question is drawn from `--seed` a
 an append with another seed gives other questions at the same indices. `--wide` adds 32 more
 espeak variants to the training voices (voices.ESPEAK_WIDE); the lm15, lm16 and lm22-lm24 stages use it
 (assets/stages/README.md), and lm24 is the shipped LM (stop 33).
+`--neural` adds Piper's neural voices; `--engines E...` keeps only the training voices of engines
+E (stop 47's part of joe alone: `--append --start 8600 --train 2000 --balance --channel --neural
+--engines piper`).
 
 Writes OUT/questions/{train,eval}/NNNNNN.wav (24 kHz, 16-bit) with OUT/{train,eval}.jsonl
 (task, question, answer, voice), OUT/answers/*.wav spoken by the model's own voice word by
@@ -123,18 +126,28 @@ def main():
     ap.add_argument("--channel", action="store_true", help="random formant shift and bass/treble tilt")
     ap.add_argument("--wide", action="store_true", help="more espeak variants (voices.ESPEAK_WIDE)")
     ap.add_argument("--neural", action="store_true", help="Piper's neural voices too (voices.PIPER_PACKAGES)")
+    ap.add_argument("--engines", nargs="+", default=None,
+                    help="only the training voices of these engines (espeak, flite, pico, rhvoice, piper)")
     args = ap.parse_args()
     out = args.out
     for d in ["questions/train", "questions/eval", "answers"]:
         (out / d).mkdir(parents=True, exist_ok=True)
     init(out)
     t0 = time.time()
-    splits = [("train", args.train, voices.train_voices(args.wide, args.neural))]
+    train_voices = voices.train_voices(args.wide, args.neural)
+    if args.engines:
+        train_voices = [v for v in train_voices if v.engine in args.engines]
+        if not train_voices:
+            sys.exit(f"--engines {' '.join(args.engines)}: no training voice is of these engines "
+                     f"(piper needs --neural); they are {sorted({v.engine for v in voices.train_voices(True, True)})}")
+    splits = [("train", args.train, train_voices)]
     # Each call that finished leaves a marker (steps.py): the same call again keeps what it wrote,
     # so a cut `make train-tiny` restarts where it stopped.
     key = step_key(args)
     if not args.neural:
         del key["neural"]  # so the markers of calls made before --neural existed still match
+    if args.engines is None:
+        del key["engines"]  # likewise for --engines
     marker = out / (f"train-{args.start}.done.json" if args.append else "init.done.json")
     lines = lambda split: len((out / f"{split}.jsonl").read_text().splitlines()) if (out / f"{split}.jsonl").exists() else 0
     if done_before(marker, key) and lines("train") >= args.start + args.train and (args.append or lines("eval") == args.eval):
