@@ -127,19 +127,17 @@ def main():
     ap.add_argument("--wide", action="store_true", help="more espeak variants (voices.ESPEAK_WIDE)")
     ap.add_argument("--neural", action="store_true", help="Piper's neural voices too (voices.PIPER_PACKAGES)")
     ap.add_argument("--engines", nargs="+", default=None,
-                    help="only the training voices of these engines (espeak, flite, pico, rhvoice, piper)")
+                    choices=sorted({v.engine for v in voices.train_voices(True, True)}),
+                    help="only the training voices of these engines (piper needs --neural)")
     args = ap.parse_args()
+    train_voices = [v for v in voices.train_voices(args.wide, args.neural) if not args.engines or v.engine in args.engines]
+    if not train_voices:
+        sys.exit(f"--engines {' '.join(args.engines)}: no training voice is of these engines (piper needs --neural)")
     out = args.out
     for d in ["questions/train", "questions/eval", "answers"]:
         (out / d).mkdir(parents=True, exist_ok=True)
     init(out)
     t0 = time.time()
-    train_voices = voices.train_voices(args.wide, args.neural)
-    if args.engines:
-        train_voices = [v for v in train_voices if v.engine in args.engines]
-        if not train_voices:
-            sys.exit(f"--engines {' '.join(args.engines)}: no training voice is of these engines "
-                     f"(piper needs --neural); they are {sorted({v.engine for v in voices.train_voices(True, True)})}")
     splits = [("train", args.train, train_voices)]
     # Each call that finished leaves a marker (steps.py): the same call again keeps what it wrote,
     # so a cut `make train-tiny` restarts where it stopped.
