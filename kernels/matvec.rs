@@ -1,31 +1,28 @@
-//! Matrix-vector products for the one-position steps: `y = x W` with `x` `[B, T, K]` of at most
-//! [`MAX_ROWS`] rows and `W` `[K, N]` (a weight as kokichi stores it), accumulated in f32 and
-//! returned in `x`'s dtype.
+//! Matrix-vector products for the one-position steps: `y = x W` with `x` a few rows (at most
+//! [`MAX_ROWS`]) and `W` `[K, N]` (a weight as kokichi stores it), accumulated in f32.
 //!
-//! Why: an LM step multiplies one position by every weight matrix, so it is bound by reading the
-//! weights once (14 GB a step for moshiko in f16). Measured on an H200 (stop 44, wgpu, f16,
-//! before this kernel): a moshiko step's LM took 180 ms, which reads its 14 GB of weights at
-//! about 78 GB/s, under 2% of that card's 4.3 TB/s (not profiled further). Burn's matrix-product
-//! autotuner says why it may be: for this layout ("row major vecmat") it has no good algorithm
-//! (burn-cubecl 0.22.1, `kernel/matmul/tune/base.rs`); a product tiled for many rows leaves
-//! most of each tile empty with one.
+//! Why: a step multiplies one position by every weight matrix, so it is bound by reading the
+//! weights once. Burn's matrix product is tiled for many rows and its autotuner has no good
+//! algorithm for one row with row-major weights (burn-cubecl 0.22.1, `kernel/matmul/tune`).
 //!
-//! This kernel splits `K` as well as `N`, so that there are cubes enough to keep a GPU's memory
-//! busy: each cube reads a `chunk × 64` block of `W` (64 adjacent columns, so a row of the block
-//! is one contiguous read) with 4 lanes striding down it, adds the lanes in shared memory and
-//! writes one f32 partial sum per column; a second launch adds the chunks' partials in a fixed
-//! order and casts. For `K = N = 4096` that is 1,024 cubes of 256 units.
+//! The kernel splits `K` as well as `N`, so that there are cubes enough to keep a GPU's memory
+//! busy: each cube reads a `256 × 64` block of `W` (64 adjacent columns, so a row of the block is
+//! one contiguous read) with 4 lanes striding down it, for up to 8 rows at once (more rows take
+//! more cubes), and writes one f32 partial sum per column and row: **partials** `[parts, rows, N]`,
+//! `parts = ceil(K / 256)`. Whoever consumes the product adds the partials in a fixed order as it
+//! loads them (the residual, attention and token-picking kernels do), so a product costs one
+//! launch. Before its loop, a cube builds its slice of the input in shared memory, from:
 //!
-//! - [`reference`]: Burn's `linear`; runs on the flex CPU backend, under autodiff, for more
-//!   rows than [`MAX_ROWS`] (prompts, training) and for weights under [`MIN_WEIGHTS`], and is
-//!   what the kernel is tested against.
-//! - [`MatvecBackend`]: the backend extension, implemented by the CubeCL backend (wgpu) alone.
-//! - [`linear`]: picks one of the two per call; [`launch`] takes the kernel wherever it can
-//!   run (tests, benchmarks); [`set_enabled`] turns it off for a process (A/B timings) and
-//!   [`set_min_weights`] moves its size threshold (tests of whole models).
+//! - [`Input::Rows`]: plain rows `[rows, K]`;
+//! - [`Input::Gated`]: the partials of a gated unit's input projection `[parts, rows, 2K]`,
+//!   summed and gated, `act(a) * b`, as Moshi's feed-forward block does between its two weights;
+//! - [`Input::Gelu`]: the partials of an MLP's first weight, summed, through GELU (Mimi's).
 //!
-//! On lavapipe (a CPU) the kernel is 0.30-0.37x the reference for a 1024 x 1024 weight and
-//! 0.77-1.85x at 4096 x 4096 (`bench_kernels`, two runs); its gain on a GPU is not measured yet.
+//! - [`reference`] / [`partials_reference`]: Burn's `linear`, on the flex CPU backend, under
+//!   autodiff, and for more rows than [`MAX_ROWS`]; what the kernel is tested against. Its
+//!   "partials" are the finished product in the model's dtype, `parts = 1`.
+//! - [`linear`]: a product returned whole (`[B, T, N]`), for the paths that do not fuse: the
+//!   kernel and a summing launch for weights of [`MIN_WEIGHTS`] or more, else the reference.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Cube, Dispatch, backend_extension};
@@ -35,17 +32,16 @@ use burn::tensor::module;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use super::act::Act;
 use super::on_cube;
 
-/// Most rows (`B * T`) the kernel takes; it reads `W` once per row, so beyond a few rows the
-/// general matrix product, which reads it once, wins.
-pub const MAX_ROWS: usize = 4;
+/// Most rows (`B * T`) the kernel takes: it reads `W` once per 8 rows, so beyond a few groups
+/// the general matrix product, which reads it once, wins.
+pub const MAX_ROWS: usize = 32;
 
-/// Fewest weights (`K * N`) for which [`linear`] takes the kernel by default: below, a product
-/// is a few microseconds of launches either way, and the kernel's two launches lose (on
-/// lavapipe 3x at 1024 x 1024). moshiko's temporal layers (16-92 M weights each), its text head
-/// and its depth transformer's input projections (4 M) are above; kokichi-tiny's layers are
-/// all below.
+/// Fewest weights (`K * N`) for which [`linear`] takes the kernel: below, a whole product is a
+/// few microseconds of launches either way, and the kernel's two launches (product, sum) lose.
+/// The fused step path ([`partials`]) has no threshold: it launches once.
 pub const MIN_WEIGHTS: usize = 1 << 22;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -63,63 +59,163 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
+/// The input of a product.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Plain rows `[B, T, K]`.
+    Rows(Tensor<3>),
+    /// A gated unit's hidden `act(a) * b` from its input projection's partials `[parts, rows,
+    /// 2K]` (`a` the first half of each row, `b` the second), in the weight's dtype.
+    Gated(Tensor<3>, Act),
+    /// `gelu(p)` from partials `[parts, rows, K]`, in the weight's dtype.
+    Gelu(Tensor<3>),
+}
+
+impl Input {
+    /// Number of rows and the inner width `K` of the product.
+    fn rows_k(&self) -> (usize, usize) {
+        match self {
+            Input::Rows(x) => {
+                let [b, t, k] = x.dims();
+                (b * t, k)
+            }
+            Input::Gated(p, _) => (p.dims()[1], p.dims()[2] / 2),
+            Input::Gelu(p) => (p.dims()[1], p.dims()[2]),
+        }
+    }
+
+    /// The input as plain rows `[rows, K]` in `dtype`, with Burn's ops.
+    pub fn materialize(self, dtype: DType) -> Tensor<2> {
+        match self {
+            Input::Rows(x) => {
+                let [b, t, k] = x.dims();
+                x.reshape([b * t, k])
+            }
+            Input::Gated(p, act) => {
+                let g = sum_parts(p, dtype);
+                let two_k = g.dims()[1];
+                let k = two_k / 2;
+                act.apply(g.clone().narrow(1, 0, k)) * g.narrow(1, k, k)
+            }
+            Input::Gelu(p) => burn::tensor::activation::gelu(sum_parts(p, dtype)),
+        }
+    }
+}
+
+/// Partials `[parts, rows, N]` (any float dtype) summed over `parts` in order, in `dtype`.
+pub fn sum_parts(p: Tensor<3>, dtype: DType) -> Tensor<2> {
+    let [parts, rows, n] = p.dims();
+    let s = if parts == 1 { p.reshape([rows, n]) } else { p.sum_dim(0).reshape([rows, n]) };
+    if s.dtype() == dtype { s } else { s.cast(dtype) }
+}
+
 /// `x W` by Burn's own `linear` (no bias).
 pub fn reference(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
     module::linear(x, w, None)
 }
 
-/// `x W` (`[B, T, K]` × `[K, N]` → `[B, T, N]`): the kernel where [`uses_kernel`] says so,
-/// [`reference`] otherwise. What the models call.
+/// The product as partials `[1, rows, N]` in `W`'s dtype, by Burn's ops.
+pub fn partials_reference(input: Input, w: Tensor<2>) -> Tensor<3> {
+    let x = input.materialize(w.dtype());
+    let [rows, k] = x.dims();
+    let n = w.dims()[1];
+    reference(x.reshape([1, rows, k]), w).reshape([1, rows, n])
+}
+
+/// The product of `input` and `w` as partials `[parts, rows, N]`: f32 sums of `K` slices by the
+/// kernel where [`can_launch`] says so, else [`partials_reference`] (`parts = 1`).
+pub fn partials(input: Input, w: Tensor<2>) -> Tensor<3> {
+    if !can_launch(&input, &w) {
+        return partials_reference(input, w);
+    }
+    let (code, act, x) = match input {
+        Input::Rows(x) => {
+            let [b, t, k] = x.dims();
+            (0, 0, x.reshape([1, b * t, k]))
+        }
+        Input::Gated(p, act) => (1, act.code(), p),
+        Input::Gelu(p) => (2, Act::Gelu.code(), p),
+    };
+    Tensor::from_dispatch(<Dispatch as MatvecBackend>::matvec_partials(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        code,
+        act,
+    ))
+}
+
+/// `x W` (`[B, T, K]` × `[K, N]` → `[B, T, N]`): the kernel and a summing launch where
+/// [`uses_kernel`] says so, [`reference`] otherwise. What the unfused paths call.
 pub fn linear(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
-    if uses_kernel(&x, &w) { kernel(x, w) } else { reference(x, w) }
+    if uses_kernel(&x, &w) { launch(x, w) } else { reference(x, w) }
 }
 
 /// `x W` by the kernel wherever it can run ([`can_launch`]), whatever the size; [`reference`]
 /// elsewhere.
 pub fn launch(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
-    if can_launch(&x, &w) { kernel(x, w) } else { reference(x, w) }
-}
-
-fn kernel(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
-    Tensor::from_dispatch(<Dispatch as MatvecBackend>::matvec(x.into_dispatch(), w.into_dispatch()))
+    let [b, t, _] = x.dims();
+    let n = w.dims()[1];
+    let dtype = x.dtype();
+    if !can_launch(&Input::Rows(x.clone()), &w) {
+        return reference(x, w);
+    }
+    let p = partials(Input::Rows(x), w);
+    let summed: Tensor<2> = Tensor::from_dispatch(<Dispatch as MatvecBackend>::sum_partials(p.into_dispatch(), dtype));
+    summed.reshape([b, t, n])
 }
 
 /// Whether [`linear`] takes the kernel: it can ([`can_launch`]), it is enabled ([`set_enabled`])
 /// and the weight has at least [`MIN_WEIGHTS`] values (or what [`set_min_weights`] set).
 pub fn uses_kernel(x: &Tensor<3>, w: &Tensor<2>) -> bool {
     let [k, n] = w.dims();
-    k * n >= THRESHOLD.load(Ordering::Relaxed) && ENABLED.load(Ordering::Relaxed) && can_launch(x, w)
+    k * n >= THRESHOLD.load(Ordering::Relaxed)
+        && ENABLED.load(Ordering::Relaxed)
+        && can_launch(&Input::Rows(x.clone()), w)
 }
 
-/// Whether the kernel can compute `x W`: both tensors on a CubeCL device without autodiff,
-/// both f32 or both f16, `x`'s last dimension equal to `W`'s first, 1..=[`MAX_ROWS`] rows and
-/// nothing empty. A shape or dtype mismatch takes the reference, which reports it as Burn does.
-pub fn can_launch(x: &Tensor<3>, w: &Tensor<2>) -> bool {
+/// Whether the kernel can compute the product: everything on a CubeCL device without autodiff,
+/// the weight f32 or f16, plain rows in the weight's dtype, 1..=[`MAX_ROWS`] rows, `K` matching
+/// and nothing empty. A shape or dtype mismatch takes the reference, which reports it as Burn
+/// does.
+pub fn can_launch(input: &Input, w: &Tensor<2>) -> bool {
     let float = |t: DType| matches!(t, DType::F32 | DType::F16);
-    let [b, t, k] = x.dims();
+    let (rows, k) = input.rows_k();
     let [wk, n] = w.dims();
-    (1..=MAX_ROWS).contains(&(b * t))
+    let (tensor, dtype_ok) = match input {
+        Input::Rows(x) => (x, x.dtype() == w.dtype()),
+        Input::Gated(p, _) => (p, float(p.dtype()) && p.dims()[2] % 2 == 0),
+        Input::Gelu(p) => (p, float(p.dtype())),
+    };
+    (1..=MAX_ROWS).contains(&rows)
         && k > 0
         && n > 0
         && wk == k
-        && float(x.dtype())
-        && w.dtype() == x.dtype()
-        && on_cube(x.device())
+        && float(w.dtype())
+        && dtype_ok
+        && on_cube(tensor.device())
         && on_cube(w.device())
 }
 
-/// The matrix-vector product as a Burn backend extension. Only the CubeCL backend implements
-/// it; [`linear`] never routes another backend here.
+/// The matrix-vector products as a Burn backend extension. Only the CubeCL backend implements
+/// them; the functions above never route another backend here.
 #[backend_extension(Cube)]
 pub trait MatvecBackend: Backend {
-    /// `x W` for `x` `[B, T, K]` (B·T ≤ [`MAX_ROWS`]) and `W` `[K, N]` (f32 or f16; the kernel
-    /// reads each in its own dtype), accumulated in f32, returned in `x`'s dtype.
-    fn matvec(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Partials `[parts, rows, N]` (f32) of `input` times `w` `[K, N]`. `input` is plain rows
+    /// `[1, rows, K]` (`code` 0, same dtype as `w`), or partials `[parts_in, rows, 2K]` of a
+    /// gated unit (`code` 1, activation `act`) or `[parts_in, rows, K]` through GELU (`code` 2).
+    fn matvec_partials(input: FloatTensor<Self>, w: FloatTensor<Self>, code: u32, act: u32) -> FloatTensor<Self>;
+
+    /// Partials `[parts, rows, N]` summed over `parts`, as `[rows, N]` in `dtype`.
+    fn sum_partials(p: FloatTensor<Self>, dtype: DType) -> FloatTensor<Self>;
 }
 
 impl MatvecBackend for Cube {
-    fn matvec(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        cube::launch(x, w)
+    fn matvec_partials(input: FloatTensor<Self>, w: FloatTensor<Self>, code: u32, act: u32) -> FloatTensor<Self> {
+        cube::launch(input, w, code, act)
+    }
+
+    fn sum_partials(p: FloatTensor<Self>, dtype: DType) -> FloatTensor<Self> {
+        cube::launch_sum(p, dtype)
     }
 }
 
@@ -133,133 +229,198 @@ mod cube {
     use burn_cubecl::tensor::CubeTensor;
     use cubecl::prelude::*;
 
+    use crate::kernels::act::cube::apply_f32;
+
     /// Columns of `W` per cube: 64 adjacent values, one contiguous read per row of a block.
-    const COLS: usize = 64;
+    pub(super) const COLS: usize = 64;
     /// Lanes striding down a block's rows; `COLS * LANES` units a cube.
     const LANES: usize = 4;
-    /// Rows of `W` per cube (a multiple of LANES).
-    const CHUNK: usize = 256;
+    /// Rows of `W` per cube (`COLS * LANES`: one input value per unit and row).
+    pub(super) const CHUNK: usize = 256;
+    /// Input rows a cube multiplies at once (more rows take more cubes).
+    const ROWS_PER_CUBE: usize = 8;
     /// Units of the summing launch's cubes.
     const SUM_UNITS: usize = 256;
 
-    /// Cube (column tile, K chunk, row): partial[chunk][row][col] = Σ x[row][k] W[k][col] over
-    /// the chunk's `k`.
+    /// The input value of row `row`, column `kk` (< k), in f32, rounded to the weight's dtype
+    /// `W` where the model computes it in that dtype.
+    #[cube]
+    fn input_value<I: Float, W: Float>(
+        input: &[I],
+        row: usize,
+        kk: usize,
+        rows: usize,
+        k: usize,
+        parts_in: usize,
+        #[comptime] code: u32,
+        #[comptime] act: u32,
+    ) -> f32 {
+        let mut v = 0.0f32;
+        if comptime!(code == 0) {
+            v = f32::cast_from(input[row * k + kk]);
+        } else if comptime!(code == 1) {
+            let mut a = 0.0f32;
+            let mut b = 0.0f32;
+            for p in 0..parts_in {
+                let base = (p * rows + row) * 2 * k;
+                a += f32::cast_from(input[base + kk]);
+                b += f32::cast_from(input[base + k + kk]);
+            }
+            let a = f32::cast_from(W::cast_from(a));
+            let b = f32::cast_from(W::cast_from(b));
+            let g = f32::cast_from(W::cast_from(apply_f32(a, act)));
+            v = f32::cast_from(W::cast_from(g * b));
+        } else {
+            let mut a = 0.0f32;
+            for p in 0..parts_in {
+                a += f32::cast_from(input[(p * rows + row) * k + kk]);
+            }
+            let a = f32::cast_from(W::cast_from(a));
+            v = f32::cast_from(W::cast_from(apply_f32(a, act)));
+        }
+        v
+    }
+
+    /// Cube (column tile, K chunk, row group): out[chunk][row][col] = Σ x[row][k] W[k][col] over
+    /// the chunk's `k`, for the group's rows.
     #[cube(launch)]
-    fn matvec_chunks<F: Float, W: Float>(
-        x: &[F],
+    fn matvec_parts<I: Float, W: Float>(
+        input: &[I],
         w: &[W],
-        partial: &mut [f32],
+        out: &mut [f32],
         rows: u32,
         k: u32,
         n: u32,
-        #[comptime] cols: usize,
-        #[comptime] lanes: usize,
-        #[comptime] chunk: usize,
-        #[define(F, W)] _dtypes: [ElemType; 2],
+        parts_in: u32,
+        #[comptime] code: u32,
+        #[comptime] act: u32,
+        #[comptime] group: usize,
+        #[define(I, W)] _dtypes: [ElemType; 2],
     ) {
         let ux = UNIT_POS_X as usize;
         let uy = UNIT_POS_Y as usize;
-        let col = CUBE_POS_X as usize * cols + ux;
+        let unit = uy * COLS + ux;
+        let col = CUBE_POS_X as usize * COLS + ux;
         let part = CUBE_POS_Y as usize;
-        let row = CUBE_POS_Z as usize;
+        let row0 = CUBE_POS_Z as usize * group;
+        let rows = rows as usize;
         let k = k as usize;
         let n = n as usize;
-        let start = part * chunk;
-        let mut end = start + chunk;
-        if end > k {
-            end = k;
+        let start = part * CHUNK;
+        let mut len = k - start;
+        if len > CHUNK {
+            len = CHUNK;
         }
 
-        let mut acc = 0.0f32;
+        // The chunk's input, one value per unit and row.
+        let mut xs = Shared::<[f32]>::new_slice(group * CHUNK);
+        #[unroll]
+        for r in 0..group {
+            let row = row0 + r;
+            let mut v = 0.0f32;
+            if unit < len && row < rows {
+                v = input_value::<I, W>(input, row, start + unit, rows, k, parts_in as usize, code, act);
+            }
+            xs[r * CHUNK + unit] = v;
+        }
+        sync_cube();
+
+        let mut acc = Array::<f32>::new(group);
         if col < n {
-            let mut i = start + uy;
-            while i < end {
-                acc += f32::cast_from(x[row * k + i]) * f32::cast_from(w[i * n + col]);
-                i += lanes;
+            let mut i = uy;
+            while i < len {
+                let wv = f32::cast_from(w[(start + i) * n + col]);
+                #[unroll]
+                for r in 0..group {
+                    acc[r] += xs[r * CHUNK + i] * wv;
+                }
+                i += LANES;
             }
         }
-        // Every unit reaches every barrier (out-of-range columns add zeros).
-        let mut sums = Shared::<[f32]>::new_slice(cols * lanes);
-        sums[uy * cols + ux] = acc;
-        sync_cube();
-        let mut half = lanes.runtime() / 2;
-        while half > 0 {
-            if uy < half {
-                sums[uy * cols + ux] += sums[(uy + half) * cols + ux];
+        // The lanes' sums, added in a fixed order; every unit reaches every barrier.
+        let mut sums = Shared::<[f32]>::new_slice(COLS * LANES);
+        #[unroll]
+        for r in 0..group {
+            sums[uy * COLS + ux] = acc[r];
+            sync_cube();
+            let row = row0 + r;
+            if uy == 0 && col < n && row < rows {
+                let total = sums[ux] + sums[COLS + ux] + sums[2 * COLS + ux] + sums[3 * COLS + ux];
+                out[(part * rows + row) * n + col] = total;
             }
             sync_cube();
-            half /= 2;
-        }
-        if uy == 0 && col < n {
-            partial[(part * rows as usize + row) * n + col] = sums[ux];
         }
     }
 
-    /// out[i] = Σ_p partial[p][i], in chunk order, cast to the output's dtype.
+    /// out[i] = Σ_p partial[p][i], in order, cast to the output's dtype.
     #[cube(launch)]
-    fn sum_chunks<F: Float>(
-        partial: &[f32],
+    fn sum_chunks<P: Float, F: Float>(
+        partial: &[P],
         out: &mut [F],
         parts: u32,
         len: u32,
-        #[comptime] units: usize,
-        #[define(F)] _dtype: ElemType,
+        #[define(P, F)] _dtypes: [ElemType; 2],
     ) {
-        let i = CUBE_POS * units + UNIT_POS as usize;
+        let i = CUBE_POS * SUM_UNITS + UNIT_POS as usize;
         let len = len as usize;
         if i < len {
             let mut acc = 0.0f32;
             for p in 0..parts as usize {
-                acc += partial[p * len + i];
+                acc += f32::cast_from(partial[p * len + i]);
             }
             out[i] = F::cast_from(acc);
         }
     }
 
-    pub(super) fn launch(x: CubeTensor, w: CubeTensor) -> CubeTensor {
-        let x = into_contiguous(x);
+    pub(super) fn launch(input: CubeTensor, w: CubeTensor, code: u32, act: u32) -> CubeTensor {
+        let input = into_contiguous(input);
         let w = into_contiguous(w);
-        let client = x.client.clone();
-        let dims = x.meta.shape().clone();
-        let k = dims[dims.len() - 1];
-        let rows = x.meta.num_elements() / k;
-        let n = w.meta.num_elements() / k;
+        let client = w.client.clone();
+        let dims = input.meta.shape().clone();
+        let [k, n] = [w.meta.shape()[0], w.meta.shape()[1]];
+        let (parts_in, rows) = (dims[0], dims[1]);
         let parts = k.div_ceil(CHUNK);
         let tiles = n.div_ceil(COLS);
+        let group = rows.min(ROWS_PER_CUBE);
+        let groups = rows.div_ceil(group);
 
-        let partial = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([parts, rows, n]), DType::F32);
-        let dtypes = [dtype_to_storage_type(x.dtype), dtype_to_storage_type(w.dtype)];
-        matvec_chunks::launch(
+        let out = empty_device_dtype(client.clone(), w.device.clone(), Shape::new([parts, rows, n]), DType::F32);
+        let dtypes = [dtype_to_storage_type(input.dtype), dtype_to_storage_type(w.dtype)];
+        matvec_parts::launch(
             &client,
-            CubeCount::Static(tiles as u32, parts as u32, rows as u32),
+            CubeCount::Static(tiles as u32, parts as u32, groups as u32),
             CubeDim::new_2d(COLS as u32, LANES as u32),
-            x.clone().into_buffer_arg(),
+            input.into_buffer_arg(),
             w.into_buffer_arg(),
-            partial.clone().into_buffer_arg(),
+            out.clone().into_buffer_arg(),
             rows as u32,
             k as u32,
             n as u32,
-            COLS,
-            LANES,
-            CHUNK,
+            parts_in as u32,
+            code,
+            act,
+            group,
             dtypes,
         );
+        out
+    }
 
-        let mut shape = dims;
-        let last = shape.len() - 1;
-        shape[last] = n;
-        let out = empty_device_dtype(client.clone(), x.device.clone(), shape, x.dtype);
+    pub(super) fn launch_sum(p: CubeTensor, dtype: DType) -> CubeTensor {
+        let p = into_contiguous(p);
+        let client = p.client.clone();
+        let dims = p.meta.shape().clone();
+        let (parts, rows, n) = (dims[0], dims[1], dims[2]);
         let len = rows * n;
+        let out = empty_device_dtype(client.clone(), p.device.clone(), Shape::new([rows, n]), dtype);
         sum_chunks::launch(
             &client,
             CubeCount::Static(len.div_ceil(SUM_UNITS) as u32, 1, 1),
             CubeDim::new_1d(SUM_UNITS as u32),
-            partial.into_buffer_arg(),
+            p.clone().into_buffer_arg(),
             out.clone().into_buffer_arg(),
             parts as u32,
             len as u32,
-            SUM_UNITS,
-            dtype_to_storage_type(x.dtype),
+            [dtype_to_storage_type(p.dtype), dtype_to_storage_type(dtype)],
         );
         out
     }

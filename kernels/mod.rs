@@ -8,16 +8,36 @@
 //! Each kernel sits beside its plain-Burn reference, which runs on every other device (the flex
 //! CPU backend) and whenever gradients are tracked, and `tests/kernels.rs` checks the two agree.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::backend::DispatchDevice;
 use burn::prelude::Device;
 
+pub mod act;
+pub mod attention;
+pub mod embed;
 pub mod matvec;
+pub mod pick;
+pub mod residual;
 pub mod rms_norm;
 
 pub use rms_norm::rms_norm;
 
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns every kernel here on or off for this process (on by default): off, each call takes its
+/// plain-Burn reference, which is how tests and benchmarks compare the two on one device.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the kernels are on ([`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// Whether `device` is a CubeCL device without autodiff (an autodiff device is its own
-/// `DispatchDevice` variant): where the kernels here can launch.
+/// `DispatchDevice` variant) and the kernels are on: where the kernels here launch.
 fn on_cube(device: Device) -> bool {
-    matches!(device.as_dispatch(), DispatchDevice::Cube(_))
+    enabled() && matches!(device.as_dispatch(), DispatchDevice::Cube(_))
 }

@@ -1,23 +1,34 @@
 //! Picking the compute device at run time (Burn 0.22 has no backend type parameter) and the
 //! small host <-> device helpers the models share.
 //!
-//! `wgpu` is the default: Vulkan, Metal or DX12, and Mesa's lavapipe on machines without a GPU.
-//! `cpu` is Burn's pure-Rust `flex` backend. The model code is identical on both.
+//! `auto` (the default) takes wgpu where its adapter is a hardware GPU and the `cpu` backend
+//! where it is a software rasterizer (Mesa's lavapipe/llvmpipe, SwiftShader, WARP), which runs
+//! kokichi's models slower than Burn's own CPU backend. `wgpu` is Vulkan, Metal or DX12, software
+//! adapters included; `cpu` is Burn's pure-Rust `flex` backend. The model code is identical on
+//! both.
+//!
+//! Every upload and read-back of a model step goes through the helpers here, which count them
+//! for [`cost`](crate::cost).
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use burn::prelude::*;
-use burn::tensor::{DType, DeviceKind};
+use burn::tensor::wgpu::wgpu;
+use burn::tensor::{Bool, DType};
 
+use crate::cost;
 use crate::error::{Error, Result};
 
 /// Which Burn backend runs the models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// Burn's wgpu backend (Vulkan / Metal / DX12 / lavapipe).
+    /// wgpu on a hardware GPU, else the CPU backend ([`resolve`]).
     #[default]
+    Auto,
+    /// Burn's wgpu backend (Vulkan / Metal / DX12 / lavapipe).
     Wgpu,
     /// Burn's `flex` CPU backend.
     Cpu,
@@ -26,6 +37,7 @@ pub enum BackendKind {
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            BackendKind::Auto => "auto",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Cpu => "cpu",
         })
@@ -36,9 +48,10 @@ impl FromStr for BackendKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
+            "auto" => Ok(BackendKind::Auto),
             "wgpu" | "gpu" => Ok(BackendKind::Wgpu),
             "cpu" | "flex" => Ok(BackendKind::Cpu),
-            other => Err(Error::config("backend", format!("unknown backend `{other}` (expected wgpu or cpu)"))),
+            other => Err(Error::config("backend", format!("unknown backend `{other}` (expected auto, wgpu or cpu)"))),
         }
     }
 }
@@ -78,33 +91,94 @@ impl FromStr for Precision {
     }
 }
 
-/// Creates the device of `kind`, checking that it can compute in `precision`.
-///
-/// wgpu device creation panics inside Burn when no adapter exists; that panic is caught here
-/// and turned into an error, so a machine without Vulkan gets one clear line.
-pub fn device(kind: BackendKind, precision: Precision) -> Result<Device> {
-    let device = match kind {
-        BackendKind::Cpu => Device::flex(),
-        BackendKind::Wgpu => {
-            let probe = std::panic::catch_unwind(|| {
-                let device = Device::wgpu(DeviceKind::DefaultDevice);
-                // Force adapter selection now rather than at the first model call.
+/// The wgpu device kokichi made, with the handles Burn's runtime uses (adapter and queue).
+struct WgpuHandles {
+    device: Device,
+    adapter: wgpu::Adapter,
+    queue: wgpu::Queue,
+}
+
+static WGPU: OnceLock<std::result::Result<WgpuHandles, String>> = OnceLock::new();
+
+/// The wgpu device, made once per process on the default adapter (a high-performance GPU
+/// where there is one), with the Vulkan loader's and drivers' stderr chatter routed to the
+/// debug log.
+fn wgpu_handles() -> Result<&'static WgpuHandles> {
+    let made = WGPU.get_or_init(|| {
+        let _quiet = crate::quiet_stderr::Quiet::start("wgpu adapter");
+        let made = std::panic::catch_unwind(|| Device::wgpu_options().init_with_setup());
+        match made {
+            Ok(Ok((device, setup))) => {
+                // Force the runtime's first use now rather than at the first model call.
                 let _ = Tensor::<1>::zeros([1], &device).into_data();
-                device
-            });
-            probe.map_err(|_| {
-                Error::Backend(
-                    "no usable wgpu adapter (install a Vulkan driver such as Mesa's \
-                     mesa-vulkan-drivers, or use --backend cpu)"
-                        .into(),
-                )
-            })?
+                Ok(WgpuHandles { device, adapter: setup.adapter, queue: setup.queue })
+            }
+            Ok(Err(e)) => Err(format!("{e}")),
+            Err(_) => Err("the wgpu runtime panicked while starting".into()),
         }
+    });
+    made.as_ref().map_err(|e| {
+        Error::Backend(format!(
+            "no usable wgpu adapter ({e}; install a Vulkan driver such as Mesa's mesa-vulkan-drivers, or use --backend cpu)"
+        ))
+    })
+}
+
+/// Whether the wgpu adapter is a software rasterizer (device type CPU: lavapipe, llvmpipe,
+/// SwiftShader, WARP), by its reported type or, failing that, its name.
+pub fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    let name = info.name.to_lowercase();
+    info.device_type == wgpu::DeviceType::Cpu
+        || ["llvmpipe", "lavapipe", "swiftshader", "microsoft basic render"].iter().any(|n| name.contains(n))
+}
+
+/// The backend `kind` stands for, and why: `auto` becomes wgpu on a hardware GPU and cpu
+/// otherwise (no adapter, or a software one); the others stand for themselves.
+pub fn resolve(kind: BackendKind) -> (BackendKind, String) {
+    match kind {
+        BackendKind::Auto => match wgpu_handles() {
+            Ok(h) => {
+                let info = h.adapter.get_info();
+                if is_software(&info) {
+                    (
+                        BackendKind::Cpu,
+                        format!(
+                            "the wgpu adapter `{}` is a software rasterizer, slower than the cpu backend",
+                            info.name
+                        ),
+                    )
+                } else {
+                    (BackendKind::Wgpu, format!("the wgpu adapter `{}` is a {:?} GPU", info.name, info.device_type))
+                }
+            }
+            Err(_) => (BackendKind::Cpu, "no usable wgpu adapter".to_string()),
+        },
+        BackendKind::Wgpu => (BackendKind::Wgpu, "asked for".to_string()),
+        BackendKind::Cpu => (BackendKind::Cpu, "asked for".to_string()),
+    }
+}
+
+/// Creates the device of `kind` (`auto` resolved by [`resolve`]), checking that it can compute
+/// in `precision`. A machine without a usable wgpu adapter gets one clear line.
+pub fn device(kind: BackendKind, precision: Precision) -> Result<Device> {
+    let device = match resolve(kind).0 {
+        BackendKind::Cpu | BackendKind::Auto => Device::flex(),
+        BackendKind::Wgpu => wgpu_handles()?.device.clone(),
     };
     if !device.supports_dtype(precision.dtype()) {
         return Err(Error::Backend(format!("{kind} device does not support {:?}", precision.dtype())));
     }
     Ok(device)
+}
+
+/// The wgpu queue's next submission index, read by submitting nothing (one empty submit);
+/// `None` before a wgpu device exists. [`cost`] counts submits as the difference of two.
+pub(crate) fn submission_index() -> Option<u64> {
+    let h = WGPU.get()?.as_ref().ok()?;
+    let index = h.queue.submit(std::iter::empty());
+    // wgpu keeps the number private; its Debug form is `SubmissionIndex { index: N }`.
+    let text = format!("{index:?}");
+    text.rsplit(|c: char| !c.is_ascii_digit()).find(|s| !s.is_empty())?.parse().ok()
 }
 
 /// Whether `device` is the CPU (`flex`) backend's.
@@ -150,20 +224,32 @@ pub fn check_fits(device: &Device, name: &str, elements: usize, dtype: DType) ->
 
 /// Uploads host floats as a float tensor of the given dtype.
 pub fn floats<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device, dtype: DType) -> Tensor<D> {
+    cost::count_upload(values.len() * dtype.size());
     Tensor::from_data(TensorData::new(values, shape), (device, dtype))
 }
 
 /// Uploads host integers as an int tensor.
 pub fn ints<const D: usize>(values: Vec<i64>, shape: [usize; D], device: &Device) -> Tensor<D, Int> {
+    cost::count_upload(values.len() * 4);
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// Uploads host booleans as a bool tensor.
+pub fn bools<const D: usize>(values: Vec<bool>, shape: [usize; D], device: &Device) -> Tensor<D, Bool> {
+    cost::count_upload(values.len());
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// Reads a float tensor back as f32 values.
 pub fn read_floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.try_into_vec_as::<f32>().map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
+    let v = t.try_into_vec_as::<f32>().map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))?;
+    cost::count_readback(v.len() * 4);
+    Ok(v)
 }
 
 /// Reads an int tensor back as i64 values.
 pub fn read_ints<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>> {
-    t.try_into_vec_as::<i64>().map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))
+    let v = t.try_into_vec_as::<i64>().map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))?;
+    cost::count_readback(v.len() * 4);
+    Ok(v)
 }

@@ -7,6 +7,7 @@
 
 pub mod audio;
 pub mod backend;
+pub mod cost;
 pub mod daemon;
 pub mod error;
 #[path = "../kernels/mod.rs"]
@@ -16,6 +17,7 @@ pub mod mimi;
 pub mod model_dir;
 pub mod nn;
 pub mod protocol;
+mod quiet_stderr;
 pub mod session;
 pub mod tokenizer;
 pub mod train;

@@ -12,6 +12,7 @@
 //! backend, on the host).
 
 use burn::prelude::*;
+use rand::RngCore;
 use rand::rngs::StdRng;
 
 use super::model::{LmModel, UNGENERATED_TOKEN};
@@ -19,6 +20,10 @@ use super::pick::{self, Draw, Picking};
 use super::sampling::{self, Sampling};
 use crate::backend;
 use crate::error::{Error, Result};
+use crate::kernels::embed::{self, Column};
+use crate::kernels::matvec::{self, Input};
+use crate::kernels::pick as kpick;
+use crate::kernels::residual::residual_norm;
 use crate::nn::transformer::TransformerState;
 
 /// Sampling settings of a session.
@@ -59,6 +64,9 @@ pub struct GenRow {
 #[derive(Clone, Debug)]
 pub struct LmState {
     transformer: TransformerState,
+    /// The depth transformer's rings, reset every frame and kept so that they are not cleared
+    /// anew each frame.
+    depformer: TransformerState,
     rows: Vec<GenRow>,
     picking: Picking,
 }
@@ -68,6 +76,7 @@ impl LmState {
     pub fn empty() -> Self {
         LmState {
             transformer: TransformerState { rows: Vec::new(), steps: 0 },
+            depformer: TransformerState { rows: Vec::new(), steps: 0 },
             rows: Vec::new(),
             picking: Picking::Host,
         }
@@ -90,12 +99,19 @@ impl LmState {
     pub fn merge(parts: Vec<LmState>) -> LmState {
         let picking = parts.first().map_or(Picking::Host, |p| p.picking);
         let mut tr = Vec::with_capacity(parts.len());
+        let mut dep = Vec::with_capacity(parts.len());
         let mut rows = Vec::new();
         for p in parts {
             tr.push(p.transformer);
+            dep.push(p.depformer);
             rows.extend(p.rows);
         }
-        LmState { transformer: TransformerState::merge(tr), rows, picking }
+        LmState {
+            transformer: TransformerState::merge(tr),
+            depformer: TransformerState::merge(dep),
+            rows,
+            picking,
+        }
     }
 
     pub fn split(self) -> Vec<LmState> {
@@ -103,8 +119,9 @@ impl LmState {
         self.transformer
             .split()
             .into_iter()
+            .zip(self.depformer.split())
             .zip(self.rows)
-            .map(|(t, r)| LmState { transformer: t, rows: vec![r], picking })
+            .map(|((t, d), r)| LmState { transformer: t, depformer: d, rows: vec![r], picking })
             .collect()
     }
 }
@@ -134,6 +151,7 @@ impl LmModel {
             .collect();
         Ok(LmState {
             transformer: self.init_transformer_state(configs.len())?,
+            depformer: self.init_depformer_state(configs.len())?,
             rows,
             picking: Picking::for_device(&self.device()),
         })
@@ -185,28 +203,9 @@ impl LmModel {
         if let Some(bad) = forced_text.iter().flatten().find(|&&t| t < 0 || t > c.text_card as i64) {
             return Err(Error::input(format!("forced text token {bad} outside 0..={}", c.text_card)));
         }
-        let (out, text_logits) = self.forward_text(&input, b, 1, Some(&mut state.transformer))?;
-        let picking = state.picking;
-        let mut scratch = Vec::new();
-        let mut draws: Vec<Draw> =
-            state.rows.iter_mut().map(|row| Draw { params: row.config.text, rng: &mut row.text_rng }).collect();
-        let text = pick::pick(text_logits.reshape([b, c.text_out()]), &mut draws, forced_text, picking, &mut scratch)?;
-        // Depth transformer: one codebook at a time, each fed the previous token.
-        let mut dep_state = self.init_depformer_state(b)?;
-        let mut prev = text.device.clone();
-        let mut picked = vec![text];
-        for step in 0..dep_q {
-            let logits = self.depformer_step(step, prev, out.clone(), &mut dep_state)?;
-            let mut draws: Vec<Draw> =
-                state.rows.iter_mut().map(|row| Draw { params: row.config.audio, rng: &mut row.audio_rng }).collect();
-            let tok = pick::pick(logits.reshape([b, c.card]), &mut draws, &[], picking, &mut scratch)?;
-            prev = tok.device.clone();
-            picked.push(tok);
-        }
-        // [1 + dep_q][B] tokens: already on the host when picked there, else one read-back.
-        let flat: Vec<i64> = match picked.iter_mut().map(|p| p.host.take()).collect::<Option<Vec<_>>>() {
-            Some(rows) => rows.concat(),
-            None => backend::read_ints(Tensor::cat(picked.into_iter().map(|p| p.device).collect(), 0))?,
+        let flat = match state.picking {
+            Picking::Device => self.step_on_device(state, &input, forced_text)?,
+            Picking::Host => self.step_on_host(state, &input, forced_text)?,
         };
         let text = &flat[..b];
         let mut audio = vec![0i64; b * dep_q];
@@ -243,5 +242,107 @@ impl LmModel {
             return Ok(None);
         }
         Ok(Some(StepOut { text: out_text, audio: out_audio }))
+    }
+}
+
+impl LmModel {
+    /// The model part of a step on the host's picking: the temporal transformer, the text token
+    /// and each codebook in turn, each read back to be drawn on the host. Returns the step's
+    /// tokens as `[1 + dep_q][B]`.
+    fn step_on_host(&self, state: &mut LmState, input: &[i64], forced_text: &[Option<i64>]) -> Result<Vec<i64>> {
+        let c = &self.config;
+        let b = state.rows.len();
+        let (out, text_logits) = self.forward_text(input, b, 1, Some(&mut state.transformer))?;
+        let mut scratch = Vec::new();
+        let mut draws: Vec<Draw> =
+            state.rows.iter_mut().map(|row| Draw { params: row.config.text, rng: &mut row.text_rng }).collect();
+        let text =
+            pick::pick(text_logits.reshape([b, c.text_out()]), &mut draws, forced_text, Picking::Host, &mut scratch)?;
+        let dep_state = &mut state.depformer;
+        dep_state.reset();
+        let mut prev = text.device.clone();
+        let mut picked = vec![text];
+        for step in 0..c.dep_q {
+            let logits = self.depformer_step(step, prev, out.clone(), dep_state)?;
+            let mut draws: Vec<Draw> =
+                state.rows.iter_mut().map(|row| Draw { params: row.config.audio, rng: &mut row.audio_rng }).collect();
+            let tok = pick::pick(logits.reshape([b, c.card]), &mut draws, &[], Picking::Host, &mut scratch)?;
+            prev = tok.device.clone();
+            picked.push(tok);
+        }
+        match picked.iter_mut().map(|p| p.host.take()).collect::<Option<Vec<_>>>() {
+            Some(rows) => Ok(rows.concat()),
+            None => backend::read_ints(Tensor::cat(picked.into_iter().map(|p| p.device).collect(), 0)),
+        }
+    }
+
+    /// The model part of a step on the device: every upload first (tokens, RoPE tables, the
+    /// picks' parameters), then fused launches only (`kernels/`), the tokens picked into one
+    /// tensor that the depth steps read their inputs from, and one read-back at the end.
+    /// Returns the step's tokens as `[1 + dep_q][B]`.
+    fn step_on_device(&self, state: &mut LmState, input: &[i64], forced_text: &[Option<i64>]) -> Result<Vec<i64>> {
+        let c = &self.config;
+        let b = state.rows.len();
+        let k = c.n_q + 1;
+        let device = self.device();
+        let dtype = self.dtype();
+        // Uploads: an upload after a launch would cost a queue submit.
+        let tokens = backend::ints(input.to_vec(), [b, k], &device);
+        let mut draws = Vec::with_capacity(c.dep_q + 1);
+        draws.push(
+            state
+                .rows
+                .iter_mut()
+                .zip(forced_text.iter().chain(std::iter::repeat(&None)))
+                .map(|(row, forced)| device_draw(row.config.text, &mut row.text_rng, *forced))
+                .collect::<Vec<_>>(),
+        );
+        for _ in 0..c.dep_q {
+            draws.push(
+                state.rows.iter_mut().map(|row| device_draw(row.config.audio, &mut row.audio_rng, None)).collect(),
+            );
+        }
+        let params = kpick::params(&draws, &device);
+        let rope = self.transformer.step_rope(&state.transformer, 1, &device);
+        let mut picked = Tensor::<2, Int>::empty([c.dep_q + 1, b], &device);
+
+        // Temporal transformer and text token.
+        let tables = std::iter::once(&self.text_emb).chain(self.emb.iter());
+        let mut x = None;
+        for (s, table) in tables.enumerate() {
+            x = Some(embed::gather_add(table.val(), &tokens, Column { offset: s, stride: k }, b, x));
+        }
+        let x = x.ok_or_else(|| Error::input("an LM without input tables"))?;
+        let (_, h) = self.transformer.step(x.reshape([b, 1, c.dim]), None, &mut state.transformer, rope.as_ref(), Some(&self.out_norm))?;
+        let h = h.ok_or_else(|| Error::input("the temporal step lost its output norm"))?;
+        let logits = matvec::partials(Input::Rows(h.clone()), self.text_linear.val());
+        picked = kpick::pick(logits, &params, &draws[0], 0, picked);
+
+        // Depth transformer: each codebook from the token just picked, on the device.
+        let dep_state = &mut state.depformer;
+        dep_state.reset();
+        let first_norm = self.depformer.layers.first().map(|l| l.norm1.params());
+        for step in 0..c.dep_q {
+            let w = self.depformer_in_weight(step)?;
+            let proj = matvec::partials(Input::Rows(h.clone()), w);
+            let table = if step == 0 { &self.depformer_text_emb } else { &self.depformer_emb[step - 1] };
+            let prev = embed::gather_add(table.val(), &picked, Column { offset: step * b, stride: 1 }, b, None);
+            let (x, hn) = residual_norm(prev, Some(proj), None, first_norm.as_ref(), dtype);
+            let (y, _) = self.depformer.step(x.reshape([b, 1, c.depformer_dim]), hn, dep_state, None, None)?;
+            let logits = matvec::partials(Input::Rows(y), self.linears[step].val());
+            picked = kpick::pick(logits, &params, &draws[step + 1], step + 1, picked);
+        }
+        backend::read_ints(picked)
+    }
+}
+
+/// A device pick of `params`, seeded from the row's generator.
+fn device_draw(params: Sampling, rng: &mut StdRng, forced: Option<i64>) -> kpick::Draw {
+    let greedy = params.is_greedy();
+    kpick::Draw {
+        inv_temperature: if greedy { 0.0 } else { 1.0 / params.temperature },
+        top_k: params.top_k,
+        seed: if greedy { 0 } else { rng.next_u64() },
+        forced,
     }
 }

@@ -117,6 +117,18 @@ impl LmModel {
         self.text_emb.val().device()
     }
 
+    /// Bytes of weights one step reads at least once: every weight but the embedding tables,
+    /// of which it reads one row per stream and per depth step.
+    pub fn weight_bytes_per_step(&self) -> u64 {
+        let c = &self.config;
+        let size = self.dtype().size() as u64;
+        let tables: usize = self.emb.iter().chain(self.depformer_emb.iter()).map(|t| t.num_params()).sum::<usize>()
+            + self.text_emb.num_params()
+            + self.depformer_text_emb.num_params();
+        let rows = (c.n_q + 1) * c.dim + c.dep_q * c.depformer_dim;
+        (self.num_params() - tables + rows) as u64 * size
+    }
+
     pub fn dtype(&self) -> DType {
         self.text_emb.val().dtype()
     }
@@ -198,6 +210,22 @@ impl LmModel {
         let x = proj + table.val().select(0, prev).reshape([b, 1, dim]);
         let y = self.depformer.forward(x, Some(state))?;
         Ok(lin(y, &self.linears[step]))
+    }
+
+    /// The depth transformer's input projection of step `step`.
+    pub(crate) fn depformer_in_weight(&self, step: usize) -> Result<Tensor<2>> {
+        let idx = if self.depformer_in.len() == 1 {
+            0
+        } else {
+            match &self.config.depformer_weights_per_step_schedule {
+                Some(s) => *s.get(step).ok_or_else(|| Error::input(format!("depformer step {step} beyond the schedule")))?,
+                None => step,
+            }
+        };
+        self.depformer_in
+            .get(idx)
+            .map(|w| w.val())
+            .ok_or_else(|| Error::input(format!("no depformer input projection for step {step}")))
     }
 
     fn depformer_input(&self, step: usize, transformer_out: Tensor<3>) -> Result<Tensor<3>> {

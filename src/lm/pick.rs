@@ -14,12 +14,13 @@
 //! gives other (equally distributed) tokens on the two paths. Greedy rows are plain argmax.
 
 use burn::prelude::*;
-use burn::tensor::{Bool, DType, FloatDType, TensorData};
+use rand::RngCore;
 use rand::rngs::StdRng;
 
 use super::sampling::{self, Sampling};
 use crate::backend;
 use crate::error::{Error, Result};
+use crate::kernels::pick as kpick;
 
 /// Where an LM step picks its tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,61 +84,22 @@ pub fn pick(
             Ok(Picked { device: backend::ints(host.clone(), [b], &device), host: Some(host) })
         }
         Picking::Device => {
-            let picked = draw_on_device(logits, draws);
-            if (0..b).all(|r| forced_at(r).is_none()) {
-                return Ok(Picked { device: picked, host: None });
-            }
-            let mask: Vec<bool> = (0..b).map(|r| forced_at(r).is_some()).collect();
-            let values: Vec<i64> = (0..b).map(|r| forced_at(r).unwrap_or(0)).collect();
-            let mask = Tensor::<1, Bool>::from_data(TensorData::new(mask, [b]), &device);
-            Ok(Picked { device: picked.mask_where(mask, backend::ints(values, [b], &device)), host: None })
+            // The fused pick kernel (`kernels/pick.rs`), its noise seeded from each row's generator.
+            let rows: Vec<kpick::Draw> = draws
+                .iter_mut()
+                .enumerate()
+                .map(|(r, d)| kpick::Draw {
+                    inv_temperature: if d.params.is_greedy() { 0.0 } else { 1.0 / d.params.temperature },
+                    top_k: d.params.top_k,
+                    seed: if d.params.is_greedy() { 0 } else { d.rng.next_u64() },
+                    forced: forced_at(r),
+                })
+                .collect();
+            let params = kpick::params(std::slice::from_ref(&rows), &device);
+            let tokens = Tensor::<2, Int>::empty([1, b], &device);
+            let partials = logits.reshape([1, b, v]);
+            let picked = kpick::pick(partials, &params, &rows, 0, tokens).reshape([b]);
+            Ok(Picked { device: picked, host: None })
         }
     }
-}
-
-/// `argmax(l * inv_t + G)` per row, logits under the row's `top_k` largest masked out.
-fn draw_on_device(logits: Tensor<2>, draws: &mut [Draw<'_>]) -> Tensor<1, Int> {
-    let [b, v] = logits.dims();
-    if draws.iter().all(|d| d.params.is_greedy()) {
-        return logits.argmax(1).reshape([b]);
-    }
-    let device = logits.device();
-    // f16 logits would lose the noise's low bits; the draw is done in f32.
-    let x = logits.cast(FloatDType::F32);
-    // Rows keep `keep[r]` tokens; greedy rows keep all, their noise is zero and inv_t one.
-    let keep: Vec<usize> = draws
-        .iter()
-        .map(|d| if d.params.is_greedy() || d.params.top_k == 0 { v } else { d.params.top_k.min(v) })
-        .collect();
-    let mut inv_t = Vec::with_capacity(b);
-    let mut noise = Vec::with_capacity(b * v);
-    for d in draws.iter_mut() {
-        if d.params.is_greedy() {
-            inv_t.push(1.0);
-            noise.resize(noise.len() + v, 0.0);
-        } else {
-            inv_t.push(1.0 / d.params.temperature);
-            noise.extend((0..v).map(|_| gumbel(d.rng)));
-        }
-    }
-    let mut scores = x.clone() * backend::floats(inv_t, [b, 1], &device, DType::F32)
-        + backend::floats(noise, [b, v], &device, DType::F32);
-    let k_max = keep.iter().copied().filter(|&k| k < v).max();
-    if let Some(k_max) = k_max {
-        // Each row's threshold is its keep-th largest logit; rows that keep all get -inf.
-        let top = x.clone().topk(k_max, 1);
-        let idx: Vec<i64> = keep.iter().map(|&k| (k.min(k_max) - 1) as i64).collect();
-        let all: Vec<bool> = keep.iter().map(|&k| k >= v).collect();
-        let threshold = top
-            .gather(1, backend::ints(idx, [b, 1], &device))
-            .mask_fill(Tensor::<2, Bool>::from_data(TensorData::new(all, [b, 1]), &device), f32::NEG_INFINITY);
-        let below = x.lower(threshold.expand([b, v]));
-        scores = scores.mask_fill(below, f32::NEG_INFINITY);
-    }
-    scores.argmax(1).reshape([b])
-}
-
-/// A standard Gumbel variate, `-ln E` with `E ~ Exp(1)` (never infinite).
-fn gumbel(rng: &mut StdRng) -> f32 {
-    -sampling::exp1(rng).ln()
 }

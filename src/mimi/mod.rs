@@ -329,6 +329,11 @@ impl Mimi {
         })
     }
 
+    /// Bytes of weights one streaming frame (encode and decode) reads: all of them.
+    pub fn weight_bytes_per_frame(&self) -> u64 {
+        self.num_params() as u64 * self.dtype().size() as u64
+    }
+
     /// Samples per frame (1920).
     pub fn frame_size(&self) -> usize {
         self.config.frame_size()

@@ -12,6 +12,7 @@ use burn::tensor::DType;
 use burn::tensor::activation::softmax;
 
 use crate::error::{Error, Result};
+use crate::kernels::attention::Ring;
 
 /// Keys and values of one layer for one stream.
 #[derive(Clone, Debug)]
@@ -26,6 +27,34 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(capacity: usize) -> Self {
         Self { k: None, v: None, capacity, end: 0 }
+    }
+
+    /// Where the ring stands, for a fused step of `context`.
+    pub fn ring(&self, context: Option<usize>) -> Ring {
+        Ring { written: self.end, capacity: self.capacity, context }
+    }
+
+    /// The ring's keys and values `[1, heads, cap, hd]` (zeros before the first write), taken
+    /// out so that a fused step can write them in place; [`KvCache::put`] gives them back.
+    pub fn take(&mut self, heads: usize, head_dim: usize, device: &Device, dtype: DType) -> (Tensor<4>, Tensor<4>) {
+        let shape = [1, heads, self.capacity, head_dim];
+        match (self.k.take(), self.v.take()) {
+            (Some(k), Some(v)) => (k, v),
+            _ => (Tensor::zeros(shape, (device, dtype)), Tensor::zeros(shape, (device, dtype))),
+        }
+    }
+
+    /// Gives back the ring after a step that wrote `t` positions.
+    pub fn put(&mut self, k: Tensor<4>, v: Tensor<4>, t: usize) {
+        self.k = Some(k);
+        self.v = Some(v);
+        self.end += t;
+    }
+
+    /// Forgets every position but keeps the ring's memory (a depth transformer's ring, reused
+    /// frame after frame).
+    pub fn reset(&mut self) {
+        self.end = 0;
     }
 
     /// Writes `k`, `v` `[1, H, T, D]` and returns the whole ring with each slot's position
@@ -70,18 +99,7 @@ impl KvCache {
     }
 }
 
-/// Additive mask `[1, 1, T, K]`: 0 where query `q_pos[i]` may see key `k_pos[j]`, -inf elsewhere.
-pub fn mask_bias(q_pos: &[i64], k_pos: &[i64], context: Option<usize>, device: &Device, dtype: DType) -> Tensor<4> {
-    let mut bias = Vec::with_capacity(q_pos.len() * k_pos.len());
-    for &q in q_pos {
-        for &k in k_pos {
-            let delta = q - k;
-            let visible = k >= 0 && delta >= 0 && context.is_none_or(|c| delta < c as i64);
-            bias.push(if visible { 0.0 } else { f32::NEG_INFINITY });
-        }
-    }
-    Tensor::from_data(TensorData::new(bias, [1, 1, q_pos.len(), k_pos.len()]), (device, dtype))
-}
+pub use crate::kernels::attention::mask_bias;
 
 /// Scaled dot-product attention of `q` `[B, H, T, D]` over `k`, `v` `[B, H, K, D]`.
 pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {

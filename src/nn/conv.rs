@@ -151,7 +151,7 @@ impl Conv1d {
                         init
                     } else {
                         let mask: Vec<bool> = state.first.clone();
-                        let mask = Tensor::<1, Bool>::from_data(TensorData::new(mask, [b]), &x.device())
+                        let mask = crate::backend::bools(mask, [b], &x.device())
                             .reshape([b, 1, 1])
                             .expand([b, c, p]);
                         prev.mask_where(mask, init)

@@ -75,6 +75,16 @@ impl Norm {
         Ok(Self { weight, bias, rms: kind.is_rms(), eps: kind.eps() })
     }
 
+    /// The norm's tensors and settings, for the fused residual launch.
+    pub fn params(&self) -> crate::kernels::residual::NormParams {
+        crate::kernels::residual::NormParams {
+            weight: self.weight.val(),
+            bias: self.bias.as_ref().map(|b| b.val()),
+            eps: self.eps,
+            rms: self.rms,
+        }
+    }
+
     /// Normalises `[B, T, C]` over `C`, in f32, returning the input dtype. RMSNorm goes through
     /// the fused kernel of `kernels/` (its plain-Burn reference off wgpu and under autodiff).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {

@@ -30,8 +30,18 @@ impl RopeTables {
         }
         let shape = [b, 1, t, half];
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, shape), (device, DType::F32)),
-            sin: Tensor::from_data(TensorData::new(sin, shape), (device, DType::F32)),
+            cos: crate::backend::floats(cos, shape, device, DType::F32),
+            sin: crate::backend::floats(sin, shape, device, DType::F32),
+        }
+    }
+
+    /// The tables as `[B, T, D/2]` rows, for the fused attention step.
+    pub fn into_rope(self, interleave: bool) -> crate::kernels::attention::Rope {
+        let [b, _, t, half] = self.cos.dims();
+        crate::kernels::attention::Rope {
+            cos: self.cos.reshape([b, t, half]),
+            sin: self.sin.reshape([b, t, half]),
+            interleave,
         }
     }
 

@@ -8,12 +8,15 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, relu, sigmoid, silu, tanh};
+use burn::tensor::activation::gelu;
 
 use super::attention::{KvCache, attend, mask_bias};
 use super::norm::{Norm, NormKind};
 use super::rope::RopeTables;
 use crate::error::{Error, Result};
+use crate::kernels::attention::{self, Rope};
+use crate::kernels::matvec::{self, Input};
+use crate::kernels::residual::residual_norm;
 use crate::weights::Weights;
 
 /// Positional embedding of a transformer.
@@ -50,14 +53,7 @@ pub enum Ffn {
     Gated(Act),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Act {
-    Silu,
-    Gelu,
-    Relu,
-    Sigmoid,
-    Tanh,
-}
+pub use crate::kernels::act::Act;
 
 impl Ffn {
     pub fn parse(s: &str) -> Result<Self> {
@@ -70,18 +66,6 @@ impl Ffn {
             "tanh" => Ffn::Gated(Act::Tanh),
             other => return Err(Error::config("gating", format!("unknown gating `{other}`"))),
         })
-    }
-}
-
-impl Act {
-    fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
-        match self {
-            Act::Silu => silu(x),
-            Act::Gelu => gelu(x),
-            Act::Relu => relu(x),
-            Act::Sigmoid => sigmoid(x),
-            Act::Tanh => tanh(x),
-        }
     }
 }
 
@@ -178,6 +162,16 @@ pub struct TransformerState {
 }
 
 impl TransformerState {
+    /// Forgets every position but keeps the rings' memory: a depth transformer starts each frame
+    /// from position 0, and reusing its rings spares clearing new ones.
+    pub fn reset(&mut self) {
+        self.steps = 0;
+        for row in &mut self.rows {
+            row.offset = 0;
+            row.caches.iter_mut().for_each(KvCache::reset);
+        }
+    }
+
     pub fn merge(parts: Vec<TransformerState>) -> TransformerState {
         let steps = parts.first().map_or(0, |p| p.steps);
         TransformerState { rows: parts.into_iter().flat_map(|p| p.rows).collect(), steps }
@@ -276,9 +270,140 @@ impl Transformer {
         })
     }
 
-    /// Runs `x` `[B, T, d]`: the whole sequence (`state = None`) or the next `T` steps of each stream.
+    /// Most positions a stream may bring to one fused step ([`Transformer::step`]).
+    pub const MAX_STEP_POSITIONS: usize = 4;
+
+    /// Whether [`Transformer::step`] takes `t` positions per stream: a few positions, weights
+    /// shared or one position at a time, and no additive sinusoidal embedding.
+    pub fn steps_fused(&self, t: usize) -> bool {
+        (1..=Self::MAX_STEP_POSITIONS).contains(&t)
+            && (self.spec.weights_per_step == 0 || t == 1)
+            && self.spec.pos_emb != PosEmb::Sin
+            && !self.layers.is_empty()
+    }
+
+    /// The RoPE tables of the next `t` positions of each stream of `state` (`None` without RoPE),
+    /// to make before the first launch of a stage: an upload after launches costs a submit.
+    pub fn step_rope(&self, state: &TransformerState, t: usize, device: &Device) -> Option<Rope> {
+        match self.spec.pos_emb {
+            PosEmb::Rope { interleave } => {
+                let offsets: Vec<usize> = state.rows.iter().map(|r| r.offset).collect();
+                let head_dim = self.spec.d_model / self.spec.num_heads;
+                Some(RopeTables::new(&offsets, t, head_dim, self.spec.max_period, device).into_rope(interleave))
+            }
+            _ => None,
+        }
+    }
+
+    /// Index of the weight set of step `step` (per-step weights), else 0.
+    fn weight_set(&self, step: usize) -> Result<usize> {
+        if self.spec.weights_per_step == 0 {
+            return Ok(0);
+        }
+        match &self.spec.schedule {
+            Some(s) => s.get(step).copied().ok_or_else(|| Error::input(format!("step {step} beyond the weights schedule"))),
+            None => Ok(step),
+        }
+    }
+
+    /// The next `T` positions of each stream (`x` `[B, T, d]`) as one streaming step of few,
+    /// fused launches per layer: a product into partials, attention with the ring write, a
+    /// product, the residual with the next norm, two products, the residual with the next norm
+    /// (`kernels/`; Burn's ops where a kernel cannot run). `h` is `x` already normalised by the
+    /// first layer's `norm1`, when the caller fused it; `rope` the step's tables
+    /// ([`Transformer::step_rope`], made here when `None`); `final_norm` is applied to the output
+    /// in the last residual launch. Returns the output `[B, T, d]` and, with `final_norm`, its
+    /// normalised form.
+    pub fn step(
+        &self,
+        x: Tensor<3>,
+        h: Option<Tensor<2>>,
+        state: &mut TransformerState,
+        rope: Option<&Rope>,
+        final_norm: Option<&Norm>,
+    ) -> Result<(Tensor<3>, Option<Tensor<3>>)> {
+        let [b, t, c] = x.dims();
+        if c != self.spec.d_model {
+            return Err(Error::input(format!("transformer input width {c}, expected {}", self.spec.d_model)));
+        }
+        if state.rows.len() != b {
+            return Err(Error::input(format!("transformer state holds {} streams, input has {b}", state.rows.len())));
+        }
+        if !self.steps_fused(t) {
+            return Err(Error::input(format!("{t} positions a stream do not take the fused step")));
+        }
+        let device = x.device();
+        let dtype = x.dtype();
+        let rows = b * t;
+        let heads = self.spec.num_heads;
+        let head_dim = c / heads;
+        let own_rope;
+        let rope = match rope {
+            Some(r) => Some(r),
+            None => {
+                own_rope = self.step_rope(state, t, &device);
+                own_rope.as_ref()
+            }
+        };
+        let set = self.weight_set(state.steps)?;
+        let mut x = x.reshape([rows, c]);
+        let first = self.layers[0].norm1.params();
+        let mut h = match h {
+            Some(h) => Some(h),
+            None => residual_norm(x.clone(), None, None, Some(&first), dtype).1,
+        };
+        for (li, layer) in self.layers.iter().enumerate() {
+            let weights = |ws: &[Param<Tensor<2>>]| {
+                ws.get(set).map(|w| w.val()).ok_or_else(|| Error::input(format!("no weights for step {set}")))
+            };
+            let normed = h.take().ok_or_else(|| Error::input("fused step lost its normalised input"))?;
+            // Attention block.
+            let qkv = matvec::partials(Input::Rows(normed.reshape([1, rows, c])), weights(&layer.in_proj)?);
+            let mut out = Tensor::empty([rows, c], (&device, dtype));
+            for (bi, row) in state.rows.iter_mut().enumerate() {
+                let cache = &mut row.caches[li];
+                let (k, v) = cache.take(heads, head_dim, &device, dtype);
+                let ring = cache.ring(self.spec.context);
+                let (o, k, v) = attention::attend(qkv.clone(), bi * t, t, k, v, rope, ring, out);
+                cache.put(k, v, t);
+                out = o;
+            }
+            let update = matvec::partials(Input::Rows(out.reshape([1, rows, c])), weights(&layer.out_proj)?);
+            let scale1 = layer.scale1.as_ref().map(|s| s.val());
+            let (x1, h1) = residual_norm(x, Some(update), scale1, Some(&layer.norm2.params()), dtype);
+            let h1 = h1.ok_or_else(|| Error::input("fused step lost its normalised input"))?;
+            // Feed-forward block.
+            let g = matvec::partials(Input::Rows(h1.reshape([1, rows, c])), weights(&layer.ffn_in)?);
+            let hidden = match self.spec.ffn {
+                Ffn::Mlp => Input::Gelu(g),
+                Ffn::Gated(act) => Input::Gated(g, act),
+            };
+            let update = matvec::partials(hidden, weights(&layer.ffn_out)?);
+            let next = match self.layers.get(li + 1) {
+                Some(l) => Some(l.norm1.params()),
+                None => final_norm.map(Norm::params),
+            };
+            let scale2 = layer.scale2.as_ref().map(|s| s.val());
+            let (x2, h2) = residual_norm(x1, Some(update), scale2, next.as_ref(), dtype);
+            x = x2;
+            h = h2;
+        }
+        for r in &mut state.rows {
+            r.offset += t;
+        }
+        state.steps += t;
+        Ok((x.reshape([b, t, c]), h.map(|h| h.reshape([b, t, c]))))
+    }
+
+    /// Runs `x` `[B, T, d]`: the whole sequence (`state = None`) or the next `T` steps of each
+    /// stream, the latter through [`Transformer::step`] where it takes them.
     pub fn forward(&self, x: Tensor<3>, mut state: Option<&mut TransformerState>) -> Result<Tensor<3>> {
         let [b, t, c] = x.dims();
+        if let Some(s) = state.as_deref_mut() {
+            if self.steps_fused(t) && s.rows.len() == b && c == self.spec.d_model {
+                return Ok(self.step(x, None, s, None, None)?.0);
+            }
+        }
         if c != self.spec.d_model {
             return Err(Error::input(format!("transformer input width {c}, expected {}", self.spec.d_model)));
         }
@@ -409,7 +534,7 @@ fn sin_embedding(offsets: &[usize], t: usize, c: usize, max_period: f64, device:
             v.extend(phases.iter().map(|p| p.sin()));
         }
     }
-    Tensor::from_data(TensorData::new(v, [offsets.len(), t, c]), (device, burn::tensor::DType::F32))
+    crate::backend::floats(v, [offsets.len(), t, c], device, burn::tensor::DType::F32)
 }
 
 #[cfg(test)]

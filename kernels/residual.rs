@@ -1,0 +1,371 @@
+//! The residual update of a transformer layer, and the normalisation that follows it, in one
+//! launch: `x' = x + scale * Σ_p partials[p]`, then `h = norm(x')` (RMSNorm or LayerNorm,
+//! computed in f32 and returned in the model's dtype), for one-position steps.
+//!
+//! Why: between two products a layer adds its update to the residual stream and normalises the
+//! result for the next product. As Burn ops that is a sum over the partials, a cast, a multiply,
+//! an add and 4–8 launches of normalisation; here one cube per row does all of it (the row's
+//! values stay in its units between the passes). Without partials it is a plain norm (`h =
+//! norm(x)`), which starts a layer stack.
+//!
+//! - [`reference`]: the same with Burn's ops (the models' [`Norm`](crate::nn::norm::Norm) path);
+//!   runs on the flex CPU backend and under autodiff, and is what the kernel is tested against.
+//! - [`residual_norm`]: picks one of the two per call.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Cube, Dispatch, backend_extension};
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use super::matvec::sum_parts;
+use super::on_cube;
+
+/// A normalisation applied after the update: weight, optional bias, epsilon, and RMS or not.
+#[derive(Clone, Debug)]
+pub struct NormParams {
+    pub weight: Tensor<1>,
+    pub bias: Option<Tensor<1>>,
+    pub eps: f64,
+    pub rms: bool,
+}
+
+impl NormParams {
+    /// The normalisation with Burn's ops, in f32, returned in `x`'s dtype (as
+    /// [`Norm::forward`](crate::nn::norm::Norm::forward)).
+    pub fn apply(&self, x: Tensor<2>) -> Tensor<2> {
+        if self.rms {
+            return super::rms_norm::reference(x, self.weight.clone(), self.eps);
+        }
+        let dtype = x.dtype();
+        let f32 = |t: Tensor<1>| if t.dtype() == DType::F32 { t } else { t.cast(DType::F32) };
+        let x32 = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
+        let y = burn::tensor::module::layer_norm(x32, f32(self.weight.clone()), self.bias.clone().map(f32), self.eps);
+        if dtype == DType::F32 { y } else { y.cast(dtype) }
+    }
+}
+
+/// `x + scale * Σ partials` (`x` `[rows, d]`, partials `[parts, rows, d]` optional), then `norm`
+/// of it: `(x', Some(h))`, or `(x', None)` without a norm. With Burn's ops, adding in the model's
+/// dtype as the unfused layers do.
+pub fn reference(
+    x: Tensor<2>,
+    partials: Option<Tensor<3>>,
+    scale: Option<Tensor<1>>,
+    norm: Option<&NormParams>,
+    dtype: DType,
+) -> (Tensor<2>, Option<Tensor<2>>) {
+    let update = partials.map(|p| {
+        let u = sum_parts(p, dtype);
+        match &scale {
+            Some(s) => {
+                let d = s.dims()[0];
+                u * s.clone().reshape([1, d])
+            }
+            None => u,
+        }
+    });
+    let x = match update {
+        Some(u) => x + u,
+        None => x,
+    };
+    let h = norm.map(|n| n.apply(x.clone()));
+    (x, h)
+}
+
+/// [`reference`]'s result by the kernel where [`uses_kernel`] says so. `x` is `[rows, d]` in the
+/// model's `dtype`; `scale` and the norm's tensors `[d]`.
+pub fn residual_norm(
+    x: Tensor<2>,
+    partials: Option<Tensor<3>>,
+    scale: Option<Tensor<1>>,
+    norm: Option<&NormParams>,
+    dtype: DType,
+) -> (Tensor<2>, Option<Tensor<2>>) {
+    if !uses_kernel(&x, partials.as_ref(), scale.as_ref(), norm, dtype) {
+        return reference(x, partials, scale, norm, dtype);
+    }
+    let flags = Flags {
+        has_partials: partials.is_some(),
+        has_scale: scale.is_some(),
+        norm: match norm {
+            None => 0,
+            Some(n) if n.rms => 1,
+            Some(_) => 2,
+        },
+        has_bias: norm.is_some_and(|n| n.bias.is_some()),
+    };
+    let [rows, d] = x.dims();
+    // Absent inputs are stood in for by `x` (never read: the kernel's flags say so).
+    let any = x.clone();
+    let stand_in = |t: Option<Tensor<1>>| t.unwrap_or_else(|| any.clone().reshape([rows * d]));
+    let (xo, ho) = <Dispatch as ResidualBackend>::residual_norm(
+        x.clone().into_dispatch(),
+        partials.unwrap_or_else(|| any.clone().reshape([1, rows, d])).into_dispatch(),
+        stand_in(scale).into_dispatch(),
+        stand_in(norm.map(|n| n.weight.clone())).into_dispatch(),
+        stand_in(norm.and_then(|n| n.bias.clone())).into_dispatch(),
+        rows as u32,
+        d as u32,
+        norm.map_or(0.0, |n| n.eps as f32),
+        flags.code(),
+        dtype,
+    );
+    let xo = Tensor::<2>::from_dispatch(xo);
+    let h = norm.map(|_| Tensor::<2>::from_dispatch(ho));
+    (xo, h)
+}
+
+/// Which inputs a launch has, packed into one code for the kernel's compile-time branches.
+struct Flags {
+    has_partials: bool,
+    has_scale: bool,
+    /// 0 none, 1 RMSNorm, 2 LayerNorm.
+    norm: u32,
+    has_bias: bool,
+}
+
+impl Flags {
+    fn code(&self) -> u32 {
+        (self.has_partials as u32) << 1
+            | (self.has_scale as u32) << 2
+            | self.norm << 3
+            | (self.has_bias as u32) << 5
+    }
+}
+
+/// Whether [`residual_norm`] launches the kernel: everything on a CubeCL device without autodiff,
+/// f32 or f16, shapes consistent (a mismatch takes the reference, which reports it).
+pub fn uses_kernel(
+    x: &Tensor<2>,
+    partials: Option<&Tensor<3>>,
+    scale: Option<&Tensor<1>>,
+    norm: Option<&NormParams>,
+    dtype: DType,
+) -> bool {
+    let float = |t: DType| matches!(t, DType::F32 | DType::F16);
+    let [rows, d] = x.dims();
+    let ones = |t: Option<&Tensor<1>>| t.is_none_or(|t| t.dims()[0] == d && float(t.dtype()) && on_cube(t.device()));
+    float(dtype)
+        && rows > 0
+        && d > 0
+        && x.dtype() == dtype
+        && on_cube(x.device())
+        && partials.is_none_or(|p| p.dims()[1] == rows && p.dims()[2] == d && float(p.dtype()) && on_cube(p.device()))
+        && ones(scale)
+        && norm.is_none_or(|n| ones(Some(&n.weight)) && ones(n.bias.as_ref()))
+}
+
+/// The fused residual and norm as a Burn backend extension (CubeCL only).
+#[backend_extension(Cube)]
+pub trait ResidualBackend: Backend {
+    /// `(x', h)` of [`residual_norm`]; absent inputs are stood in for by `x` and named by
+    /// `flags`; `h` is a one-value placeholder when there is no norm.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_norm(
+        x: FloatTensor<Self>,
+        partials: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        rows: u32,
+        d: u32,
+        eps: f32,
+        flags: u32,
+        dtype: DType,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+impl ResidualBackend for Cube {
+    fn residual_norm(
+        x: FloatTensor<Self>,
+        partials: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        rows: u32,
+        d: u32,
+        eps: f32,
+        flags: u32,
+        dtype: DType,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        cube::launch(x, partials, scale, weight, bias, rows, d, eps, flags, dtype)
+    }
+}
+
+mod cube {
+    use burn::backend::cubecl::dtype_to_storage_type;
+    use burn::tensor::{DType, Shape};
+    use burn_cubecl::kernel::into_contiguous;
+    use burn_cubecl::ops::numeric::empty_device_dtype;
+    use burn_cubecl::tensor::CubeTensor;
+    use cubecl::prelude::*;
+
+    /// Adds the units' values of `red` (`units` of them, a power of two) into `red[0]`.
+    #[cube]
+    pub(crate) fn tree_sum(red: &mut Shared<[f32]>, unit: usize, #[comptime] units: usize) {
+        let mut half = units.runtime() / 2;
+        while half > 0 {
+            if unit < half {
+                red[unit] += red[unit + half];
+            }
+            sync_cube();
+            half /= 2;
+        }
+    }
+
+    /// One cube per row. Flags: bit 1 partials, 2 scale, 3-4 norm (1 RMS, 2 Layer), 5 bias.
+    #[cube(launch)]
+    fn residual_norm_rows<F: Float, P: Float, S: Float>(
+        x: &[F],
+        partials: &[P],
+        scale: &[S],
+        weight: &[S],
+        bias: &[S],
+        x_out: &mut [F],
+        h_out: &mut [F],
+        rows: u32,
+        d: u32,
+        parts: u32,
+        eps: f32,
+        #[comptime] flags: u32,
+        #[comptime] units: usize,
+        #[define(F, P, S)] _dtypes: [ElemType; 3],
+    ) {
+        let row = CUBE_POS as usize;
+        if row >= rows as usize {
+            terminate!();
+        }
+        let unit = UNIT_POS as usize;
+        let d = d as usize;
+        let rows = rows as usize;
+        let parts = parts as usize;
+        let base = row * d;
+        let mut red = Shared::<[f32]>::new_slice(units);
+
+        // Pass 1: the new residual, in the model's dtype, and its sum and sum of squares.
+        let mut sum = 0.0f32;
+        let mut sumsq = 0.0f32;
+        let mut j = unit;
+        while j < d {
+            let mut v = f32::cast_from(x[base + j]);
+            if comptime!(flags & 2 != 0) {
+                let mut u = 0.0f32;
+                for p in 0..parts {
+                    u += f32::cast_from(partials[(p * rows + row) * d + j]);
+                }
+                let mut u = f32::cast_from(F::cast_from(u));
+                if comptime!(flags & 4 != 0) {
+                    u = f32::cast_from(F::cast_from(u * f32::cast_from(F::cast_from(scale[j]))));
+                }
+                v = f32::cast_from(F::cast_from(v + u));
+            }
+            x_out[base + j] = F::cast_from(v);
+            sum += v;
+            sumsq += v * v;
+            j += units;
+        }
+        let norm = comptime!((flags >> 3) & 3);
+        if comptime!(norm != 0) {
+            let df = f32::cast_from(d);
+            let mut mean = 0.0f32;
+            let mut inv = 0.0f32;
+            if comptime!(norm == 1) {
+                red[unit] = sumsq;
+                sync_cube();
+                tree_sum(&mut red, unit, units);
+                inv = 1.0f32 / (red[0] / df + eps).sqrt();
+            } else {
+                red[unit] = sum;
+                sync_cube();
+                tree_sum(&mut red, unit, units);
+                mean = red[0] / df;
+                sync_cube();
+                // Pass 2: the variance about the mean (each unit rereads its own values).
+                let mut var = 0.0f32;
+                let mut j = unit;
+                while j < d {
+                    let c = f32::cast_from(x_out[base + j]) - mean;
+                    var += c * c;
+                    j += units;
+                }
+                red[unit] = var;
+                sync_cube();
+                tree_sum(&mut red, unit, units);
+                inv = 1.0f32 / (red[0] / df + eps).sqrt();
+            }
+            // Pass 3: the normalised row.
+            let mut j = unit;
+            while j < d {
+                let v = f32::cast_from(x_out[base + j]);
+                let w = f32::cast_from(weight[j]);
+                let mut y = 0.0f32;
+                if comptime!(norm == 1) {
+                    y = v * (w * inv);
+                } else {
+                    y = (v - mean) * inv * w;
+                    if comptime!(flags & 32 != 0) {
+                        y += f32::cast_from(bias[j]);
+                    }
+                }
+                h_out[base + j] = F::cast_from(y);
+                j += units;
+            }
+        }
+    }
+
+    /// Cube size for rows of `d` values: a power of two in 32..=256 (or the device's limit).
+    pub(crate) fn units_for(d: usize, max_units: u32) -> usize {
+        let cap = (max_units as usize).clamp(1, 256);
+        let cap = 1 << cap.ilog2();
+        d.next_power_of_two().clamp(32.min(cap), cap)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn launch(
+        x: CubeTensor,
+        partials: CubeTensor,
+        scale: CubeTensor,
+        weight: CubeTensor,
+        bias: CubeTensor,
+        rows: u32,
+        d: u32,
+        eps: f32,
+        flags: u32,
+        dtype: DType,
+    ) -> (CubeTensor, CubeTensor) {
+        let x = into_contiguous(x);
+        let partials = into_contiguous(partials);
+        let scale = into_contiguous(scale);
+        let weight = into_contiguous(weight);
+        let bias = into_contiguous(bias);
+        let client = x.client.clone();
+        let parts = if flags & 2 != 0 { partials.meta.shape()[0] } else { 0 };
+        let units = units_for(d as usize, client.properties().hardware.max_units_per_cube);
+        let x_out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([rows as usize, d as usize]), dtype);
+        let h_shape = if (flags >> 3) & 3 != 0 { [rows as usize, d as usize] } else { [1, 1] };
+        let h_out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new(h_shape), dtype);
+        // Stand-ins (absent inputs) are never read, so their dtype does not matter; present
+        // scale, weight and bias are parameters in the model's dtype.
+        let dtypes = [dtype_to_storage_type(dtype), dtype_to_storage_type(partials.dtype), dtype_to_storage_type(dtype)];
+        residual_norm_rows::launch(
+            &client,
+            CubeCount::Static(rows, 1, 1),
+            CubeDim::new_1d(units as u32),
+            x.into_buffer_arg(),
+            partials.into_buffer_arg(),
+            scale.into_buffer_arg(),
+            weight.into_buffer_arg(),
+            bias.into_buffer_arg(),
+            x_out.clone().into_buffer_arg(),
+            h_out.clone().into_buffer_arg(),
+            rows,
+            d,
+            parts as u32,
+            eps,
+            flags,
+            units,
+            dtypes,
+        );
+        (x_out, h_out)
+    }
+}
