@@ -14,7 +14,8 @@
 //! - `--fit` trims the LM's feed-forward width and text vocabulary until every weight fits the
 //!   adapter's largest buffer (lavapipe: 128 MiB), which leaves the counts unchanged: they
 //!   depend on layers, heads and steps, not widths.
-//! - `--kernels N` lists the N kernels launched most per step.
+//! - `--kernels N` lists the N kernels launched most per step; with `--profile`, the N taking
+//!   the most time, each timed alone (which slows the step: its own timings then mean little).
 //! - `--matvec both` steps the same model with the matrix-vector kernel (`kernels/matvec.rs`) and
 //!   then without it, and prints the ratio (`off`: without only).
 
@@ -90,6 +91,11 @@ struct Timing {
     cost: StepCost,
 }
 
+/// A measuring window, profiled under `--profile` (each kernel timed alone).
+fn start() -> Meter {
+    if flag("--profile") { Meter::start_profiled() } else { Meter::start() }
+}
+
 /// `steps` end-to-end steps of a fresh session on a synthetic tone.
 fn run_steps(mimi: &Mimi, lm: &LmModel, steps: usize) -> Result<Timing> {
     let frame = mimi.frame_size();
@@ -104,17 +110,17 @@ fn run_steps(mimi: &Mimi, lm: &LmModel, steps: usize) -> Result<Timing> {
     for i in 0..steps {
         let pcm: Vec<f32> = (0..frame).map(|j| (0.01 * (i * frame + j) as f32).sin() * 0.3).collect();
         let t0 = Instant::now();
-        let meter = Meter::start();
+        let meter = start();
         let codes = mimi.encode_step(&mut enc, mimi.pcm_tensor(pcm, [1, frame]))?;
         let cols = codes.dims()[1];
         let codes = backend::read_ints(codes)?;
         let c_enc = meter.finish();
         let t1 = Instant::now();
-        let meter = Meter::start();
+        let meter = start();
         let out = lm.step(&mut state, &codes, cols)?;
         let c_lm = meter.finish();
         let t2 = Instant::now();
-        let meter = Meter::start();
+        let meter = start();
         if let Some(o) = &out {
             let c = mimi.codes_tensor(o.audio.clone(), [1, q, 1])?;
             backend::read_floats(mimi.decode_chunk(&mut dec, c)?)?;

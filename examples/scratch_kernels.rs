@@ -1,29 +1,29 @@
+use std::time::Instant;
 use burn::prelude::*;
 use burn::tensor::DType;
 use kokichi::backend::{self, BackendKind, Precision};
-use kokichi::kernels::{matvec, residual, attention};
+use kokichi::kernels::{matvec, embed};
+
+fn time(device: &Device, n: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..5 { f(); }
+    device.sync().unwrap();
+    let t = Instant::now();
+    for _ in 0..n { f(); }
+    device.sync().unwrap();
+    t.elapsed().as_secs_f64() * 1e6 / n as f64
+}
 
 fn main() {
     let device = backend::device(BackendKind::Wgpu, Precision::F32).unwrap();
-    let x = backend::floats(vec![0.5; 2 * 64], [1, 2, 64], &device, DType::F32);
-    let w = backend::floats((0..64 * 96).map(|i| (i % 7) as f32 * 0.1).collect(), [64, 96], &device, DType::F32);
-    let which = std::env::args().nth(1).unwrap_or_default();
-    if which == "matvec" || which.is_empty() {
-        let p = matvec::partials(matvec::Input::Rows(x.clone()), w.clone());
-        println!("matvec {:?}", backend::read_floats(p.clone()).map(|v| v[..4].to_vec()));
+    for (k, n) in [(256usize, 768usize), (256, 256), (1024, 1024), (128, 128)] {
+        let x = backend::floats(vec![0.5; k], [1, 1, k], &device, DType::F32);
+        let w = backend::floats((0..k * n).map(|i| (i % 7) as f32 * 0.1).collect(), [k, n], &device, DType::F32);
+        let tp = time(&device, 200, || drop(matvec::partials(matvec::Input::Rows(x.clone()), w.clone())));
+        let tr = time(&device, 200, || drop(matvec::reference(x.clone(), w.clone())));
+        println!("{k}x{n}: partials {tp:.1} µs, burn linear {tr:.1} µs");
     }
-    if which == "residual" || which.is_empty() {
-        let p = backend::floats(vec![0.25; 2 * 64], [1, 2, 64], &device, DType::F32);
-        let norm = residual::NormParams { weight: backend::floats(vec![1.0; 64], [64], &device, DType::F32), bias: None, eps: 1e-5, rms: true };
-        let (xo, h) = residual::residual_norm(x.clone().reshape([2, 64]), Some(p), None, Some(&norm), DType::F32);
-        println!("residual {:?} {:?}", backend::read_floats(xo).map(|v| v[..4].to_vec()), h.map(|h| backend::read_floats(h).map(|v| v[..4].to_vec())));
-    }
-    if which == "attention" || which.is_empty() {
-        let qkv = backend::floats(vec![0.1; 1 * 1 * 3 * 64], [1, 1, 3 * 64], &device, DType::F32);
-        let k = Tensor::<4>::zeros([1, 2, 8, 32], (&device, DType::F32));
-        let v = Tensor::<4>::zeros([1, 2, 8, 32], (&device, DType::F32));
-        let out = Tensor::<2>::zeros([1, 64], (&device, DType::F32));
-        let (o, _, _) = attention::attend(qkv, 0, 1, k, v, None, attention::Ring { written: 0, capacity: 8, context: None }, out);
-        println!("attention {:?}", backend::read_floats(o).map(|v| v[..4].to_vec()));
-    }
+    let table = backend::floats(vec![0.5; 300 * 256], [300, 256], &device, DType::F32);
+    let idx = backend::ints(vec![3; 13], [1, 13], &device);
+    let tg = time(&device, 400, || drop(embed::gather_add(table.clone(), &idx, embed::Column { offset: 0, stride: 13 }, 1, None)));
+    println!("gather 1x256: {tg:.1} µs");
 }

@@ -6,10 +6,11 @@
 //! algorithm for one row with row-major weights (burn-cubecl 0.22.1, `kernel/matmul/tune`).
 //!
 //! The kernel splits `K` as well as `N`, so that there are cubes enough to keep a GPU's memory
-//! busy: each cube reads a `256 × 64` block of `W` (64 adjacent columns, so a row of the block is
-//! one contiguous read) with 4 lanes striding down it, for up to 8 rows at once (more rows take
-//! more cubes), and writes one f32 partial sum per column and row: **partials** `[parts, rows, N]`,
-//! `parts = ceil(K / 256)`. Whoever consumes the product adds the partials in a fixed order as it
+//! busy: each cube reads a `256 × 256` block of `W`, 4 adjacent columns per unit (adjacent units
+//! read adjacent vectors, one contiguous read per row of the block), for up to 8 rows at once
+//! (more rows take more cubes), and writes one f32 partial sum per column and row: **partials**
+//! `[parts, rows, N]`, `parts = ceil(K / 256)`. Plain rows need no shared memory and no barrier
+//! (barriers are what a software Vulkan pays most for). Whoever consumes the product adds the partials in a fixed order as it
 //! loads them (the residual, attention and token-picking kernels do), so a product costs one
 //! launch. Before its loop, a cube builds its slice of the input in shared memory, from:
 //!
@@ -231,11 +232,9 @@ mod cube {
 
     use crate::kernels::act::cube::apply_f32;
 
-    /// Columns of `W` per cube: 64 adjacent values, one contiguous read per row of a block.
-    pub(super) const COLS: usize = 64;
-    /// Lanes striding down a block's rows; `COLS * LANES` units a cube.
-    const LANES: usize = 4;
-    /// Rows of `W` per cube (`COLS * LANES`: one input value per unit and row).
+    /// Units of a cube; each takes `N` adjacent columns (a vector of 4 where `N` allows it).
+    const UNITS: usize = 64;
+    /// Rows of `W` per cube: one partial sum per `CHUNK` rows.
     pub(super) const CHUNK: usize = 256;
     /// Input rows a cube multiplies at once (more rows take more cubes).
     const ROWS_PER_CUBE: usize = 8;
@@ -243,9 +242,10 @@ mod cube {
     const SUM_UNITS: usize = 256;
 
     /// The input value of row `row`, column `kk` (< k), in f32, rounded to the weight's dtype
-    /// `W` where the model computes it in that dtype.
+    /// `W` where the model computes it in that dtype: a gated unit's `act(a) * b` (`code` 1) or
+    /// `gelu(a)` (`code` 2) of summed partials.
     #[cube]
-    fn input_value<I: Float, W: Float>(
+    fn hidden_value<I: Float, W: Float>(
         input: &[I],
         row: usize,
         kk: usize,
@@ -255,39 +255,39 @@ mod cube {
         #[comptime] code: u32,
         #[comptime] act: u32,
     ) -> f32 {
-        let mut v = 0.0f32;
-        if comptime!(code == 0) {
-            v = f32::cast_from(input[row * k + kk]);
-        } else if comptime!(code == 1) {
-            let mut a = 0.0f32;
-            let mut b = 0.0f32;
+        let mut a = 0.0f32;
+        let mut b = 0.0f32;
+        if comptime!(code == 1) {
             for p in 0..parts_in {
                 let base = (p * rows + row) * 2 * k;
                 a += f32::cast_from(input[base + kk]);
                 b += f32::cast_from(input[base + k + kk]);
             }
-            let a = f32::cast_from(W::cast_from(a));
-            let b = f32::cast_from(W::cast_from(b));
-            let g = f32::cast_from(W::cast_from(apply_f32(a, act)));
-            v = f32::cast_from(W::cast_from(g * b));
         } else {
-            let mut a = 0.0f32;
             for p in 0..parts_in {
                 a += f32::cast_from(input[(p * rows + row) * k + kk]);
             }
-            let a = f32::cast_from(W::cast_from(a));
-            v = f32::cast_from(W::cast_from(apply_f32(a, act)));
+        }
+        let a = f32::cast_from(W::cast_from(a));
+        let g = f32::cast_from(W::cast_from(apply_f32(a, act)));
+        let mut v = g;
+        if comptime!(code == 1) {
+            v = f32::cast_from(W::cast_from(g * f32::cast_from(W::cast_from(b))));
         }
         v
     }
 
-    /// Cube (column tile, K chunk, row group): out[chunk][row][col] = Σ x[row][k] W[k][col] over
-    /// the chunk's `k`, for the group's rows.
-    #[cube(launch)]
-    fn matvec_parts<I: Float, W: Float>(
+    /// Cube (column tile, K chunk, row group), `N` adjacent columns per unit:
+    /// out[chunk][row][col] = Σ x[row][k] W[k][col] over the chunk's `k`, for the group's rows.
+    /// `w` and `out` are read and written as vectors of `N` (`n` counts vectors). Plain rows are
+    /// read where they lie (every unit reads the same value: a broadcast); a hidden input is
+    /// built once per cube in shared memory. No bounds checks: the launch keeps every index in
+    /// range.
+    #[cube(launch_unchecked)]
+    fn matvec_parts<I: Float, W: Float, N: Size>(
         input: &[I],
-        w: &[W],
-        out: &mut [f32],
+        w: &[Vector<W, N>],
+        out: &mut [Vector<f32, N>],
         rows: u32,
         k: u32,
         n: u32,
@@ -297,10 +297,8 @@ mod cube {
         #[comptime] group: usize,
         #[define(I, W)] _dtypes: [ElemType; 2],
     ) {
-        let ux = UNIT_POS_X as usize;
-        let uy = UNIT_POS_Y as usize;
-        let unit = uy * COLS + ux;
-        let col = CUBE_POS_X as usize * COLS + ux;
+        let unit = UNIT_POS_X as usize;
+        let col = CUBE_POS_X as usize * UNITS + unit;
         let part = CUBE_POS_Y as usize;
         let row0 = CUBE_POS_Z as usize * group;
         let rows = rows as usize;
@@ -311,44 +309,72 @@ mod cube {
         if len > CHUNK {
             len = CHUNK;
         }
-
-        // The chunk's input, one value per unit and row.
-        let mut xs = Shared::<[f32]>::new_slice(group * CHUNK);
+        let mut acc = Array::<Vector<f32, N>>::new(group);
         #[unroll]
         for r in 0..group {
-            let row = row0 + r;
-            let mut v = 0.0f32;
-            if unit < len && row < rows {
-                v = input_value::<I, W>(input, row, start + unit, rows, k, parts_in as usize, code, act);
-            }
-            xs[r * CHUNK + unit] = v;
+            acc[r] = Vector::<f32, N>::zeroed();
         }
-        sync_cube();
-
-        let mut acc = Array::<f32>::new(group);
-        if col < n {
-            let mut i = uy;
-            while i < len {
-                let wv = f32::cast_from(w[(start + i) * n + col]);
-                #[unroll]
-                for r in 0..group {
-                    acc[r] += xs[r * CHUNK + i] * wv;
+        if comptime!(code == 0 && group == 1) {
+            // One row: a plain accumulator (a software Vulkan keeps local arrays in memory).
+            if col < n {
+                let mut one = Vector::<f32, N>::zeroed();
+                for i in 0..len {
+                    let wv = Vector::<f32, N>::cast_from(w[(start + i) * n + col]);
+                    let x = f32::cast_from(input[row0 * k + start + i]);
+                    one += Vector::<f32, N>::new(x) * wv;
                 }
-                i += LANES;
+                acc[0] = one;
+            }
+        } else if comptime!(code == 0) {
+            if col < n {
+                for i in 0..len {
+                    let wv = Vector::<f32, N>::cast_from(w[(start + i) * n + col]);
+                    #[unroll]
+                    for r in 0..group {
+                        let mut row = row0 + r;
+                        if row >= rows {
+                            row = rows - 1;
+                        }
+                        let x = f32::cast_from(input[row * k + start + i]);
+                        acc[r] += Vector::<f32, N>::new(x) * wv;
+                    }
+                }
+            }
+        } else {
+            // The chunk's hidden input, CHUNK / UNITS values per unit and row.
+            let mut xs = Shared::<[f32]>::new_slice(group * CHUNK);
+            #[unroll]
+            for r in 0..group {
+                let row = row0 + r;
+                let mut i = unit;
+                while i < CHUNK {
+                    let mut v = 0.0f32;
+                    if i < len && row < rows {
+                        v = hidden_value::<I, W>(input, row, start + i, rows, k, parts_in as usize, code, act);
+                    }
+                    xs[r * CHUNK + i] = v;
+                    i += UNITS;
+                }
+            }
+            sync_cube();
+            if col < n {
+                for i in 0..len {
+                    let wv = Vector::<f32, N>::cast_from(w[(start + i) * n + col]);
+                    #[unroll]
+                    for r in 0..group {
+                        acc[r] += Vector::<f32, N>::new(xs[r * CHUNK + i]) * wv;
+                    }
+                }
             }
         }
-        // The lanes' sums, added in a fixed order; every unit reaches every barrier.
-        let mut sums = Shared::<[f32]>::new_slice(COLS * LANES);
-        #[unroll]
-        for r in 0..group {
-            sums[uy * COLS + ux] = acc[r];
-            sync_cube();
-            let row = row0 + r;
-            if uy == 0 && col < n && row < rows {
-                let total = sums[ux] + sums[COLS + ux] + sums[2 * COLS + ux] + sums[3 * COLS + ux];
-                out[(part * rows + row) * n + col] = total;
+        if col < n {
+            #[unroll]
+            for r in 0..group {
+                let row = row0 + r;
+                if row < rows {
+                    out[(part * rows + row) * n + col] = acc[r];
+                }
             }
-            sync_cube();
         }
     }
 
@@ -380,28 +406,35 @@ mod cube {
         let [k, n] = [w.meta.shape()[0], w.meta.shape()[1]];
         let (parts_in, rows) = (dims[0], dims[1]);
         let parts = k.div_ceil(CHUNK);
-        let tiles = n.div_ceil(COLS);
+        let vector = if n % 4 == 0 { 4 } else { 1 };
+        let tiles = (n / vector).div_ceil(UNITS);
         let group = rows.min(ROWS_PER_CUBE);
         let groups = rows.div_ceil(group);
 
         let out = empty_device_dtype(client.clone(), w.device.clone(), Shape::new([parts, rows, n]), DType::F32);
         let dtypes = [dtype_to_storage_type(input.dtype), dtype_to_storage_type(w.dtype)];
-        matvec_parts::launch(
-            &client,
-            CubeCount::Static(tiles as u32, parts as u32, groups as u32),
-            CubeDim::new_2d(COLS as u32, LANES as u32),
-            input.into_buffer_arg(),
-            w.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-            rows as u32,
-            k as u32,
-            n as u32,
-            parts_in as u32,
-            code,
-            act,
-            group,
-            dtypes,
-        );
+        // SAFETY: every index stays in range: columns are guarded by `col < n / vector`, rows are
+        // clamped to `rows - 1` (their sums are not written), K by the chunk's length, and the
+        // hidden input by `i < len`; the buffers have the shapes given.
+        unsafe {
+            matvec_parts::launch_unchecked(
+                &client,
+                CubeCount::Static(tiles as u32, parts as u32, groups as u32),
+                CubeDim::new_1d(UNITS as u32),
+                vector,
+                input.into_buffer_arg(),
+                w.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                rows as u32,
+                k as u32,
+                (n / vector) as u32,
+                parts_in as u32,
+                code,
+                act,
+                group,
+                dtypes,
+            );
+        }
         out
     }
 

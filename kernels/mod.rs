@@ -15,11 +15,13 @@ use burn::prelude::Device;
 
 pub mod act;
 pub mod attention;
+pub mod conv;
 pub mod embed;
 pub mod matvec;
 pub mod pick;
 pub mod residual;
 pub mod rms_norm;
+pub mod rvq;
 
 pub use rms_norm::rms_norm;
 
@@ -34,6 +36,12 @@ pub fn set_enabled(on: bool) {
 /// Whether the kernels are on ([`set_enabled`]).
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the kernels here launch on `device` (whatever the switch of [`set_enabled`] says):
+/// where a model may keep copies of its weights laid out for them.
+pub fn launches_on(device: &Device) -> bool {
+    matches!(device.as_dispatch(), DispatchDevice::Cube(_))
 }
 
 /// Whether `device` is a CubeCL device without autodiff (an autodiff device is its own

@@ -242,6 +242,7 @@ pub fn bools<const D: usize>(values: Vec<bool>, shape: [usize; D], device: &Devi
 
 /// Reads a float tensor back as f32 values.
 pub fn read_floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    cost::reading();
     let v = t.try_into_vec_as::<f32>().map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))?;
     cost::count_readback(v.len() * 4);
     Ok(v)
@@ -249,6 +250,7 @@ pub fn read_floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
 
 /// Reads an int tensor back as i64 values.
 pub fn read_ints<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>> {
+    cost::reading();
     let v = t.try_into_vec_as::<i64>().map_err(|e| Error::Backend(format!("reading a tensor back: {e:?}")))?;
     cost::count_readback(v.len() * 4);
     Ok(v)

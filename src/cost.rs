@@ -18,12 +18,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cubecl::logging::{LaunchObservation, LaunchObserver};
+use cubecl::logging::{Duration as KernelDuration, LaunchObservation, LaunchObserver, TimingMethod, TimingRequest};
 
 static UPLOADS: AtomicU64 = AtomicU64::new(0);
 static UPLOAD_BYTES: AtomicU64 = AtomicU64::new(0);
 static READBACKS: AtomicU64 = AtomicU64::new(0);
 static READBACK_BYTES: AtomicU64 = AtomicU64::new(0);
+/// When the latest read-back was asked for, in nanoseconds since [`epoch`].
+static LAST_READ: AtomicU64 = AtomicU64::new(0);
+
+/// The process's reference instant for [`LAST_READ`].
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Records that a read-back is about to wait for the device (the `backend` helpers call this).
+pub(crate) fn reading() {
+    LAST_READ.store(epoch().elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
 
 /// Records one host -> device copy of `bytes` (the `backend` helpers call this).
 pub(crate) fn count_upload(bytes: usize) {
@@ -43,6 +56,8 @@ pub struct Cost {
     pub dispatches: f64,
     /// Dispatches by kernel name (CubeCL's names, shortened to the function).
     pub kernels: BTreeMap<String, f64>,
+    /// Milliseconds by kernel name, when the window was profiled ([`Meter::start_profiled`]).
+    pub kernel_ms: BTreeMap<String, f64>,
     pub uploads: f64,
     pub upload_bytes: f64,
     pub readbacks: f64,
@@ -51,6 +66,9 @@ pub struct Cost {
     pub submits: Option<f64>,
     /// CPU time of the measuring thread.
     pub host_cpu: Duration,
+    /// Wall time from the window's start until its last read-back was asked for: the time to
+    /// record and submit the window's work, where the device runs it asynchronously.
+    pub enqueue: Duration,
     pub wall: Duration,
 }
 
@@ -61,12 +79,14 @@ impl Cost {
         Cost {
             dispatches: self.dispatches / n,
             kernels: self.kernels.iter().map(|(k, v)| (k.clone(), v / n)).collect(),
+            kernel_ms: self.kernel_ms.iter().map(|(k, v)| (k.clone(), v / n)).collect(),
             uploads: self.uploads / n,
             upload_bytes: self.upload_bytes / n,
             readbacks: self.readbacks / n,
             readback_bytes: self.readback_bytes / n,
             submits: self.submits.map(|s| s / n),
             host_cpu: self.host_cpu.div_f64(n),
+            enqueue: self.enqueue.div_f64(n),
             wall: self.wall.div_f64(n),
         }
     }
@@ -78,15 +98,21 @@ impl Cost {
             *kernels.entry(k.clone()).or_default() -= v;
         }
         kernels.retain(|_, v| v.abs() > 1e-9);
+        let mut kernel_ms = self.kernel_ms.clone();
+        for (k, v) in &other.kernel_ms {
+            *kernel_ms.entry(k.clone()).or_default() -= v;
+        }
         Cost {
             dispatches: self.dispatches - other.dispatches,
             kernels,
+            kernel_ms,
             uploads: self.uploads - other.uploads,
             upload_bytes: self.upload_bytes - other.upload_bytes,
             readbacks: self.readbacks - other.readbacks,
             readback_bytes: self.readback_bytes - other.readback_bytes,
             submits: self.submits.zip(other.submits).map(|(a, b)| a - b),
             host_cpu: self.host_cpu.saturating_sub(other.host_cpu),
+            enqueue: self.enqueue.saturating_sub(other.enqueue),
             wall: self.wall.saturating_sub(other.wall),
         }
     }
@@ -97,9 +123,14 @@ impl Cost {
         for (name, v) in &other.kernels {
             *kernels.entry(name.clone()).or_default() += k * v;
         }
+        let mut kernel_ms = self.kernel_ms.clone();
+        for (name, v) in &other.kernel_ms {
+            *kernel_ms.entry(name.clone()).or_default() += k * v;
+        }
         Cost {
             dispatches: self.dispatches + k * other.dispatches,
             kernels,
+            kernel_ms,
             uploads: self.uploads + k * other.uploads,
             upload_bytes: self.upload_bytes + k * other.upload_bytes,
             readbacks: self.readbacks + k * other.readbacks,
@@ -111,40 +142,68 @@ impl Cost {
                 (a, None) => a,
             },
             host_cpu: self.host_cpu + other.host_cpu.mul_f64(k.max(0.0)),
+            enqueue: self.enqueue + other.enqueue.mul_f64(k.max(0.0)),
             wall: self.wall + other.wall.mul_f64(k.max(0.0)),
         }
     }
 
-    /// One line: dispatches, submits, uploads, read-backs, host CPU ms.
+    /// One line: dispatches, submits, uploads, read-backs, host CPU and enqueue ms.
     pub fn summary(&self) -> String {
         let submits = self.submits.map_or_else(|| "n/a".to_string(), |s| format!("{s:.1}"));
         format!(
-            "{:.1} dispatches, {submits} submits, {:.1} uploads ({:.0} B), {:.1} read-backs ({:.0} B), host CPU {:.2} ms",
+            "{:.1} dispatches, {submits} submits, {:.1} uploads ({:.0} B), {:.1} read-backs ({:.0} B), \
+             host CPU {:.2} ms, enqueued in {:.2} ms",
             self.dispatches,
             self.uploads,
             self.upload_bytes,
             self.readbacks,
             self.readback_bytes,
-            self.host_cpu.as_secs_f64() * 1e3
+            self.host_cpu.as_secs_f64() * 1e3,
+            self.enqueue.as_secs_f64() * 1e3
         )
     }
 
-    /// The `n` kernels launched most, as `count × name` lines.
+    /// The `n` kernels launched most (or, profiled, taking the most time), as `count × name`
+    /// lines (`count × name: ms`).
     pub fn top_kernels(&self, n: usize) -> Vec<String> {
-        let mut v: Vec<(&String, &f64)> = self.kernels.iter().collect();
+        let by = if self.kernel_ms.is_empty() { &self.kernels } else { &self.kernel_ms };
+        let mut v: Vec<(&String, &f64)> = by.iter().collect();
         v.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
-        v.into_iter().take(n).map(|(k, c)| format!("{c:.1} × {k}")).collect()
+        v.into_iter()
+            .take(n)
+            .map(|(k, _)| {
+                let count = self.kernels.get(k).copied().unwrap_or(0.0);
+                match self.kernel_ms.get(k) {
+                    Some(ms) => format!("{count:.1} × {k}: {ms:.2} ms"),
+                    None => format!("{count:.1} × {k}"),
+                }
+            })
+            .collect()
     }
 }
 
-/// Counts launches by kernel name.
+/// Counts launches by kernel name, and times them when `profile` is set.
 #[derive(Default)]
-struct Launches(Mutex<BTreeMap<&'static str, u64>>);
+struct Launches {
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+    times: Mutex<BTreeMap<&'static str, Duration>>,
+    profile: bool,
+}
 
 impl LaunchObserver for Launches {
     fn launched(&self, kernel: &'static str) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.counts.lock() {
             *m.entry(kernel).or_default() += 1;
+        }
+    }
+
+    fn timing(&self) -> TimingRequest {
+        if self.profile { TimingRequest::Resolved } else { TimingRequest::None }
+    }
+
+    fn timed(&self, kernel: &'static str, duration: KernelDuration, _method: TimingMethod) {
+        if let Ok(mut m) = self.times.lock() {
+            *m.entry(kernel).or_default() += Duration::from_nanos(duration.as_nanos() as u64);
         }
     }
 }
@@ -162,11 +221,22 @@ pub struct Meter {
     submit_index: Option<u64>,
     cpu: Option<Duration>,
     t0: Instant,
+    t0_nanos: u64,
 }
 
 impl Meter {
     pub fn start() -> Meter {
-        let launches = Arc::new(Launches::default());
+        Self::start_with(false)
+    }
+
+    /// A window that also times each kernel, one at a time (so its wall time is not the
+    /// pipelined step's): where a step's device time goes.
+    pub fn start_profiled() -> Meter {
+        Self::start_with(true)
+    }
+
+    fn start_with(profile: bool) -> Meter {
+        let launches = Arc::new(Launches { profile, ..Launches::default() });
         let observation = LaunchObservation::new(launches.clone());
         let submit_index = crate::backend::submission_index();
         Meter {
@@ -179,16 +249,27 @@ impl Meter {
             submit_index,
             cpu: thread_cpu_time(),
             t0: Instant::now(),
+            t0_nanos: epoch().elapsed().as_nanos() as u64,
         }
     }
 
     pub fn finish(self) -> Cost {
         let wall = self.t0.elapsed();
+        let last_read = LAST_READ.load(Ordering::Relaxed);
+        let enqueue =
+            if last_read > self.t0_nanos { Duration::from_nanos(last_read - self.t0_nanos) } else { wall };
         let cpu = thread_cpu_time().zip(self.cpu).map_or(Duration::ZERO, |(b, a)| b.saturating_sub(a));
         // The probe submit of `start` is outside the window; the one taken here is the
         // window's last index plus one.
         let submits = crate::backend::submission_index().zip(self.submit_index).map(|(b, a)| (b - a - 1) as f64);
-        let kernels: BTreeMap<String, f64> = match self.launches.0.lock() {
+        let kernel_ms: BTreeMap<String, f64> = match self.launches.times.lock() {
+            Ok(m) => m.iter().fold(BTreeMap::new(), |mut acc, (k, v)| {
+                *acc.entry(short_name(k)).or_default() += v.as_secs_f64() * 1e3;
+                acc
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        let kernels: BTreeMap<String, f64> = match self.launches.counts.lock() {
             Ok(m) => m.iter().map(|(k, v)| (short_name(k), *v as f64)).fold(BTreeMap::new(), |mut acc, (k, v)| {
                 *acc.entry(k).or_default() += v;
                 acc
@@ -198,12 +279,14 @@ impl Meter {
         Cost {
             dispatches: kernels.values().sum(),
             kernels,
+            kernel_ms,
             uploads: (UPLOADS.load(Ordering::Relaxed) - self.uploads) as f64,
             upload_bytes: (UPLOAD_BYTES.load(Ordering::Relaxed) - self.upload_bytes) as f64,
             readbacks: (READBACKS.load(Ordering::Relaxed) - self.readbacks) as f64,
             readback_bytes: (READBACK_BYTES.load(Ordering::Relaxed) - self.readback_bytes) as f64,
             submits,
             host_cpu: cpu,
+            enqueue,
             wall,
         }
     }

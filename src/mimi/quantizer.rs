@@ -7,6 +7,7 @@ use burn::prelude::*;
 use burn::tensor::module::linear;
 
 use super::config::QuantizerConfig;
+use crate::kernels::rvq;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
@@ -22,6 +23,16 @@ pub struct Rvq {
 }
 
 impl Rvq {
+    /// The weights with the levels' centroids stacked in one tensor.
+    fn stacked(&self) -> rvq::Quantizer {
+        rvq::Quantizer {
+            in_proj: self.input_proj.val(),
+            out_proj: self.output_proj.val(),
+            books: Tensor::cat(self.codebooks.iter().map(|c| c.val()).collect(), 0),
+            levels: self.codebooks.len(),
+        }
+    }
+
     fn load(w: &mut dyn Weights, prefix: &str, cfg: &QuantizerConfig, n_q: usize) -> Result<Self> {
         let d = cfg.dimension;
         let input_proj =
@@ -81,15 +92,18 @@ pub struct SplitRvq {
     pub first: Rvq,
     pub rest: Rvq,
     pub bins: usize,
+    /// Both quantizers with their centroids stacked, for the one-launch kernels of
+    /// `kernels/rvq.rs` (a copy made at load on devices where they run).
+    #[module(skip)]
+    pub stacked: Option<(rvq::Quantizer, rvq::Quantizer)>,
 }
 
 impl SplitRvq {
     pub fn load(w: &mut dyn Weights, prefix: &str, cfg: &QuantizerConfig) -> Result<Self> {
-        Ok(Self {
-            first: Rvq::load(w, &format!("{prefix}.rvq_first"), cfg, cfg.n_q_semantic)?,
-            rest: Rvq::load(w, &format!("{prefix}.rvq_rest"), cfg, cfg.n_q - cfg.n_q_semantic)?,
-            bins: cfg.bins,
-        })
+        let first = Rvq::load(w, &format!("{prefix}.rvq_first"), cfg, cfg.n_q_semantic)?;
+        let rest = Rvq::load(w, &format!("{prefix}.rvq_rest"), cfg, cfg.n_q - cfg.n_q_semantic)?;
+        let stacked = crate::kernels::launches_on(w.device()).then(|| (first.stacked(), rest.stacked()));
+        Ok(Self { first, rest, bins: cfg.bins, stacked })
     }
 
     pub fn total_codebooks(&self) -> usize {
@@ -98,6 +112,11 @@ impl SplitRvq {
 
     /// Latents `[B, C, T]` to codes `[B, n, T]`.
     pub fn encode(&self, x: Tensor<3>, n: usize) -> Tensor<3, Int> {
+        if let Some((first, rest)) = &self.stacked {
+            if rvq::uses_kernel(&x.device(), x.dtype(), first, rest, n, self.bins) {
+                return rvq::encode(x, first, rest, n, self.bins);
+            }
+        }
         let x = x.swap_dims(1, 2);
         let n_first = self.first.codebooks.len().min(n);
         let mut codes = self.first.encode(x.clone(), n_first);
@@ -112,6 +131,11 @@ impl SplitRvq {
         let [_, n, _] = codes.dims();
         if n == 0 || n > self.total_codebooks() {
             return Err(Error::input(format!("{n} codebooks given, the codec has {}", self.total_codebooks())));
+        }
+        if let Some((first, rest)) = &self.stacked {
+            if rvq::uses_kernel(&codes.device(), first.books.dtype(), first, rest, n, self.bins) {
+                return Ok(rvq::decode(codes, first, rest, self.bins));
+            }
         }
         let codes = codes.swap_dims(1, 2);
         let n_first = self.first.codebooks.len().min(n);

@@ -2,7 +2,6 @@
 //! Layer numbering follows the reference's `nn.Sequential`, so checkpoint keys line up.
 
 use burn::prelude::*;
-use burn::tensor::activation::elu;
 
 use super::config::SeanetConfig;
 use crate::error::Result;
@@ -31,9 +30,8 @@ impl ResBlock {
     }
 
     fn forward(&self, s1: &mut ConvState, s2: &mut ConvState, x: Tensor<3>) -> Result<Tensor<3>> {
-        let h = self.conv1.forward(s1, elu(x.clone(), 1.0))?;
-        let h = self.conv2.forward(s2, elu(h, 1.0))?;
-        Ok(x + h)
+        let h = self.conv1.forward_fused(s1, x.clone(), true, None)?;
+        self.conv2.forward_fused(s2, h, true, Some(x))
     }
 }
 
@@ -121,9 +119,9 @@ impl SeanetEncoder {
                 let s2 = next()?;
                 x = r.forward(s1, s2, x)?;
             }
-            x = st.down.forward(next()?, elu(x, 1.0))?;
+            x = st.down.forward_fused(next()?, x, true, None)?;
         }
-        self.last.forward(next()?, elu(x, 1.0))
+        self.last.forward_fused(next()?, x, true, None)
     }
 }
 
@@ -213,13 +211,13 @@ impl SeanetDecoder {
         let mut ups = state.ups.iter_mut();
         let mut x = self.first.forward(convs.next().ok_or_else(incomplete)?, x)?;
         for st in &self.stages {
-            x = st.up.forward(ups.next().ok_or_else(incomplete)?, elu(x, 1.0))?;
+            x = st.up.forward_fused(ups.next().ok_or_else(incomplete)?, x, true)?;
             for r in &st.res {
                 let s1 = convs.next().ok_or_else(incomplete)?;
                 let s2 = convs.next().ok_or_else(incomplete)?;
                 x = r.forward(s1, s2, x)?;
             }
         }
-        self.last.forward(convs.next().ok_or_else(incomplete)?, elu(x, 1.0))
+        self.last.forward_fused(convs.next().ok_or_else(incomplete)?, x, true, None)
     }
 }

@@ -9,10 +9,9 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::module::{conv_transpose1d, conv1d};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 use crate::error::{Error, Result};
+use crate::kernels::conv::{self, ConvShape};
 use crate::weights::Weights;
 
 /// Shape of a 1-D convolution.
@@ -132,7 +131,13 @@ impl Conv1d {
 
     /// Convolves a chunk `[B, C, T]` (T a multiple of the stride), updating the state.
     pub fn forward(&self, state: &mut ConvState, x: Tensor<3>) -> Result<Tensor<3>> {
-        let [b, c, t] = x.dims();
+        self.forward_fused(state, x, false, None)
+    }
+
+    /// [`Conv1d::forward`] of `elu(x)` when `elu`, plus `res` `[B, Cout, T / stride]` when given:
+    /// one launch on a CubeCL device (`kernels/conv.rs`). The state keeps the activated inputs.
+    pub fn forward_fused(&self, state: &mut ConvState, x: Tensor<3>, elu: bool, res: Option<Tensor<3>>) -> Result<Tensor<3>> {
+        let [b, _, t] = x.dims();
         if t == 0 || t % self.stride != 0 {
             return Err(Error::input(format!(
                 "conv input length {t} is not a positive multiple of its stride {}",
@@ -142,35 +147,13 @@ impl Conv1d {
         if b != state.first.len() {
             return Err(Error::input(format!("conv state holds {} streams, input has {b}", state.first.len())));
         }
-        let p = self.history();
-        let x = match state.prev.take() {
-            Some(mut prev) => {
-                if self.replicate && state.first.iter().any(|&f| f) {
-                    let init = x.clone().narrow(2, 0, 1).repeat_dim(2, p);
-                    prev = if state.first.iter().all(|&f| f) {
-                        init
-                    } else {
-                        let mask: Vec<bool> = state.first.clone();
-                        let mask = crate::backend::bools(mask, [b], &x.device())
-                            .reshape([b, 1, 1])
-                            .expand([b, c, p]);
-                        prev.mask_where(mask, init)
-                    };
-                }
-                let full = Tensor::cat(vec![prev, x], 2);
-                let len = full.dims()[2];
-                state.prev = Some(full.clone().narrow(2, len - p, p));
-                full
-            }
-            None => x,
-        };
+        let first: Vec<bool> = if self.replicate { state.first.clone() } else { vec![false; b] };
+        let shape = ConvShape { stride: self.stride, dilation: self.dilation, groups: self.groups, elu };
+        let (y, next) =
+            conv::conv1d(x, state.prev.take(), self.weight.val(), self.bias.as_ref().map(|b| b.val()), res, shape, &first);
+        state.prev = next;
         state.first.iter_mut().for_each(|f| *f = false);
-        Ok(conv1d(
-            x,
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-            ConvOptions::new([self.stride], [0], [self.dilation], self.groups),
-        ))
+        Ok(y)
     }
 }
 
@@ -237,6 +220,12 @@ impl ConvTr1d {
 
     /// Upsamples a chunk `[B, C, T]` to `[B, out, T * stride]`, updating the state.
     pub fn forward(&self, state: &mut ConvTrState, x: Tensor<3>) -> Result<Tensor<3>> {
+        self.forward_fused(state, x, false)
+    }
+
+    /// [`ConvTr1d::forward`] of `elu(x)` when `elu`: one launch on a CubeCL device
+    /// (`kernels/conv.rs`).
+    pub fn forward_fused(&self, state: &mut ConvTrState, x: Tensor<3>, elu: bool) -> Result<Tensor<3>> {
         let [b, _, t] = x.dims();
         if t == 0 {
             return Err(Error::input("transposed conv input is empty"));
@@ -244,26 +233,10 @@ impl ConvTr1d {
         if b != state.batch {
             return Err(Error::input(format!("transposed conv state holds {} streams, input has {b}", state.batch)));
         }
-        let y = conv_transpose1d(
-            x,
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-            ConvTransposeOptions::new([self.stride], [0], [0], [1], self.groups),
-        );
-        let Some(partial) = state.partial.take() else {
-            return Ok(y);
-        };
-        let [_, out, len] = y.dims();
-        let pt = partial.dims()[2];
-        let carried =
-            Tensor::cat(vec![partial.clone(), Tensor::zeros([b, out, len - pt], (&y.device(), y.dtype()))], 2);
-        let y = y + carried;
-        let mut tail = y.clone().narrow(2, len - pt, pt);
-        if let Some(bias) = &self.bias {
-            tail = tail - bias.val().reshape([1, out, 1]);
-        }
-        state.partial = Some(tail);
-        Ok(y.narrow(2, 0, len - pt))
+        let shape = ConvShape { stride: self.stride, dilation: 1, groups: self.groups, elu };
+        let (y, next) = conv::conv_tr1d(x, state.partial.take(), self.weight.val(), self.bias.as_ref().map(|b| b.val()), shape);
+        state.partial = next;
+        Ok(y)
     }
 }
 
