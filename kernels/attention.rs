@@ -14,8 +14,8 @@
 //!   is tested against.
 //! - [`attend`]: picks one of the two per call.
 //!
-//! The cache tensors are written in place when this call holds the only reference to them (a
-//! cloned state's caches are copied first), so memory stays one ring per layer and stream.
+//! The cache tensors are written in place (a cloned state copies its rings, see `KvCache`), so
+//! memory stays one ring per layer and stream.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Cube, Dispatch, backend_extension};
@@ -266,10 +266,11 @@ mod cube {
     use burn_cubecl::tensor::CubeTensor;
     use cubecl::prelude::*;
 
-    /// A tensor this launch may write: itself when no one else holds it, else a copy.
+    /// A tensor this launch writes in place. Launches run in order on the device, so one that
+    /// still reads it has run first; a state cloned by the caller owns its own copy
+    /// (`KvCache`'s `Clone`), so nothing else sees the writes.
     fn owned(t: CubeTensor) -> CubeTensor {
-        let t = into_contiguous(t);
-        if t.can_mut() { t } else { t.copy() }
+        into_contiguous(t)
     }
 
     /// One cube per head, one unit per head dimension (`hd` units).

@@ -36,6 +36,25 @@ pub struct ConvShape {
     pub groups: usize,
     /// ELU (alpha 1) on the input, history included, before the convolution.
     pub elu: bool,
+    /// Also return `elu(y)`, for a consumer that activates its input: computed once here
+    /// rather than once per tap there.
+    pub elu_out: bool,
+}
+
+/// What a streaming convolution returns.
+#[derive(Clone, Debug)]
+pub struct ConvOut {
+    pub y: Tensor<3>,
+    /// `elu(y)`, when asked for ([`ConvShape::elu_out`]).
+    pub activated: Option<Tensor<3>>,
+    /// The next history (or tail); `None` when the convolution carries none.
+    pub next: Option<Tensor<3>>,
+}
+
+impl ConvShape {
+    fn flags(&self, bias: bool, res: bool, state: bool) -> u32 {
+        self.elu as u32 | (bias as u32) << 1 | (res as u32) << 2 | (state as u32) << 3 | (self.elu_out as u32) << 4
+    }
 }
 
 /// `conv(act([hist, x])) + bias (+ res)` for `x` `[B, Cin, T]` (T a multiple of the stride),
@@ -51,15 +70,15 @@ pub fn conv1d(
     res: Option<Tensor<3>>,
     shape: ConvShape,
     first: &[bool],
-) -> (Tensor<3>, Option<Tensor<3>>) {
+) -> ConvOut {
     if !uses_conv_kernel(&x, hist.as_ref(), &weight, res.as_ref(), shape, first) {
         return conv1d_reference(x, hist, weight, bias, res, shape, first);
     }
     let has_hist = hist.is_some();
-    let flags = shape.elu as u32 | (bias.is_some() as u32) << 1 | (res.is_some() as u32) << 2 | (has_hist as u32) << 3;
+    let flags = shape.flags(bias.is_some(), res.is_some(), has_hist);
     let mask = first.iter().enumerate().fold(0u32, |m, (i, &f)| m | (f as u32) << i);
     let any = x.clone();
-    let (y, h) = <Dispatch as ConvBackend>::conv1d_step(
+    let (y, ya, h) = <Dispatch as ConvBackend>::conv1d_step(
         x.into_dispatch(),
         hist.unwrap_or_else(|| any.clone()).into_dispatch(),
         weight.into_dispatch(),
@@ -71,7 +90,11 @@ pub fn conv1d(
         mask,
         flags,
     );
-    (Tensor::from_dispatch(y), has_hist.then(|| Tensor::from_dispatch(h)))
+    ConvOut {
+        y: Tensor::from_dispatch(y),
+        activated: shape.elu_out.then(|| Tensor::from_dispatch(ya)),
+        next: has_hist.then(|| Tensor::from_dispatch(h)),
+    }
 }
 
 /// Whether [`conv1d`] launches the kernel.
@@ -112,7 +135,7 @@ pub fn conv1d_reference(
     res: Option<Tensor<3>>,
     shape: ConvShape,
     first: &[bool],
-) -> (Tensor<3>, Option<Tensor<3>>) {
+) -> ConvOut {
     let x = if shape.elu { elu(x, 1.0) } else { x };
     let [b, c, _] = x.dims();
     let (full, next) = match hist {
@@ -139,7 +162,8 @@ pub fn conv1d_reference(
         Some(r) => r + y,
         None => y,
     };
-    (y, next)
+    let activated = shape.elu_out.then(|| elu(y.clone(), 1.0));
+    ConvOut { y, activated, next }
 }
 
 /// `convtr(act(x)) + bias`, plus the carried `tail` `[B, Cout, K - stride]` on its first
@@ -151,14 +175,14 @@ pub fn conv_tr1d(
     weight: Tensor<3>,
     bias: Option<Tensor<1>>,
     shape: ConvShape,
-) -> (Tensor<3>, Option<Tensor<3>>) {
+) -> ConvOut {
     if !uses_tr_kernel(&x, tail.as_ref(), &weight, shape) {
         return conv_tr1d_reference(x, tail, weight, bias, shape);
     }
     let has_tail = tail.is_some();
-    let flags = shape.elu as u32 | (bias.is_some() as u32) << 1 | (has_tail as u32) << 3;
+    let flags = shape.flags(bias.is_some(), false, has_tail);
     let any = x.clone();
-    let (y, t) = <Dispatch as ConvBackend>::conv_tr1d_step(
+    let (y, ya, t) = <Dispatch as ConvBackend>::conv_tr1d_step(
         x.into_dispatch(),
         tail.unwrap_or_else(|| any.clone()).into_dispatch(),
         weight.into_dispatch(),
@@ -167,7 +191,11 @@ pub fn conv_tr1d(
         shape.groups as u32,
         flags,
     );
-    (Tensor::from_dispatch(y), has_tail.then(|| Tensor::from_dispatch(t)))
+    ConvOut {
+        y: Tensor::from_dispatch(y),
+        activated: shape.elu_out.then(|| Tensor::from_dispatch(ya)),
+        next: has_tail.then(|| Tensor::from_dispatch(t)),
+    }
 }
 
 /// Whether [`conv_tr1d`] launches the kernel.
@@ -196,7 +224,7 @@ pub fn conv_tr1d_reference(
     weight: Tensor<3>,
     bias: Option<Tensor<1>>,
     shape: ConvShape,
-) -> (Tensor<3>, Option<Tensor<3>>) {
+) -> ConvOut {
     let x = if shape.elu { elu(x, 1.0) } else { x };
     let [b, _, _] = x.dims();
     let y = conv_transpose1d(
@@ -205,22 +233,27 @@ pub fn conv_tr1d_reference(
         bias.clone(),
         ConvTransposeOptions::new([shape.stride], [0], [0], [1], shape.groups),
     );
-    let Some(partial) = tail else {
-        return (y, None);
+    let (y, next) = match tail {
+        None => (y, None),
+        Some(partial) => {
+            let [_, out, len] = y.dims();
+            let pt = partial.dims()[2];
+            let carried = Tensor::cat(vec![partial, Tensor::zeros([b, out, len - pt], (&y.device(), y.dtype()))], 2);
+            let y = y + carried;
+            let mut next = y.clone().narrow(2, len - pt, pt);
+            if let Some(bias) = &bias {
+                next = next - bias.clone().reshape([1, out, 1]);
+            }
+            (y.narrow(2, 0, len - pt), Some(next))
+        }
     };
-    let [_, out, len] = y.dims();
-    let pt = partial.dims()[2];
-    let carried = Tensor::cat(vec![partial, Tensor::zeros([b, out, len - pt], (&y.device(), y.dtype()))], 2);
-    let y = y + carried;
-    let mut next = y.clone().narrow(2, len - pt, pt);
-    if let Some(bias) = &bias {
-        next = next - bias.clone().reshape([1, out, 1]);
-    }
-    (y.narrow(2, 0, len - pt), Some(next))
+    let activated = shape.elu_out.then(|| elu(y.clone(), 1.0));
+    ConvOut { y, activated, next }
 }
 
 /// The streaming convolutions as a Burn backend extension (CubeCL only). Flags: bit 0 ELU on the
-/// input, 1 bias, 2 residual, 3 history (or tail); absent tensors are stand-ins never read.
+/// input, 1 bias, 2 residual, 3 history (or tail), 4 `elu(y)` written too; absent tensors are
+/// stand-ins never read. Returns `(y, elu(y) or a placeholder, next history or a placeholder)`.
 #[backend_extension(Cube)]
 pub trait ConvBackend: Backend {
     #[allow(clippy::too_many_arguments)]
@@ -235,7 +268,7 @@ pub trait ConvBackend: Backend {
         groups: u32,
         first: u32,
         flags: u32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     #[allow(clippy::too_many_arguments)]
     fn conv_tr1d_step(
@@ -246,7 +279,7 @@ pub trait ConvBackend: Backend {
         stride: u32,
         groups: u32,
         flags: u32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 impl ConvBackend for Cube {
@@ -261,7 +294,7 @@ impl ConvBackend for Cube {
         groups: u32,
         first: u32,
         flags: u32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         cube::launch_conv(x, hist, weight, bias, res, stride, dilation, groups, first, flags)
     }
 
@@ -273,7 +306,7 @@ impl ConvBackend for Cube {
         stride: u32,
         groups: u32,
         flags: u32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         cube::launch_tr(x, tail, weight, bias, stride, groups, flags)
     }
 }
@@ -286,7 +319,8 @@ mod cube {
     use burn_cubecl::tensor::CubeTensor;
     use cubecl::prelude::*;
 
-    const UNITS: usize = 256;
+    /// Units of a cube: output positions (or history values) of one row and channel block.
+    const UNITS: usize = 64;
 
     /// ELU with alpha 1, as Burn computes it: `x` where positive, else `e^x - 1`.
     #[cube]
@@ -330,8 +364,10 @@ mod cube {
         v
     }
 
-    /// One unit per `oc` output channels of one output position `(b, o0.., t)` (each input value
-    /// loaded and activated once for all of them), then one per next-history value `(b, c, j)`.
+    /// Cube `(time tile, channel block, row)`, one unit per output position: `oc` output channels
+    /// of it (each input value loaded and activated once for all of them; the block and row are
+    /// the cube's, so that weight reads are the same for all its units). Cubes past the output's
+    /// time tiles (in the first block) write the next history, one unit per value `(c, j)`.
     #[cube(launch)]
     fn conv_step<F: Float>(
         x: &[F],
@@ -340,8 +376,8 @@ mod cube {
         bias: &[F],
         res: &[F],
         y: &mut [F],
+        ya: &mut [F],
         next: &mut [F],
-        rows: u32,
         cin: u32,
         cout: u32,
         t: u32,
@@ -350,12 +386,15 @@ mod cube {
         dilation: u32,
         groups: u32,
         first: u32,
+        tiles: u32,
         #[comptime] flags: u32,
         #[comptime] oc: usize,
         #[define(F)] _dtype: ElemType,
     ) {
-        let i = ABSOLUTE_POS;
-        let rows = rows as usize;
+        let unit = UNIT_POS as usize;
+        let tile = CUBE_POS_X as usize;
+        let o0 = CUBE_POS_Y as usize * oc;
+        let b = CUBE_POS_Z as usize;
         let cin = cin as usize;
         let cout = cout as usize;
         let t = t as usize;
@@ -366,54 +405,139 @@ mod cube {
         let span = (k - 1) * dilation + 1;
         let h = span - stride;
         let tout = t / stride;
-        let blocks = cout / oc;
-        let n_out = rows * blocks * tout;
-        let n_next = rows * cin * h;
-        if i < n_out {
-            let b = i / (blocks * tout);
-            let o0 = ((i / tout) % blocks) * oc;
-            let to = i % tout;
-            let mut is_first = false;
-            if comptime!(flags & 8 != 0) {
-                is_first = ((first >> (b as u32)) & 1u32) == 1u32;
-            }
-            let cin_g = cin / groups;
-            let c0 = (o0 / (cout / groups)) * cin_g;
-            let mut acc = Array::<f32>::new(oc);
-            for cg in 0..cin_g {
-                let c = c0 + cg;
-                for j in 0..k {
-                    let v = padded::<F>(x, hist, b, c, to * stride + j * dilation, cin, t, h, is_first, comptime!(flags & 1 != 0));
-                    #[unroll]
-                    for r in 0..oc {
-                        acc[r] += v * f32::cast_from(weight[((o0 + r) * cin_g + cg) * k + j]);
+        let mut is_first = false;
+        if comptime!(flags & 8 != 0) {
+            is_first = ((first >> (b as u32)) & 1u32) == 1u32;
+        }
+        if tile < tiles as usize {
+            let to = tile * UNITS + unit;
+            if to < tout {
+                let cin_g = cin / groups;
+                let c0 = (o0 / (cout / groups)) * cin_g;
+                let mut acc = Array::<f32>::new(oc);
+                #[unroll]
+                for r in 0..oc {
+                    acc[r] = 0.0f32;
+                }
+                for cg in 0..cin_g {
+                    let c = c0 + cg;
+                    for j in 0..k {
+                        let v = padded::<F>(x, hist, b, c, to * stride + j * dilation, cin, t, h, is_first, comptime!(flags & 1 != 0));
+                        #[unroll]
+                        for r in 0..oc {
+                            acc[r] += v * f32::cast_from(weight[((o0 + r) * cin_g + cg) * k + j]);
+                        }
+                    }
+                }
+                #[unroll]
+                for r in 0..oc {
+                    let o = o0 + r;
+                    let mut a = acc[r];
+                    if comptime!(flags & 2 != 0) {
+                        a += f32::cast_from(bias[o]);
+                    }
+                    let at = (b * cout + o) * tout + to;
+                    let mut out = F::cast_from(a);
+                    if comptime!(flags & 4 != 0) {
+                        out = res[at] + out;
+                    }
+                    y[at] = out;
+                    if comptime!(flags & 16 != 0) {
+                        ya[at] = F::cast_from(elu_f32(f32::cast_from(out)));
                     }
                 }
             }
-            #[unroll]
-            for r in 0..oc {
-                let o = o0 + r;
-                let mut a = acc[r];
-                if comptime!(flags & 2 != 0) {
-                    a += f32::cast_from(bias[o]);
+        } else if comptime!(flags & 8 != 0) {
+            // The next history: the last `h` values of the padded stream, after the activation.
+            let n = (tile - tiles as usize) * UNITS + unit;
+            if o0 == 0 && n < cin * h {
+                let c = n / h;
+                let j = n % h;
+                let v = padded::<F>(x, hist, b, c, t + j, cin, t, h, is_first, comptime!(flags & 1 != 0));
+                next[(b * cin + c) * h + j] = F::cast_from(v);
+            }
+        }
+    }
+
+    /// Cube `(tile, 1, row)`, one unit per output value `(o, t)`: for chunks too short to fill a
+    /// cube with positions (the deep, slow layers), whose parallelism is in their channels.
+    /// Cubes past the output's tiles write the next history, one unit per value `(c, j)`.
+    #[cube(launch)]
+    fn conv_step_by_channel<F: Float>(
+        x: &[F],
+        hist: &[F],
+        weight: &[F],
+        bias: &[F],
+        res: &[F],
+        y: &mut [F],
+        ya: &mut [F],
+        next: &mut [F],
+        cin: u32,
+        cout: u32,
+        t: u32,
+        k: u32,
+        stride: u32,
+        dilation: u32,
+        groups: u32,
+        first: u32,
+        tiles: u32,
+        #[comptime] flags: u32,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let unit = UNIT_POS as usize;
+        let tile = CUBE_POS_X as usize;
+        let b = CUBE_POS_Z as usize;
+        let cin = cin as usize;
+        let cout = cout as usize;
+        let t = t as usize;
+        let k = k as usize;
+        let stride = stride as usize;
+        let dilation = dilation as usize;
+        let groups = groups as usize;
+        let span = (k - 1) * dilation + 1;
+        let h = span - stride;
+        let tout = t / stride;
+        let mut is_first = false;
+        if comptime!(flags & 8 != 0) {
+            is_first = ((first >> (b as u32)) & 1u32) == 1u32;
+        }
+        if tile < tiles as usize {
+            let n = tile * UNITS + unit;
+            if n < cout * tout {
+                let o = n / tout;
+                let to = n % tout;
+                let cin_g = cin / groups;
+                let c0 = (o / (cout / groups)) * cin_g;
+                {
+                    let mut acc = 0.0f32;
+                    for cg in 0..cin_g {
+                        let c = c0 + cg;
+                        for j in 0..k {
+                            let v = padded::<F>(x, hist, b, c, to * stride + j * dilation, cin, t, h, is_first, comptime!(flags & 1 != 0));
+                            acc += v * f32::cast_from(weight[(o * cin_g + cg) * k + j]);
+                        }
+                    }
+                    if comptime!(flags & 2 != 0) {
+                        acc += f32::cast_from(bias[o]);
+                    }
+                    let at = (b * cout + o) * tout + to;
+                    let mut out = F::cast_from(acc);
+                    if comptime!(flags & 4 != 0) {
+                        out = res[at] + out;
+                    }
+                    y[at] = out;
+                    if comptime!(flags & 16 != 0) {
+                        ya[at] = F::cast_from(elu_f32(f32::cast_from(out)));
+                    }
                 }
-                let at = (b * cout + o) * tout + to;
-                let mut out = F::cast_from(a);
-                if comptime!(flags & 4 != 0) {
-                    out = res[at] + out;
-                }
-                y[at] = out;
             }
         } else if comptime!(flags & 8 != 0) {
-            if i < n_out + n_next {
-                // The next history: the last `h` values of the padded stream, after the activation.
-                let n = i - n_out;
-                let b = n / (cin * h);
-                let c = (n / h) % cin;
+            let n = (tile - tiles as usize) * UNITS + unit;
+            if n < cin * h {
+                let c = n / h;
                 let j = n % h;
-                let is_first = ((first >> (b as u32)) & 1u32) == 1u32;
                 let v = padded::<F>(x, hist, b, c, t + j, cin, t, h, is_first, comptime!(flags & 1 != 0));
-                next[n] = F::cast_from(v);
+                next[(b * cin + c) * h + j] = F::cast_from(v);
             }
         }
     }
@@ -427,6 +551,7 @@ mod cube {
         weight: &[F],
         bias: &[F],
         y: &mut [F],
+        ya: &mut [F],
         next: &mut [F],
         rows: u32,
         cin: u32,
@@ -500,7 +625,11 @@ mod cube {
                 }
             }
             if u < t * stride {
-                y[(b * cout + o) * t * stride + u] = F::cast_from(full);
+                let at = (b * cout + o) * t * stride + u;
+                y[at] = F::cast_from(full);
+                if comptime!(flags & 16 != 0) {
+                    ya[at] = F::cast_from(elu_f32(f32::cast_from(F::cast_from(full))));
+                }
             } else if comptime!(flags & 8 != 0) {
                 let mut rest = full;
                 if comptime!(flags & 2 != 0) {
@@ -513,7 +642,6 @@ mod cube {
 
     /// Output channels a unit computes: the largest of 8, 4, 2, 1 dividing a group's channels.
     fn block(cout_per_group: usize) -> usize {
-        if std::env::var("KK_OC1").is_ok() { return 1; }
         [8, 4, 2, 1].into_iter().find(|b| cout_per_group % b == 0).unwrap_or(1)
     }
 
@@ -529,7 +657,7 @@ mod cube {
         groups: u32,
         first: u32,
         flags: u32,
-    ) -> (CubeTensor, CubeTensor) {
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
         let x = into_contiguous(x);
         let hist = into_contiguous(hist);
         let weight = into_contiguous(weight);
@@ -541,13 +669,46 @@ mod cube {
         let h = (k - 1) * dilation as usize + 1 - stride as usize;
         let tout = t / stride as usize;
         let y = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([b, cout, tout]), x.dtype);
+        let ya_shape = if flags & 16 != 0 { [b, cout, tout] } else { [1, 1, 1] };
+        let ya = empty_device_dtype(client.clone(), x.device.clone(), Shape::new(ya_shape), x.dtype);
         let next_shape = if flags & 8 != 0 { [b, cin, h] } else { [1, 1, 1] };
         let next = empty_device_dtype(client.clone(), x.device.clone(), Shape::new(next_shape), x.dtype);
+        let hist_tiles = if flags & 8 != 0 { (cin * h).div_ceil(UNITS) } else { 0 };
+        let dtype = dtype_to_storage_type(x.dtype);
+        if tout < UNITS / 2 {
+            // Few positions: one unit per output value.
+            let tiles = (cout * tout).div_ceil(UNITS);
+            conv_step_by_channel::launch(
+                &client,
+                CubeCount::Static((tiles + hist_tiles) as u32, 1, b as u32),
+                CubeDim::new_1d(UNITS as u32),
+                x.clone().into_buffer_arg(),
+                hist.into_buffer_arg(),
+                weight.into_buffer_arg(),
+                bias.into_buffer_arg(),
+                res.into_buffer_arg(),
+                y.clone().into_buffer_arg(),
+                ya.clone().into_buffer_arg(),
+                next.clone().into_buffer_arg(),
+                cin as u32,
+                cout as u32,
+                t as u32,
+                k as u32,
+                stride,
+                dilation,
+                groups,
+                first,
+                tiles as u32,
+                flags,
+                dtype,
+            );
+            return (y, ya, next);
+        }
         let oc = block(cout / groups as usize);
-        let n = b * (cout / oc) * tout + if flags & 8 != 0 { b * cin * h } else { 0 };
+        let tiles = tout.div_ceil(UNITS);
         conv_step::launch(
             &client,
-            CubeCount::Static(n.div_ceil(UNITS) as u32, 1, 1),
+            CubeCount::Static((tiles + hist_tiles) as u32, (cout / oc) as u32, b as u32),
             CubeDim::new_1d(UNITS as u32),
             x.clone().into_buffer_arg(),
             hist.into_buffer_arg(),
@@ -555,8 +716,8 @@ mod cube {
             bias.into_buffer_arg(),
             res.into_buffer_arg(),
             y.clone().into_buffer_arg(),
+            ya.clone().into_buffer_arg(),
             next.clone().into_buffer_arg(),
-            b as u32,
             cin as u32,
             cout as u32,
             t as u32,
@@ -565,11 +726,12 @@ mod cube {
             dilation,
             groups,
             first,
+            tiles as u32,
             flags,
             oc,
-            dtype_to_storage_type(x.dtype),
+            dtype,
         );
-        (y, next)
+        (y, ya, next)
     }
 
     pub(super) fn launch_tr(
@@ -580,7 +742,7 @@ mod cube {
         stride: u32,
         groups: u32,
         flags: u32,
-    ) -> (CubeTensor, CubeTensor) {
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
         let x = into_contiguous(x);
         let tail = into_contiguous(tail);
         let weight = into_contiguous(weight);
@@ -591,6 +753,8 @@ mod cube {
         let cout = cout_g * groups as usize;
         let pt = k - stride as usize;
         let y = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([b, cout, t * stride as usize]), x.dtype);
+        let ya_shape = if flags & 16 != 0 { [b, cout, t * stride as usize] } else { [1, 1, 1] };
+        let ya = empty_device_dtype(client.clone(), x.device.clone(), Shape::new(ya_shape), x.dtype);
         let next_shape = if flags & 8 != 0 { [b, cout, pt] } else { [1, 1, 1] };
         let next = empty_device_dtype(client.clone(), x.device.clone(), Shape::new(next_shape), x.dtype);
         let oc = block(cout_g);
@@ -604,6 +768,7 @@ mod cube {
             weight.into_buffer_arg(),
             bias.into_buffer_arg(),
             y.clone().into_buffer_arg(),
+            ya.clone().into_buffer_arg(),
             next.clone().into_buffer_arg(),
             b as u32,
             cin as u32,
@@ -616,6 +781,6 @@ mod cube {
             oc,
             dtype_to_storage_type(x.dtype),
         );
-        (y, next)
+        (y, ya, next)
     }
 }

@@ -295,19 +295,21 @@ mod cube {
         #[comptime] code: u32,
         #[comptime] act: u32,
         #[comptime] group: usize,
+        #[comptime] chunk: usize,
         #[define(I, W)] _dtypes: [ElemType; 2],
     ) {
+        let units = CUBE_DIM_X as usize;
         let unit = UNIT_POS_X as usize;
-        let col = CUBE_POS_X as usize * UNITS + unit;
+        let col = CUBE_POS_X as usize * CUBE_DIM_X as usize + unit;
         let part = CUBE_POS_Y as usize;
         let row0 = CUBE_POS_Z as usize * group;
         let rows = rows as usize;
         let k = k as usize;
         let n = n as usize;
-        let start = part * CHUNK;
+        let start = part * chunk;
         let mut len = k - start;
-        if len > CHUNK {
-            len = CHUNK;
+        if len > chunk {
+            len = chunk;
         }
         let mut acc = Array::<Vector<f32, N>>::new(group);
         #[unroll]
@@ -341,19 +343,19 @@ mod cube {
                 }
             }
         } else {
-            // The chunk's hidden input, CHUNK / UNITS values per unit and row.
-            let mut xs = Shared::<[f32]>::new_slice(group * CHUNK);
+            // The chunk's hidden input, chunk / units values per unit and row.
+            let mut xs = Shared::<[f32]>::new_slice(group * chunk);
             #[unroll]
             for r in 0..group {
                 let row = row0 + r;
                 let mut i = unit;
-                while i < CHUNK {
+                while i < chunk {
                     let mut v = 0.0f32;
                     if i < len && row < rows {
                         v = hidden_value::<I, W>(input, row, start + i, rows, k, parts_in as usize, code, act);
                     }
-                    xs[r * CHUNK + i] = v;
-                    i += UNITS;
+                    xs[r * chunk + i] = v;
+                    i += units;
                 }
             }
             sync_cube();
@@ -362,7 +364,7 @@ mod cube {
                     let wv = Vector::<f32, N>::cast_from(w[(start + i) * n + col]);
                     #[unroll]
                     for r in 0..group {
-                        acc[r] += Vector::<f32, N>::new(xs[r * CHUNK + i]) * wv;
+                        acc[r] += Vector::<f32, N>::new(xs[r * chunk + i]) * wv;
                     }
                 }
             }
@@ -405,9 +407,11 @@ mod cube {
         let dims = input.meta.shape().clone();
         let [k, n] = [w.meta.shape()[0], w.meta.shape()[1]];
         let (parts_in, rows) = (dims[0], dims[1]);
-        let parts = k.div_ceil(CHUNK);
+        let units: usize = std::env::var("KK_UNITS").ok().and_then(|v| v.parse().ok()).unwrap_or(UNITS);
+        let chunk: usize = std::env::var("KK_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(CHUNK);
+        let parts = k.div_ceil(chunk);
         let vector = if n % 4 == 0 { 4 } else { 1 };
-        let tiles = (n / vector).div_ceil(UNITS);
+        let tiles = (n / vector).div_ceil(units);
         let group = rows.min(ROWS_PER_CUBE);
         let groups = rows.div_ceil(group);
 
@@ -420,7 +424,7 @@ mod cube {
             matvec_parts::launch_unchecked(
                 &client,
                 CubeCount::Static(tiles as u32, parts as u32, groups as u32),
-                CubeDim::new_1d(UNITS as u32),
+                CubeDim::new_1d(units as u32),
                 vector,
                 input.into_buffer_arg(),
                 w.into_buffer_arg(),
@@ -432,6 +436,7 @@ mod cube {
                 code,
                 act,
                 group,
+                chunk,
                 dtypes,
             );
         }

@@ -360,8 +360,8 @@ mod cube {
     ) -> CubeTensor {
         let logits = into_contiguous(logits);
         let params = into_contiguous(params);
+        // Written in place: the step's launches run in order, and no one else holds the tensor.
         let tokens = into_contiguous(tokens);
-        let tokens = if tokens.can_mut() { tokens } else { tokens.copy() };
         let client = logits.client.clone();
         let parts = logits.meta.shape()[0];
         let scratch =

@@ -1,6 +1,8 @@
 //! The residual update of a transformer layer, and the normalisation that follows it, in one
 //! launch: `x' = x + scale * Σ_p partials[p]`, then `h = norm(x')` (RMSNorm or LayerNorm,
-//! computed in f32 and returned in the model's dtype), for one-position steps.
+//! computed in f32 and returned in the model's dtype), for one-position steps. `x` may also be
+//! embedding rows gathered by token (the LM's input: the sum of one row per stream; the depth
+//! transformer's: the previous token's row plus the projected partials).
 //!
 //! Why: between two products a layer adds its update to the residual stream and normalises the
 //! result for the next product. As Burn ops that is a sum over the partials, a cast, a multiply,
@@ -12,13 +14,48 @@
 //!   runs on the flex CPU backend and under autodiff, and is what the kernel is tested against.
 //! - [`residual_norm`]: picks one of the two per call.
 
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Cube, Dispatch, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
 
+use super::embed::Column;
 use super::matvec::sum_parts;
 use super::on_cube;
+
+/// What the update is added to.
+#[derive(Clone, Debug)]
+pub enum Base {
+    /// The residual stream `[rows, d]`.
+    Rows(Tensor<2>),
+    /// `Σ_{s < count} table[idx[offset + b * stride + s]]` for rows `b < rows` (a negative index
+    /// adds nothing), summed in the table's dtype.
+    Gather { table: Tensor<2>, idx: Tensor<2, Int>, column: Column, count: usize, rows: usize },
+}
+
+impl Base {
+    fn rows_d(&self) -> (usize, usize) {
+        match self {
+            Base::Rows(x) => (x.dims()[0], x.dims()[1]),
+            Base::Gather { table, rows, .. } => (*rows, table.dims()[1]),
+        }
+    }
+
+    /// The rows with Burn's ops.
+    pub fn materialize(self) -> Tensor<2> {
+        match self {
+            Base::Rows(x) => x,
+            Base::Gather { table, idx, column, count, rows } => {
+                let mut x = None;
+                for s in 0..count {
+                    let col = Column { offset: column.offset + s, stride: column.stride };
+                    x = Some(super::embed::reference(table.clone(), &idx, col, rows, x));
+                }
+                x.unwrap_or_else(|| Tensor::zeros([rows, table.dims()[1]], (&table.device(), table.dtype())))
+            }
+        }
+    }
+}
 
 /// A normalisation applied after the update: weight, optional bias, epsilon, and RMS or not.
 #[derive(Clone, Debug)]
@@ -48,12 +85,13 @@ impl NormParams {
 /// of it: `(x', Some(h))`, or `(x', None)` without a norm. With Burn's ops, adding in the model's
 /// dtype as the unfused layers do.
 pub fn reference(
-    x: Tensor<2>,
+    base: Base,
     partials: Option<Tensor<3>>,
     scale: Option<Tensor<1>>,
     norm: Option<&NormParams>,
     dtype: DType,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
+    let x = base.materialize();
     let update = partials.map(|p| {
         let u = sum_parts(p, dtype);
         match &scale {
@@ -75,16 +113,18 @@ pub fn reference(
 /// [`reference`]'s result by the kernel where [`uses_kernel`] says so. `x` is `[rows, d]` in the
 /// model's `dtype`; `scale` and the norm's tensors `[d]`.
 pub fn residual_norm(
-    x: Tensor<2>,
+    base: Base,
     partials: Option<Tensor<3>>,
     scale: Option<Tensor<1>>,
     norm: Option<&NormParams>,
     dtype: DType,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
-    if !uses_kernel(&x, partials.as_ref(), scale.as_ref(), norm, dtype) {
-        return reference(x, partials, scale, norm, dtype);
+    if !uses_kernel(&base, partials.as_ref(), scale.as_ref(), norm, dtype) {
+        return reference(base, partials, scale, norm, dtype);
     }
+    let (rows, d) = base.rows_d();
     let flags = Flags {
+        gather: matches!(base, Base::Gather { .. }),
         has_partials: partials.is_some(),
         has_scale: scale.is_some(),
         norm: match norm {
@@ -94,18 +134,24 @@ pub fn residual_norm(
         },
         has_bias: norm.is_some_and(|n| n.bias.is_some()),
     };
-    let [rows, d] = x.dims();
+    let (x, idx, column, count) = match base {
+        Base::Rows(x) => {
+            let device = x.device();
+            (x, Tensor::<2, Int>::empty([1, 1], &device), Column { offset: 0, stride: 0 }, 0)
+        }
+        Base::Gather { table, idx, column, count, .. } => (table, idx, column, count),
+    };
     // Absent inputs are stood in for by `x` (never read: the kernel's flags say so).
-    let any = x.clone();
-    let stand_in = |t: Option<Tensor<1>>| t.unwrap_or_else(|| any.clone().reshape([rows * d]));
+    let any = x.clone().reshape([-1]);
+    let stand_in = |t: Option<Tensor<1>>| t.unwrap_or_else(|| any.clone());
     let (xo, ho) = <Dispatch as ResidualBackend>::residual_norm(
-        x.clone().into_dispatch(),
-        partials.unwrap_or_else(|| any.clone().reshape([1, rows, d])).into_dispatch(),
+        x.into_dispatch(),
+        idx.into_dispatch(),
+        partials.unwrap_or_else(|| any.clone().reshape([1, 1, -1])).into_dispatch(),
         stand_in(scale).into_dispatch(),
         stand_in(norm.map(|n| n.weight.clone())).into_dispatch(),
         stand_in(norm.and_then(|n| n.bias.clone())).into_dispatch(),
-        rows as u32,
-        d as u32,
+        [rows as u32, d as u32, column.offset as u32, column.stride as u32, count as u32],
         norm.map_or(0.0, |n| n.eps as f32),
         flags.code(),
         dtype,
@@ -117,6 +163,7 @@ pub fn residual_norm(
 
 /// Which inputs a launch has, packed into one code for the kernel's compile-time branches.
 struct Flags {
+    gather: bool,
     has_partials: bool,
     has_scale: bool,
     /// 0 none, 1 RMSNorm, 2 LayerNorm.
@@ -126,7 +173,8 @@ struct Flags {
 
 impl Flags {
     fn code(&self) -> u32 {
-        (self.has_partials as u32) << 1
+        self.gather as u32
+            | (self.has_partials as u32) << 1
             | (self.has_scale as u32) << 2
             | self.norm << 3
             | (self.has_bias as u32) << 5
@@ -136,18 +184,27 @@ impl Flags {
 /// Whether [`residual_norm`] launches the kernel: everything on a CubeCL device without autodiff,
 /// f32 or f16, shapes consistent (a mismatch takes the reference, which reports it).
 pub fn uses_kernel(
-    x: &Tensor<2>,
+    base: &Base,
     partials: Option<&Tensor<3>>,
     scale: Option<&Tensor<1>>,
     norm: Option<&NormParams>,
     dtype: DType,
 ) -> bool {
     let float = |t: DType| matches!(t, DType::F32 | DType::F16);
-    let [rows, d] = x.dims();
+    let (rows, d) = base.rows_d();
+    let (x, base_ok) = match base {
+        Base::Rows(x) => (x, true),
+        Base::Gather { table, idx, column, count, rows } => {
+            let n: usize = idx.dims().iter().product();
+            let last = column.offset + ((*rows).max(1) - 1) * column.stride + (*count).max(1) - 1;
+            (table, *count > 0 && last < n && on_cube(idx.device()))
+        }
+    };
     let ones = |t: Option<&Tensor<1>>| t.is_none_or(|t| t.dims()[0] == d && float(t.dtype()) && on_cube(t.device()));
     float(dtype)
         && rows > 0
         && d > 0
+        && base_ok
         && x.dtype() == dtype
         && on_cube(x.device())
         && partials.is_none_or(|p| p.dims()[1] == rows && p.dims()[2] == d && float(p.dtype()) && on_cube(p.device()))
@@ -163,12 +220,12 @@ pub trait ResidualBackend: Backend {
     #[allow(clippy::too_many_arguments)]
     fn residual_norm(
         x: FloatTensor<Self>,
+        idx: IntTensor<Self>,
         partials: FloatTensor<Self>,
         scale: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        rows: u32,
-        d: u32,
+        sizes: [u32; 5],
         eps: f32,
         flags: u32,
         dtype: DType,
@@ -178,17 +235,17 @@ pub trait ResidualBackend: Backend {
 impl ResidualBackend for Cube {
     fn residual_norm(
         x: FloatTensor<Self>,
+        idx: IntTensor<Self>,
         partials: FloatTensor<Self>,
         scale: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        rows: u32,
-        d: u32,
+        sizes: [u32; 5],
         eps: f32,
         flags: u32,
         dtype: DType,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        cube::launch(x, partials, scale, weight, bias, rows, d, eps, flags, dtype)
+        cube::launch(x, idx, partials, scale, weight, bias, sizes, eps, flags, dtype)
     }
 }
 
@@ -213,10 +270,12 @@ mod cube {
         }
     }
 
-    /// One cube per row. Flags: bit 1 partials, 2 scale, 3-4 norm (1 RMS, 2 Layer), 5 bias.
+    /// One cube per row. Flags: bit 0 gathered base, 1 partials, 2 scale, 3-4 norm (1 RMS,
+    /// 2 Layer), 5 bias.
     #[cube(launch)]
-    fn residual_norm_rows<F: Float, P: Float, S: Float>(
+    fn residual_norm_rows<F: Float, P: Float, S: Float, I: Int>(
         x: &[F],
+        idx: &[I],
         partials: &[P],
         scale: &[S],
         weight: &[S],
@@ -226,10 +285,13 @@ mod cube {
         rows: u32,
         d: u32,
         parts: u32,
+        offset: u32,
+        stride: u32,
+        count: u32,
         eps: f32,
         #[comptime] flags: u32,
         #[comptime] units: usize,
-        #[define(F, P, S)] _dtypes: [ElemType; 3],
+        #[define(F, P, S, I)] _dtypes: [ElemType; 4],
     ) {
         let row = CUBE_POS as usize;
         if row >= rows as usize {
@@ -245,9 +307,26 @@ mod cube {
         // Pass 1: the new residual, in the model's dtype, and its sum and sum of squares.
         let mut sum = 0.0f32;
         let mut sumsq = 0.0f32;
+        let ibase = offset as usize + row * stride as usize;
         let mut j = unit;
         while j < d {
-            let mut v = f32::cast_from(x[base + j]);
+            let mut v = 0.0f32;
+            if comptime!(flags & 1 != 0) {
+                // Embedding rows of the row's tokens, summed in the model's dtype.
+                for s in 0..count as usize {
+                    let t = i32::cast_from(idx[ibase + s]);
+                    if t >= 0 {
+                        let e = f32::cast_from(x[t as usize * d + j]);
+                        if s == 0 {
+                            v = e;
+                        } else {
+                            v = f32::cast_from(F::cast_from(v + e));
+                        }
+                    }
+                }
+            } else {
+                v = f32::cast_from(x[base + j]);
+            }
             if comptime!(flags & 2 != 0) {
                 let mut u = 0.0f32;
                 for p in 0..parts {
@@ -323,17 +402,19 @@ mod cube {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn launch(
         x: CubeTensor,
+        idx: CubeTensor,
         partials: CubeTensor,
         scale: CubeTensor,
         weight: CubeTensor,
         bias: CubeTensor,
-        rows: u32,
-        d: u32,
+        sizes: [u32; 5],
         eps: f32,
         flags: u32,
         dtype: DType,
     ) -> (CubeTensor, CubeTensor) {
+        let [rows, d, offset, stride, count] = sizes;
         let x = into_contiguous(x);
+        let idx = into_contiguous(idx);
         let partials = into_contiguous(partials);
         let scale = into_contiguous(scale);
         let weight = into_contiguous(weight);
@@ -346,12 +427,18 @@ mod cube {
         let h_out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new(h_shape), dtype);
         // Stand-ins (absent inputs) are never read, so their dtype does not matter; present
         // scale, weight and bias are parameters in the model's dtype.
-        let dtypes = [dtype_to_storage_type(dtype), dtype_to_storage_type(partials.dtype), dtype_to_storage_type(dtype)];
+        let dtypes = [
+            dtype_to_storage_type(dtype),
+            dtype_to_storage_type(partials.dtype),
+            dtype_to_storage_type(dtype),
+            dtype_to_storage_type(idx.dtype),
+        ];
         residual_norm_rows::launch(
             &client,
             CubeCount::Static(rows, 1, 1),
             CubeDim::new_1d(units as u32),
             x.into_buffer_arg(),
+            idx.into_buffer_arg(),
             partials.into_buffer_arg(),
             scale.into_buffer_arg(),
             weight.into_buffer_arg(),
@@ -361,6 +448,9 @@ mod cube {
             rows,
             d,
             parts as u32,
+            offset,
+            stride,
+            count,
             eps,
             flags,
             units,

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::kernels::embed::{self, Column};
 use crate::kernels::matvec::{self, Input};
 use crate::kernels::pick as kpick;
-use crate::kernels::residual::residual_norm;
+use crate::kernels::residual::{Base, residual_norm};
 use crate::nn::transformer::TransformerState;
 
 /// Sampling settings of a session.
@@ -286,8 +286,13 @@ impl LmModel {
         let k = c.n_q + 1;
         let device = self.device();
         let dtype = self.dtype();
-        // Uploads: an upload after a launch would cost a queue submit.
-        let tokens = backend::ints(input.to_vec(), [b, k], &device);
+        // Uploads: an upload after a launch would cost a queue submit. With the input tables
+        // stacked in one, each token is shifted to its table's rows.
+        let shifted: Vec<i64> = match &self.input_table {
+            Some(t) => input.iter().enumerate().map(|(i, &v)| if v < 0 { v } else { v + t.offsets[i % k] as i64 }).collect(),
+            None => input.to_vec(),
+        };
+        let tokens = backend::ints(shifted, [b, k], &device);
         let mut draws = Vec::with_capacity(c.dep_q + 1);
         draws.push(
             state
@@ -306,14 +311,22 @@ impl LmModel {
         let rope = self.transformer.step_rope(&state.transformer, 1, &device);
         let mut picked = Tensor::<2, Int>::empty([c.dep_q + 1, b], &device);
 
-        // Temporal transformer and text token.
-        let tables = std::iter::once(&self.text_emb).chain(self.emb.iter());
-        let mut x = None;
-        for (s, table) in tables.enumerate() {
-            x = Some(embed::gather_add(table.val(), &tokens, Column { offset: s, stride: k }, b, x));
-        }
-        let x = x.ok_or_else(|| Error::input("an LM without input tables"))?;
-        let (_, h) = self.transformer.step(x.reshape([b, 1, c.dim]), None, &mut state.transformer, rope.as_ref(), Some(&self.out_norm))?;
+        // Temporal transformer and text token: the input rows (one launch with the tables
+        // stacked, else one per table), then the layers.
+        let first_norm = self.transformer.layers.first().map(|l| l.norm1.params());
+        let base = match &self.input_table {
+            Some(t) => Base::Gather { table: t.table.clone(), idx: tokens, column: Column { offset: 0, stride: k }, count: k, rows: b },
+            None => {
+                let tables = std::iter::once(&self.text_emb).chain(self.emb.iter());
+                let mut x = None;
+                for (s, table) in tables.enumerate() {
+                    x = Some(embed::gather_add(table.val(), &tokens, Column { offset: s, stride: k }, b, x));
+                }
+                Base::Rows(x.ok_or_else(|| Error::input("an LM without input tables"))?)
+            }
+        };
+        let (x, h0) = residual_norm(base, None, None, first_norm.as_ref(), dtype);
+        let (_, h) = self.transformer.step(x.reshape([b, 1, c.dim]), h0, &mut state.transformer, rope.as_ref(), Some(&self.out_norm))?;
         let h = h.ok_or_else(|| Error::input("the temporal step lost its output norm"))?;
         let logits = matvec::partials(Input::Rows(h.clone()), self.text_linear.val());
         picked = kpick::pick(logits, &params, &draws[0], 0, picked);
@@ -326,7 +339,7 @@ impl LmModel {
             let w = self.depformer_in_weight(step)?;
             let proj = matvec::partials(Input::Rows(h.clone()), w);
             let table = if step == 0 { &self.depformer_text_emb } else { &self.depformer_emb[step - 1] };
-            let prev = embed::gather_add(table.val(), &picked, Column { offset: step * b, stride: 1 }, b, None);
+            let prev = Base::Gather { table: table.val(), idx: picked.clone(), column: Column { offset: step * b, stride: 1 }, count: 1, rows: b };
             let (x, hn) = residual_norm(prev, Some(proj), None, first_norm.as_ref(), dtype);
             let (y, _) = self.depformer.step(x.reshape([b, 1, c.depformer_dim]), hn, dep_state, None, None)?;
             let logits = matvec::partials(Input::Rows(y), self.linears[step].val());

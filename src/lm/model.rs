@@ -42,6 +42,49 @@ pub struct LmModel {
     pub linears: Vec<Param<Tensor<2>>>,
     #[module(skip)]
     pub config: LmConfig,
+    /// The input tables stacked in one tensor, where the step's kernels run and it fits one
+    /// buffer (`text_emb` and `emb` are then views of it).
+    #[module(skip)]
+    pub input_table: Option<InputTable>,
+}
+
+/// The LM's input tables stacked, text first then each audio stream, and the first row of each:
+/// the temporal transformer's input is then one launch, one row per stream.
+#[derive(Clone, Debug)]
+pub struct InputTable {
+    pub table: Tensor<2>,
+    pub offsets: Vec<usize>,
+}
+
+impl InputTable {
+    /// Stacks `text` and `audio` and makes them views of the stack (their parameter ids kept),
+    /// where the kernels run on `device` and the stack fits one buffer; `None` elsewhere.
+    fn stack(text: &mut Param<Tensor<2>>, audio: &mut [Param<Tensor<2>>], device: &Device) -> Option<InputTable> {
+        if !crate::kernels::launches_on(device) {
+            return None;
+        }
+        let tables: Vec<Tensor<2>> = std::iter::once(text.val()).chain(audio.iter().map(|p| p.val())).collect();
+        let rows: Vec<usize> = tables.iter().map(|t| t.dims()[0]).collect();
+        let dim = tables.first()?.dims()[1];
+        let total: usize = rows.iter().sum();
+        let bytes = (total * dim * tables[0].dtype().size()) as u64;
+        if backend::max_tensor_bytes(device).is_some_and(|max| bytes > max) {
+            return None;
+        }
+        let table = Tensor::cat(tables, 0);
+        let mut offsets = Vec::with_capacity(rows.len());
+        let mut at = 0;
+        for r in &rows {
+            offsets.push(at);
+            at += r;
+        }
+        let view = |p: &Param<Tensor<2>>, at: usize, r: usize| Param::initialized(p.id, table.clone().narrow(0, at, r));
+        *text = view(text, offsets[0], rows[0]);
+        for (i, p) in audio.iter_mut().enumerate() {
+            *p = view(p, offsets[i + 1], rows[i + 1]);
+        }
+        Some(InputTable { table, offsets })
+    }
 }
 
 fn lin(x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<3> {
@@ -73,9 +116,10 @@ impl LmModel {
     pub fn build(w: &mut dyn Weights, config: LmConfig) -> Result<Self> {
         config.validate()?;
         let c = &config;
-        let emb =
+        let mut emb =
             (0..c.n_q).map(|k| w.param(&format!("emb.{k}.weight"), [c.card + 1, c.dim])).collect::<Result<Vec<_>>>()?;
-        let text_emb = w.param("text_emb.weight", [c.text_card + 1, c.dim])?;
+        let mut text_emb = w.param("text_emb.weight", [c.text_card + 1, c.dim])?;
+        let input_table = InputTable::stack(&mut text_emb, &mut emb, w.device());
         let transformer = Transformer::load(w, "transformer", c.transformer_spec()?)?;
         let out_norm = Norm::load(w, "out_norm", NormKind::parse(&c.norm)?, c.dim)?;
         let text_linear = w.linear("text_linear.weight", &[c.text_out(), c.dim], c.text_out(), c.dim)?;
@@ -110,6 +154,7 @@ impl LmModel {
             depformer,
             linears,
             config,
+            input_table,
         })
     }
 

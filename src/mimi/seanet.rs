@@ -4,7 +4,8 @@
 use burn::prelude::*;
 
 use super::config::SeanetConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::kernels::conv::ConvOut;
 use crate::nn::conv::{Conv1d, ConvSpec, ConvState, ConvTr1d, ConvTrState};
 use crate::weights::Weights;
 
@@ -29,9 +30,24 @@ impl ResBlock {
         })
     }
 
-    fn forward(&self, s1: &mut ConvState, s2: &mut ConvState, x: Tensor<3>) -> Result<Tensor<3>> {
-        let h = self.conv1.forward_fused(s1, x.clone(), true, None)?;
-        self.conv2.forward_fused(s2, h, true, Some(x))
+    /// `x + conv2(elu(conv1(elu(x))))` from `x` and `elu(x)`; returns the output and its ELU.
+    fn forward(&self, s1: &mut ConvState, s2: &mut ConvState, x: Activated) -> Result<Activated> {
+        let h = Activated::of(self.conv1.forward_fused(s1, x.elu, false, None, true)?)?;
+        Activated::of(self.conv2.forward_fused(s2, h.elu, false, Some(x.x), true)?)
+    }
+}
+
+/// A layer's output and its ELU, which the next layer takes as its input: computed once by the
+/// layer that writes it rather than once per tap by the one that reads it.
+struct Activated {
+    x: Tensor<3>,
+    elu: Tensor<3>,
+}
+
+impl Activated {
+    fn of(out: ConvOut) -> Result<Self> {
+        let elu = out.activated.ok_or_else(|| Error::input("a SEANet layer did not return its activation"))?;
+        Ok(Self { x: out.y, elu })
     }
 }
 
@@ -111,17 +127,17 @@ impl SeanetEncoder {
     /// Audio `[B, 1, T]` to latents `[B, dim, T / hop]`.
     pub fn forward(&self, state: &mut [ConvState], x: Tensor<3>) -> Result<Tensor<3>> {
         let mut it = state.iter_mut();
-        let mut next = || it.next().ok_or_else(|| crate::error::Error::input("SEANet encoder state is incomplete"));
-        let mut x = self.first.forward(next()?, x)?;
+        let mut next = || it.next().ok_or_else(|| Error::input("SEANet encoder state is incomplete"));
+        let mut x = Activated::of(self.first.forward_fused(next()?, x, false, None, true)?)?;
         for st in &self.stages {
             for r in &st.res {
                 let s1 = next()?;
                 let s2 = next()?;
                 x = r.forward(s1, s2, x)?;
             }
-            x = st.down.forward_fused(next()?, x, true, None)?;
+            x = Activated::of(st.down.forward_fused(next()?, x.elu, false, None, true)?)?;
         }
-        self.last.forward_fused(next()?, x, true, None)
+        Ok(self.last.forward_fused(next()?, x.elu, false, None, false)?.y)
     }
 }
 
@@ -206,18 +222,18 @@ impl SeanetDecoder {
 
     /// Latents `[B, dim, T]` to audio `[B, 1, T * hop]`.
     pub fn forward(&self, state: &mut DecoderState, x: Tensor<3>) -> Result<Tensor<3>> {
-        let incomplete = || crate::error::Error::input("SEANet decoder state is incomplete");
+        let incomplete = || Error::input("SEANet decoder state is incomplete");
         let mut convs = state.convs.iter_mut();
         let mut ups = state.ups.iter_mut();
-        let mut x = self.first.forward(convs.next().ok_or_else(incomplete)?, x)?;
+        let mut x = Activated::of(self.first.forward_fused(convs.next().ok_or_else(incomplete)?, x, false, None, true)?)?;
         for st in &self.stages {
-            x = st.up.forward_fused(ups.next().ok_or_else(incomplete)?, x, true)?;
+            x = Activated::of(st.up.forward_fused(ups.next().ok_or_else(incomplete)?, x.elu, false, true)?)?;
             for r in &st.res {
                 let s1 = convs.next().ok_or_else(incomplete)?;
                 let s2 = convs.next().ok_or_else(incomplete)?;
                 x = r.forward(s1, s2, x)?;
             }
         }
-        self.last.forward_fused(convs.next().ok_or_else(incomplete)?, x, true, None)
+        Ok(self.last.forward_fused(convs.next().ok_or_else(incomplete)?, x.elu, false, None, false)?.y)
     }
 }

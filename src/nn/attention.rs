@@ -15,13 +15,21 @@ use crate::error::{Error, Result};
 use crate::kernels::attention::Ring;
 
 /// Keys and values of one layer for one stream.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct KvCache {
     k: Option<Tensor<4>>,
     v: Option<Tensor<4>>,
     capacity: usize,
     /// Number of positions written so far.
     end: usize,
+}
+
+/// A clone owns its own ring on the device: the fused step writes rings in place.
+impl Clone for KvCache {
+    fn clone(&self) -> Self {
+        let copy = |t: &Option<Tensor<4>>| t.as_ref().map(|t| t.clone().mul_scalar(1.0));
+        Self { k: copy(&self.k), v: copy(&self.v), capacity: self.capacity, end: self.end }
+    }
 }
 
 impl KvCache {

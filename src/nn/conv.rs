@@ -11,7 +11,7 @@ use burn::module::Param;
 use burn::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::conv::{self, ConvShape};
+use crate::kernels::conv::{self, ConvOut, ConvShape};
 use crate::weights::Weights;
 
 /// Shape of a 1-D convolution.
@@ -131,12 +131,20 @@ impl Conv1d {
 
     /// Convolves a chunk `[B, C, T]` (T a multiple of the stride), updating the state.
     pub fn forward(&self, state: &mut ConvState, x: Tensor<3>) -> Result<Tensor<3>> {
-        self.forward_fused(state, x, false, None)
+        Ok(self.forward_fused(state, x, false, None, false)?.y)
     }
 
-    /// [`Conv1d::forward`] of `elu(x)` when `elu`, plus `res` `[B, Cout, T / stride]` when given:
-    /// one launch on a CubeCL device (`kernels/conv.rs`). The state keeps the activated inputs.
-    pub fn forward_fused(&self, state: &mut ConvState, x: Tensor<3>, elu: bool, res: Option<Tensor<3>>) -> Result<Tensor<3>> {
+    /// [`Conv1d::forward`] of `elu(x)` when `elu`, plus `res` `[B, Cout, T / stride]` when given,
+    /// and `elu` of the output too when `elu_out`: one launch on a CubeCL device
+    /// (`kernels/conv.rs`). The state keeps the activated inputs.
+    pub fn forward_fused(
+        &self,
+        state: &mut ConvState,
+        x: Tensor<3>,
+        elu: bool,
+        res: Option<Tensor<3>>,
+        elu_out: bool,
+    ) -> Result<ConvOut> {
         let [b, _, t] = x.dims();
         if t == 0 || t % self.stride != 0 {
             return Err(Error::input(format!(
@@ -148,12 +156,12 @@ impl Conv1d {
             return Err(Error::input(format!("conv state holds {} streams, input has {b}", state.first.len())));
         }
         let first: Vec<bool> = if self.replicate { state.first.clone() } else { vec![false; b] };
-        let shape = ConvShape { stride: self.stride, dilation: self.dilation, groups: self.groups, elu };
-        let (y, next) =
+        let shape = ConvShape { stride: self.stride, dilation: self.dilation, groups: self.groups, elu, elu_out };
+        let mut out =
             conv::conv1d(x, state.prev.take(), self.weight.val(), self.bias.as_ref().map(|b| b.val()), res, shape, &first);
-        state.prev = next;
+        state.prev = out.next.take();
         state.first.iter_mut().for_each(|f| *f = false);
-        Ok(y)
+        Ok(out)
     }
 }
 
@@ -220,12 +228,12 @@ impl ConvTr1d {
 
     /// Upsamples a chunk `[B, C, T]` to `[B, out, T * stride]`, updating the state.
     pub fn forward(&self, state: &mut ConvTrState, x: Tensor<3>) -> Result<Tensor<3>> {
-        self.forward_fused(state, x, false)
+        Ok(self.forward_fused(state, x, false, false)?.y)
     }
 
-    /// [`ConvTr1d::forward`] of `elu(x)` when `elu`: one launch on a CubeCL device
-    /// (`kernels/conv.rs`).
-    pub fn forward_fused(&self, state: &mut ConvTrState, x: Tensor<3>, elu: bool) -> Result<Tensor<3>> {
+    /// [`ConvTr1d::forward`] of `elu(x)` when `elu`, with `elu` of the output too when `elu_out`:
+    /// one launch on a CubeCL device (`kernels/conv.rs`).
+    pub fn forward_fused(&self, state: &mut ConvTrState, x: Tensor<3>, elu: bool, elu_out: bool) -> Result<ConvOut> {
         let [b, _, t] = x.dims();
         if t == 0 {
             return Err(Error::input("transposed conv input is empty"));
@@ -233,10 +241,11 @@ impl ConvTr1d {
         if b != state.batch {
             return Err(Error::input(format!("transposed conv state holds {} streams, input has {b}", state.batch)));
         }
-        let shape = ConvShape { stride: self.stride, dilation: 1, groups: self.groups, elu };
-        let (y, next) = conv::conv_tr1d(x, state.partial.take(), self.weight.val(), self.bias.as_ref().map(|b| b.val()), shape);
-        state.partial = next;
-        Ok(y)
+        let shape = ConvShape { stride: self.stride, dilation: 1, groups: self.groups, elu, elu_out };
+        let mut out =
+            conv::conv_tr1d(x, state.partial.take(), self.weight.val(), self.bias.as_ref().map(|b| b.val()), shape);
+        state.partial = out.next.take();
+        Ok(out)
     }
 }
 

@@ -16,7 +16,7 @@ use super::rope::RopeTables;
 use crate::error::{Error, Result};
 use crate::kernels::attention::{self, Rope};
 use crate::kernels::matvec::{self, Input};
-use crate::kernels::residual::residual_norm;
+use crate::kernels::residual::{Base, residual_norm};
 use crate::weights::Weights;
 
 /// Positional embedding of a transformer.
@@ -350,7 +350,7 @@ impl Transformer {
         let first = self.layers[0].norm1.params();
         let mut h = match h {
             Some(h) => Some(h),
-            None => residual_norm(x.clone(), None, None, Some(&first), dtype).1,
+            None => residual_norm(Base::Rows(x.clone()), None, None, Some(&first), dtype).1,
         };
         for (li, layer) in self.layers.iter().enumerate() {
             let weights = |ws: &[Param<Tensor<2>>]| {
@@ -370,7 +370,7 @@ impl Transformer {
             }
             let update = matvec::partials(Input::Rows(out.reshape([1, rows, c])), weights(&layer.out_proj)?);
             let scale1 = layer.scale1.as_ref().map(|s| s.val());
-            let (x1, h1) = residual_norm(x, Some(update), scale1, Some(&layer.norm2.params()), dtype);
+            let (x1, h1) = residual_norm(Base::Rows(x), Some(update), scale1, Some(&layer.norm2.params()), dtype);
             let h1 = h1.ok_or_else(|| Error::input("fused step lost its normalised input"))?;
             // Feed-forward block.
             let g = matvec::partials(Input::Rows(h1.reshape([1, rows, c])), weights(&layer.ffn_in)?);
@@ -384,7 +384,7 @@ impl Transformer {
                 None => final_norm.map(Norm::params),
             };
             let scale2 = layer.scale2.as_ref().map(|s| s.val());
-            let (x2, h2) = residual_norm(x1, Some(update), scale2, next.as_ref(), dtype);
+            let (x2, h2) = residual_norm(Base::Rows(x1), Some(update), scale2, next.as_ref(), dtype);
             x = x2;
             h = h2;
         }
