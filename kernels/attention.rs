@@ -59,10 +59,37 @@ impl Ring {
     }
 }
 
+/// Widest model whose attention launch also applies the output projection ([`Target::Projected`]):
+/// each head's cube then reads its slice of the projection, which pays only where that is small.
+pub const PROJECT_MAX_WIDTH: usize = 1024;
+
+/// Where a step's attention output goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Rows `[rows, d]` of attention output, in the model's dtype.
+    Rows(Tensor<2>),
+    /// The output projection `w` `[d, d]` (input-major) applied too: partials `[parts, rows, d]`
+    /// (f32 from the kernel, one part per head; the model's dtype from the reference, one part).
+    Projected { partials: Tensor<3>, w: Tensor<2> },
+}
+
+impl Target {
+    /// The result: rows or partials.
+    pub fn into_tensor(self) -> Tensor<3> {
+        match self {
+            Target::Rows(r) => {
+                let [rows, d] = r.dims();
+                r.reshape([1, rows, d])
+            }
+            Target::Projected { partials, .. } => partials,
+        }
+    }
+}
+
 /// One stream's step: rows `row0 .. row0 + t` of the partials `qkv` `[parts, rows, 3d]` are its
 /// new positions; `k`, `v` `[1, heads, cap, hd]` its ring (in the model's dtype); `rope` the
-/// step's tables, of which this stream's are row `row0 / t`. Writes the attention output into
-/// rows `row0 ..` of `out` `[rows, d]` and returns it with the updated ring.
+/// step's tables, of which this stream's are row `row0 / t`. Writes the attention output (or its
+/// projection) into rows `row0 ..` of the target and returns it with the updated ring.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     qkv: Tensor<3>,
@@ -72,10 +99,10 @@ pub fn attend(
     v: Tensor<4>,
     rope: Option<&Rope>,
     ring: Ring,
-    out: Tensor<2>,
-) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
-    if !uses_kernel(&qkv, t, &k, &v, rope, ring, &out) {
-        return reference(qkv, row0, t, k, v, rope, ring, out);
+    target: Target,
+) -> (Target, Tensor<4>, Tensor<4>) {
+    if !uses_kernel(&qkv, t, &k, &v, rope, ring, &target) {
+        return reference(qkv, row0, t, k, v, rope, ring, target);
     }
     let [_, heads, cap, _] = k.dims();
     let (cos, sin, mode) = match rope {
@@ -83,22 +110,36 @@ pub fn attend(
         // Stand-ins, never read.
         None => (qkv.clone(), qkv.clone(), 0),
     };
+    let (out, w, project) = match target {
+        Target::Rows(out) => {
+            let stand_in = out.clone();
+            (out.reshape([1, -1]), stand_in, false)
+        }
+        Target::Projected { partials, w } => (partials.reshape([1, -1]), w, true),
+    };
+    let out_shape = out.dims();
     let (out, k, v) = <Dispatch as AttentionBackend>::attend_step(
         qkv.into_dispatch(),
         cos.into_dispatch(),
         sin.into_dispatch(),
         k.into_dispatch(),
         v.into_dispatch(),
+        w.clone().into_dispatch(),
         out.into_dispatch(),
-        row0 as u32,
-        t as u32,
-        ring.written as u32,
-        ring.context.unwrap_or(0) as u32,
-        heads as u32,
-        cap as u32,
+        [row0 as u32, t as u32, ring.written as u32, ring.context.unwrap_or(0) as u32, heads as u32, cap as u32],
         mode,
+        project,
     );
-    (Tensor::from_dispatch(out), Tensor::from_dispatch(k), Tensor::from_dispatch(v))
+    let out = Tensor::<2>::from_dispatch(out);
+    debug_assert_eq!(out.dims(), out_shape);
+    let d = w.dims()[1];
+    let target = if project {
+        let total = out.dims()[1];
+        Target::Projected { partials: out.reshape([heads, total / (heads * d), d]), w }
+    } else {
+        Target::Rows(out.reshape([-1, d as i32]))
+    };
+    (target, Tensor::from_dispatch(k), Tensor::from_dispatch(v))
 }
 
 /// Whether [`attend`] launches the kernel: everything on a CubeCL device without autodiff, f32 or
@@ -111,7 +152,7 @@ pub fn uses_kernel(
     v: &Tensor<4>,
     rope: Option<&Rope>,
     ring: Ring,
-    out: &Tensor<2>,
+    target: &Target,
 ) -> bool {
     let float = |t: DType| matches!(t, DType::F32 | DType::F16);
     let [_, heads, cap, hd] = k.dims();
@@ -123,12 +164,20 @@ pub fn uses_kernel(
         && t * cap <= MAX_SCORES
         && cap == ring.capacity
         && qkv.dims()[2] == 3 * d
-        && out.dims()[1] == d
+        && match target {
+            Target::Rows(out) => out.dims()[1] == d && out.dtype() == k.dtype(),
+            Target::Projected { partials, w } => {
+                partials.dtype() == DType::F32
+                    && partials.dims()[0] == heads
+                    && partials.dims()[2] == d
+                    && w.dims() == [d, d]
+                    && w.dtype() == k.dtype()
+            }
+        }
         && v.dims() == k.dims()
         && float(qkv.dtype())
         && float(k.dtype())
         && v.dtype() == k.dtype()
-        && out.dtype() == k.dtype()
         && rope.is_none_or(|r| r.cos.dims()[2] * 2 == hd && r.cos.dtype() == DType::F32 && r.sin.dtype() == DType::F32)
         && on_cube(qkv.device())
         && on_cube(k.device())
@@ -145,8 +194,8 @@ pub fn reference(
     v_ring: Tensor<4>,
     rope: Option<&Rope>,
     ring: Ring,
-    out: Tensor<2>,
-) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
+    target: Target,
+) -> (Target, Tensor<4>, Tensor<4>) {
     let [_, heads, cap, hd] = k_ring.dims();
     let d = heads * hd;
     let dtype = k_ring.dtype();
@@ -177,8 +226,21 @@ pub fn reference(
     let scores = q.matmul(ck.clone().swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt()) + bias;
     let attn = softmax(scores, 3).matmul(cv.clone());
     let rows_out = attn.swap_dims(1, 2).reshape([t, d]);
-    let out = out.slice_assign([row0..row0 + t, 0..d], rows_out);
-    (out, ck, cv)
+    let target = match target {
+        Target::Rows(out) => Target::Rows(out.slice_assign([row0..row0 + t, 0..d], rows_out)),
+        Target::Projected { partials, w } => {
+            // One part: the projection by Burn's product, in the rows of this stream.
+            let projected = super::matvec::reference(rows_out.reshape([1, t, d]), w.clone()).cast(DType::F32);
+            let rows = partials.dims()[1];
+            let partials = if partials.dims()[0] == 1 {
+                partials
+            } else {
+                Tensor::zeros([1, rows, d], (&device, DType::F32))
+            };
+            Target::Projected { partials: partials.slice_assign([0..1, row0..row0 + t, 0..d], projected), w }
+        }
+    };
+    (target, ck, cv)
 }
 
 /// RoPE of `x` `[1, H, T, D]` in f32 with tables `[1, 1, T, D/2]`, returned in `x`'s dtype.
@@ -221,7 +283,8 @@ pub fn mask_bias(q_pos: &[i64], k_pos: &[i64], context: Option<usize>, device: &
 #[backend_extension(Cube)]
 pub trait AttentionBackend: Backend {
     /// `(out, k, v)` of [`attend`]; `cos`, `sin` are stand-ins when `rope_mode` is 0 (1:
-    /// interleaved pairs, 2: halves).
+    /// interleaved pairs, 2: halves), `w_out` when not `project`. `sizes`: first row, positions,
+    /// positions written before, context (0: none), heads, ring capacity.
     #[allow(clippy::too_many_arguments)]
     fn attend_step(
         qkv: FloatTensor<Self>,
@@ -229,14 +292,11 @@ pub trait AttentionBackend: Backend {
         sin: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        w_out: FloatTensor<Self>,
         out: FloatTensor<Self>,
-        row0: u32,
-        t: u32,
-        written: u32,
-        context: u32,
-        heads: u32,
-        cap: u32,
+        sizes: [u32; 6],
         rope_mode: u32,
+        project: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -247,16 +307,13 @@ impl AttentionBackend for Cube {
         sin: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        w_out: FloatTensor<Self>,
         out: FloatTensor<Self>,
-        row0: u32,
-        t: u32,
-        written: u32,
-        context: u32,
-        heads: u32,
-        cap: u32,
+        sizes: [u32; 6],
         rope_mode: u32,
+        project: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        cube::launch(qkv, cos, sin, k, v, out, row0, t, written, context, heads, cap, rope_mode)
+        cube::launch(qkv, cos, sin, k, v, w_out, out, sizes, rope_mode, project)
     }
 }
 
@@ -281,7 +338,9 @@ mod cube {
         sin: &[f32],
         k_ring: &mut [F],
         v_ring: &mut [F],
+        w_out: &[F],
         out: &mut [F],
+        proj: &mut [f32],
         rows: u32,
         parts: u32,
         row0: u32,
@@ -294,6 +353,7 @@ mod cube {
         #[comptime] rope_mode: u32,
         #[comptime] max_t: usize,
         #[comptime] cap_max: usize,
+        #[comptime] project: bool,
         #[define(P, F)] _dtypes: [ElemType; 2],
     ) {
         let head = CUBE_POS_X as usize;
@@ -314,6 +374,7 @@ mod cube {
         let mut vs = Shared::<[f32]>::new_slice(max_t * hd);
         let mut sc = Shared::<[f32]>::new_slice(max_t * cap_max);
         let mut red = Shared::<[f32]>::new_slice(hd);
+        let mut os = Shared::<[f32]>::new_slice(max_t * hd);
 
         // The new positions' q, k, v: partials summed in order, rounded to the model's dtype.
         for t in 0..t_len {
@@ -458,8 +519,26 @@ mod cube {
                     o += w * vv;
                 }
             }
-            out[(row0 + t) * d + head * hd + u] = F::cast_from(o / total);
+            let o = F::cast_from(o / total);
+            if project {
+                os[t * hd + u] = f32::cast_from(o);
+            } else {
+                out[(row0 + t) * d + head * hd + u] = o;
+            }
             sync_cube();
+        }
+        if project {
+            // This head's part of the output projection: columns `m * hd + u`, one per head.
+            for t in 0..t_len {
+                for m in 0..heads {
+                    let col = m * hd + u;
+                    let mut acc = 0.0f32;
+                    for j in 0..hd {
+                        acc += os[t * hd + j] * f32::cast_from(w_out[(head * hd + j) * d + col]);
+                    }
+                    proj[(head * rows + row0 + t) * d + col] = acc;
+                }
+            }
         }
     }
 
@@ -470,18 +549,17 @@ mod cube {
         sin: CubeTensor,
         k: CubeTensor,
         v: CubeTensor,
+        w_out: CubeTensor,
         out: CubeTensor,
-        row0: u32,
-        t: u32,
-        written: u32,
-        context: u32,
-        heads: u32,
-        cap: u32,
+        sizes: [u32; 6],
         rope_mode: u32,
+        project: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let [row0, t, written, context, heads, cap] = sizes;
         let qkv = into_contiguous(qkv);
         let cos = into_contiguous(cos);
         let sin = into_contiguous(sin);
+        let w_out = into_contiguous(w_out);
         let k = owned(k);
         let v = owned(v);
         let out = owned(out);
@@ -490,6 +568,15 @@ mod cube {
         let (parts, rows) = (dims[0], dims[1]);
         let hd = k.meta.shape()[3];
         let dtypes = [dtype_to_storage_type(qkv.dtype), dtype_to_storage_type(k.dtype)];
+        // The output is rows in the model's dtype, or the projection's f32 partials: the other
+        // binding is a stand-in (the same buffer may not be bound twice for writing).
+        let stand_in = burn_cubecl::ops::numeric::empty_device_dtype(
+            client.clone(),
+            k.device.clone(),
+            burn::tensor::Shape::new([1]),
+            if project { k.dtype } else { burn::tensor::DType::F32 },
+        );
+        let (rows_out, proj_out) = if project { (stand_in, out.clone()) } else { (out.clone(), stand_in) };
         attend_rows::launch(
             &client,
             CubeCount::Static(heads, 1, 1),
@@ -499,7 +586,9 @@ mod cube {
             sin.into_buffer_arg(),
             k.clone().into_buffer_arg(),
             v.clone().into_buffer_arg(),
-            out.clone().into_buffer_arg(),
+            w_out.into_buffer_arg(),
+            rows_out.into_buffer_arg(),
+            proj_out.into_buffer_arg(),
             rows as u32,
             parts as u32,
             row0,
@@ -512,6 +601,7 @@ mod cube {
             rope_mode,
             t as usize,
             cap as usize,
+            project,
             dtypes,
         );
         (out, k, v)

@@ -44,6 +44,12 @@ pub fn launches_on(device: &Device) -> bool {
     matches!(device.as_dispatch(), DispatchDevice::Cube(_))
 }
 
+/// Whether the kernels launch on `device` now: a CubeCL device without autodiff (an autodiff
+/// device is its own `DispatchDevice` variant), with the kernels on.
+pub fn run_on(device: &Device) -> bool {
+    on_cube(device.clone())
+}
+
 /// Whether `device` is a CubeCL device without autodiff (an autodiff device is its own
 /// `DispatchDevice` variant) and the kernels are on: where the kernels here launch.
 fn on_cube(device: Device) -> bool {

@@ -23,6 +23,20 @@ use super::embed::Column;
 use super::matvec::sum_parts;
 use super::on_cube;
 
+/// An update: columns `offset .. offset + d` of partials `[parts, rows, width]` (a product's
+/// partials, or a window of several products computed in one launch).
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub partials: Tensor<3>,
+    pub offset: usize,
+}
+
+impl From<Tensor<3>> for Update {
+    fn from(partials: Tensor<3>) -> Self {
+        Update { partials, offset: 0 }
+    }
+}
+
 /// What the update is added to.
 #[derive(Clone, Debug)]
 pub enum Base {
@@ -86,13 +100,15 @@ impl NormParams {
 /// dtype as the unfused layers do.
 pub fn reference(
     base: Base,
-    partials: Option<Tensor<3>>,
+    update: Option<Update>,
     scale: Option<Tensor<1>>,
     norm: Option<&NormParams>,
     dtype: DType,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
     let x = base.materialize();
-    let update = partials.map(|p| {
+    let d = x.dims()[1];
+    let update = update.map(|u| {
+        let p = if u.offset == 0 && u.partials.dims()[2] == d { u.partials } else { u.partials.narrow(2, u.offset, d) };
         let u = sum_parts(p, dtype);
         match &scale {
             Some(s) => {
@@ -114,18 +130,18 @@ pub fn reference(
 /// model's `dtype`; `scale` and the norm's tensors `[d]`.
 pub fn residual_norm(
     base: Base,
-    partials: Option<Tensor<3>>,
+    update: Option<Update>,
     scale: Option<Tensor<1>>,
     norm: Option<&NormParams>,
     dtype: DType,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
-    if !uses_kernel(&base, partials.as_ref(), scale.as_ref(), norm, dtype) {
-        return reference(base, partials, scale, norm, dtype);
+    if !uses_kernel(&base, update.as_ref(), scale.as_ref(), norm, dtype) {
+        return reference(base, update, scale, norm, dtype);
     }
     let (rows, d) = base.rows_d();
     let flags = Flags {
         gather: matches!(base, Base::Gather { .. }),
-        has_partials: partials.is_some(),
+        has_partials: update.is_some(),
         has_scale: scale.is_some(),
         norm: match norm {
             None => 0,
@@ -144,14 +160,15 @@ pub fn residual_norm(
     // Absent inputs are stood in for by `x` (never read: the kernel's flags say so).
     let any = x.clone().reshape([-1]);
     let stand_in = |t: Option<Tensor<1>>| t.unwrap_or_else(|| any.clone());
+    let p_offset = update.as_ref().map_or(0, |u| u.offset);
     let (xo, ho) = <Dispatch as ResidualBackend>::residual_norm(
         x.into_dispatch(),
         idx.into_dispatch(),
-        partials.unwrap_or_else(|| any.clone().reshape([1, 1, -1])).into_dispatch(),
+        update.map(|u| u.partials).unwrap_or_else(|| any.clone().reshape([1, 1, -1])).into_dispatch(),
         stand_in(scale).into_dispatch(),
         stand_in(norm.map(|n| n.weight.clone())).into_dispatch(),
         stand_in(norm.and_then(|n| n.bias.clone())).into_dispatch(),
-        [rows as u32, d as u32, column.offset as u32, column.stride as u32, count as u32],
+        [rows as u32, d as u32, column.offset as u32, column.stride as u32, count as u32, p_offset as u32],
         norm.map_or(0.0, |n| n.eps as f32),
         flags.code(),
         dtype,
@@ -185,7 +202,7 @@ impl Flags {
 /// f32 or f16, shapes consistent (a mismatch takes the reference, which reports it).
 pub fn uses_kernel(
     base: &Base,
-    partials: Option<&Tensor<3>>,
+    update: Option<&Update>,
     scale: Option<&Tensor<1>>,
     norm: Option<&NormParams>,
     dtype: DType,
@@ -207,7 +224,10 @@ pub fn uses_kernel(
         && base_ok
         && x.dtype() == dtype
         && on_cube(x.device())
-        && partials.is_none_or(|p| p.dims()[1] == rows && p.dims()[2] == d && float(p.dtype()) && on_cube(p.device()))
+        && update.is_none_or(|u| {
+            let p = &u.partials;
+            p.dims()[1] == rows && u.offset + d <= p.dims()[2] && float(p.dtype()) && on_cube(p.device())
+        })
         && ones(scale)
         && norm.is_none_or(|n| ones(Some(&n.weight)) && ones(n.bias.as_ref()))
 }
@@ -216,7 +236,8 @@ pub fn uses_kernel(
 #[backend_extension(Cube)]
 pub trait ResidualBackend: Backend {
     /// `(x', h)` of [`residual_norm`]; absent inputs are stood in for by `x` and named by
-    /// `flags`; `h` is a one-value placeholder when there is no norm.
+    /// `flags`; `h` is a one-value placeholder when there is no norm. `sizes`: rows, width, the
+    /// gather's offset, stride and count, the update's first column.
     #[allow(clippy::too_many_arguments)]
     fn residual_norm(
         x: FloatTensor<Self>,
@@ -225,7 +246,7 @@ pub trait ResidualBackend: Backend {
         scale: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        sizes: [u32; 5],
+        sizes: [u32; 6],
         eps: f32,
         flags: u32,
         dtype: DType,
@@ -240,7 +261,7 @@ impl ResidualBackend for Cube {
         scale: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        sizes: [u32; 5],
+        sizes: [u32; 6],
         eps: f32,
         flags: u32,
         dtype: DType,
@@ -285,6 +306,8 @@ mod cube {
         rows: u32,
         d: u32,
         parts: u32,
+        p_offset: u32,
+        p_width: u32,
         offset: u32,
         stride: u32,
         count: u32,
@@ -330,7 +353,7 @@ mod cube {
             if comptime!(flags & 2 != 0) {
                 let mut u = 0.0f32;
                 for p in 0..parts {
-                    u += f32::cast_from(partials[(p * rows + row) * d + j]);
+                    u += f32::cast_from(partials[(p * rows + row) * p_width as usize + p_offset as usize + j]);
                 }
                 let mut u = f32::cast_from(F::cast_from(u));
                 if comptime!(flags & 4 != 0) {
@@ -407,12 +430,12 @@ mod cube {
         scale: CubeTensor,
         weight: CubeTensor,
         bias: CubeTensor,
-        sizes: [u32; 5],
+        sizes: [u32; 6],
         eps: f32,
         flags: u32,
         dtype: DType,
     ) -> (CubeTensor, CubeTensor) {
-        let [rows, d, offset, stride, count] = sizes;
+        let [rows, d, offset, stride, count, p_offset] = sizes;
         let x = into_contiguous(x);
         let idx = into_contiguous(idx);
         let partials = into_contiguous(partials);
@@ -421,6 +444,7 @@ mod cube {
         let bias = into_contiguous(bias);
         let client = x.client.clone();
         let parts = if flags & 2 != 0 { partials.meta.shape()[0] } else { 0 };
+        let p_width = partials.meta.shape()[2];
         let units = units_for(d as usize, client.properties().hardware.max_units_per_cube);
         let x_out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([rows as usize, d as usize]), dtype);
         let h_shape = if (flags >> 3) & 3 != 0 { [rows as usize, d as usize] } else { [1, 1] };
@@ -448,6 +472,8 @@ mod cube {
             rows,
             d,
             parts as u32,
+            p_offset,
+            p_width as u32,
             offset,
             stride,
             count,

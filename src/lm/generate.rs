@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::kernels::embed::{self, Column};
 use crate::kernels::matvec::{self, Input};
 use crate::kernels::pick as kpick;
-use crate::kernels::residual::{Base, residual_norm};
+use crate::kernels::residual::{Base, Update, residual_norm};
 use crate::nn::transformer::TransformerState;
 
 /// Sampling settings of a session.
@@ -335,9 +335,13 @@ impl LmModel {
         let dep_state = &mut state.depformer;
         dep_state.reset();
         let first_norm = self.depformer.layers.first().map(|l| l.norm1.params());
+        // Every depth step's input projection of the temporal output, in one launch.
+        let all = self.depformer_in_all.as_ref().map(|w| matvec::partials(Input::Rows(h.clone()), w.clone()));
         for step in 0..c.dep_q {
-            let w = self.depformer_in_weight(step)?;
-            let proj = matvec::partials(Input::Rows(h.clone()), w);
+            let proj = match &all {
+                Some(p) => Update { partials: p.clone(), offset: step * c.depformer_dim },
+                None => matvec::partials(Input::Rows(h.clone()), self.depformer_in_weight(step)?).into(),
+            };
             let table = if step == 0 { &self.depformer_text_emb } else { &self.depformer_emb[step - 1] };
             let prev = Base::Gather { table: table.val(), idx: picked.clone(), column: Column { offset: step * b, stride: 1 }, count: 1, rows: b };
             let (x, hn) = residual_norm(prev, Some(proj), None, first_norm.as_ref(), dtype);

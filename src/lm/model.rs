@@ -46,6 +46,11 @@ pub struct LmModel {
     /// buffer (`text_emb` and `emb` are then views of it).
     #[module(skip)]
     pub input_table: Option<InputTable>,
+    /// The depth transformer's input projections side by side `[dim, dep_q * depformer_dim]`,
+    /// step by step, where the step's kernels run and it fits one buffer: a device step projects
+    /// the temporal output for every depth step in one launch.
+    #[module(skip)]
+    pub depformer_in_all: Option<Tensor<2>>,
 }
 
 /// The LM's input tables stacked, text first then each audio stream, and the first row of each:
@@ -134,6 +139,7 @@ impl LmModel {
         let depformer_in = (0..n_in)
             .map(|k| w.linear(&format!("depformer_in.{k}.weight"), &[c.depformer_dim, c.dim], c.depformer_dim, c.dim))
             .collect::<Result<Vec<_>>>()?;
+        let depformer_in_all = stack_columns(&depformer_in, c, w.device());
         let depformer_emb = (0..c.dep_q - 1)
             .map(|k| w.param(&format!("depformer_emb.{k}.weight"), [c.card + 1, c.depformer_dim]))
             .collect::<Result<Vec<_>>>()?;
@@ -155,6 +161,7 @@ impl LmModel {
             linears,
             config,
             input_table,
+            depformer_in_all,
         })
     }
 
@@ -355,6 +362,30 @@ impl LmModel {
     pub fn init_depformer_state(&self, batch: usize) -> Result<TransformerState> {
         self.depformer.init_state(batch)
     }
+}
+
+/// The depth steps' input projections side by side, in step order (`[dim, dep_q * dd]`), where
+/// the kernels run on `device` and the result fits one buffer.
+fn stack_columns(depformer_in: &[Param<Tensor<2>>], c: &LmConfig, device: &Device) -> Option<Tensor<2>> {
+    if !crate::kernels::launches_on(device) {
+        return None;
+    }
+    let per_step: Vec<Tensor<2>> = (0..c.dep_q)
+        .map(|step| {
+            let idx = match (&c.depformer_weights_per_step_schedule, depformer_in.len()) {
+                (_, 1) => 0,
+                (Some(s), _) => s.get(step).copied().unwrap_or(step),
+                (None, _) => step,
+            };
+            depformer_in.get(idx).map(|p| p.val())
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let dtype = per_step.first()?.dtype();
+    let bytes = (c.dim * c.dep_q * c.depformer_dim * dtype.size()) as u64;
+    if backend::max_tensor_bytes(device).is_some_and(|max| bytes > max) {
+        return None;
+    }
+    Some(Tensor::cat(per_step, 1))
 }
 
 /// Shifts `[B, S, T, C]` left by `d` along T, padding with zeros at the end.

@@ -8,13 +8,14 @@
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::gelu;
 
 use super::attention::{KvCache, attend, mask_bias};
 use super::norm::{Norm, NormKind};
 use super::rope::RopeTables;
 use crate::error::{Error, Result};
-use crate::kernels::attention::{self, Rope};
+use crate::kernels::attention::{self, Rope, Target};
 use crate::kernels::matvec::{self, Input};
 use crate::kernels::residual::{Base, residual_norm};
 use crate::weights::Weights;
@@ -359,18 +360,27 @@ impl Transformer {
             let normed = h.take().ok_or_else(|| Error::input("fused step lost its normalised input"))?;
             // Attention block.
             let qkv = matvec::partials(Input::Rows(normed.reshape([1, rows, c])), weights(&layer.in_proj)?);
-            let mut out = Tensor::empty([rows, c], (&device, dtype));
+            let w_out = weights(&layer.out_proj)?;
+            // Narrow models take the output projection in the attention launch.
+            let mut target = if c <= attention::PROJECT_MAX_WIDTH && crate::kernels::run_on(&device) {
+                Target::Projected { partials: Tensor::empty([heads, rows, c], (&device, DType::F32)), w: w_out.clone() }
+            } else {
+                Target::Rows(Tensor::empty([rows, c], (&device, dtype)))
+            };
             for (bi, row) in state.rows.iter_mut().enumerate() {
                 let cache = &mut row.caches[li];
                 let (k, v) = cache.take(heads, head_dim, &device, dtype);
                 let ring = cache.ring(self.spec.context);
-                let (o, k, v) = attention::attend(qkv.clone(), bi * t, t, k, v, rope, ring, out);
+                let (o, k, v) = attention::attend(qkv.clone(), bi * t, t, k, v, rope, ring, target);
                 cache.put(k, v, t);
-                out = o;
+                target = o;
             }
-            let update = matvec::partials(Input::Rows(out.reshape([1, rows, c])), weights(&layer.out_proj)?);
+            let update = match target {
+                Target::Rows(out) => matvec::partials(Input::Rows(out.reshape([1, rows, c])), w_out),
+                projected => projected.into_tensor(),
+            };
             let scale1 = layer.scale1.as_ref().map(|s| s.val());
-            let (x1, h1) = residual_norm(Base::Rows(x), Some(update), scale1, Some(&layer.norm2.params()), dtype);
+            let (x1, h1) = residual_norm(Base::Rows(x), Some(update.into()), scale1, Some(&layer.norm2.params()), dtype);
             let h1 = h1.ok_or_else(|| Error::input("fused step lost its normalised input"))?;
             // Feed-forward block.
             let g = matvec::partials(Input::Rows(h1.reshape([1, rows, c])), weights(&layer.ffn_in)?);
@@ -384,7 +394,7 @@ impl Transformer {
                 None => final_norm.map(Norm::params),
             };
             let scale2 = layer.scale2.as_ref().map(|s| s.val());
-            let (x2, h2) = residual_norm(Base::Rows(x1), Some(update), scale2, next.as_ref(), dtype);
+            let (x2, h2) = residual_norm(Base::Rows(x1), Some(update.into()), scale2, next.as_ref(), dtype);
             x = x2;
             h = h2;
         }
