@@ -126,7 +126,7 @@ pub fn partials_reference(input: Input, w: Tensor<2>) -> Tensor<3> {
 /// The product of `input` and `w` as partials `[parts, rows, N]`: f32 sums of `K` slices by the
 /// kernel where [`can_launch`] says so, else [`partials_reference`] (`parts = 1`).
 pub fn partials(input: Input, w: Tensor<2>) -> Tensor<3> {
-    if !can_launch(&input, &w) {
+    if !launches(&input, &w) {
         return partials_reference(input, w);
     }
     let (code, act, x) = match input {
@@ -157,7 +157,7 @@ pub fn launch(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
     let [b, t, _] = x.dims();
     let n = w.dims()[1];
     let dtype = x.dtype();
-    if !can_launch(&Input::Rows(x.clone()), &w) {
+    if !can_launch(&x, &w) {
         return reference(x, w);
     }
     let p = partials(Input::Rows(x), w);
@@ -171,14 +171,19 @@ pub fn uses_kernel(x: &Tensor<3>, w: &Tensor<2>) -> bool {
     let [k, n] = w.dims();
     k * n >= THRESHOLD.load(Ordering::Relaxed)
         && ENABLED.load(Ordering::Relaxed)
-        && can_launch(&Input::Rows(x.clone()), w)
+        && can_launch(x, w)
 }
 
-/// Whether the kernel can compute the product: everything on a CubeCL device without autodiff,
+/// Whether the kernel can compute `x W` for plain rows `x` ([`launches`]).
+pub fn can_launch(x: &Tensor<3>, w: &Tensor<2>) -> bool {
+    launches(&Input::Rows(x.clone()), w)
+}
+
+/// Whether the kernel computes the product: everything on a CubeCL device without autodiff,
 /// the weight f32 or f16, plain rows in the weight's dtype, 1..=[`MAX_ROWS`] rows, `K` matching
 /// and nothing empty. A shape or dtype mismatch takes the reference, which reports it as Burn
 /// does.
-pub fn can_launch(input: &Input, w: &Tensor<2>) -> bool {
+pub fn launches(input: &Input, w: &Tensor<2>) -> bool {
     let float = |t: DType| matches!(t, DType::F32 | DType::F16);
     let (rows, k) = input.rows_k();
     let [wk, n] = w.dims();
@@ -407,8 +412,7 @@ mod cube {
         let dims = input.meta.shape().clone();
         let [k, n] = [w.meta.shape()[0], w.meta.shape()[1]];
         let (parts_in, rows) = (dims[0], dims[1]);
-        let units: usize = std::env::var("KK_UNITS").ok().and_then(|v| v.parse().ok()).unwrap_or(UNITS);
-        let chunk: usize = std::env::var("KK_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(CHUNK);
+        let (units, chunk) = (UNITS, CHUNK);
         let parts = k.div_ceil(chunk);
         let vector = if n % 4 == 0 { 4 } else { 1 };
         let tiles = (n / vector).div_ceil(units);

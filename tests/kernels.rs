@@ -164,7 +164,7 @@ fn check_matvec(kind: BackendKind, device: &Device, b: usize, t: usize, k: usize
 }
 
 /// The matrix-vector kernel against Burn's `linear` and the host: sizes below, at and across its
-/// 64-column tiles and 256-row chunks, one to four rows, and moshiko's widths.
+/// 256-column tiles and 256-row chunks, one to twelve rows, and moshiko's widths.
 #[test]
 fn matvec_matches_reference() {
     for (kind, device) in devices() {
@@ -174,6 +174,7 @@ fn matvec_matches_reference() {
         check_matvec(kind, &device, 1, 2, 700, 130, DType::F32);
         check_matvec(kind, &device, 2, 2, 513, 200, DType::F32);
         check_matvec(kind, &device, 3, 1, 100, 3, DType::F32);
+        check_matvec(kind, &device, 6, 2, 130, 96, DType::F32);
         check_matvec(kind, &device, 1, 1, 4096, 1024, DType::F32);
         check_matvec(kind, &device, 1, 1, 1024, 4096, DType::F32);
         if device.supports_dtype(DType::F16) {
@@ -185,19 +186,20 @@ fn matvec_matches_reference() {
     }
 }
 
-/// Past four rows, for a transposed (strided) `x`, and for `x` and `W` in different dtypes: the
-/// right path is taken and the product is still `linear`'s.
+/// Past the kernel's rows, for a transposed (strided) `x`, and for `x` and `W` in different
+/// dtypes: the right path is taken and the product is still `linear`'s.
 #[test]
 fn matvec_rows_layouts_and_mixed_dtypes() {
     for (kind, device) in devices() {
+        let max = matvec::MAX_ROWS;
         let w = backend::floats(values(40 * 24, 2, 0, false), [40, 24], &device, DType::F32);
-        let x = backend::floats(values(5 * 40, 3, 0, false), [1, 5, 40], &device, DType::F32);
-        assert!(!matvec::can_launch(&x, &w), "{kind}: 5 rows must take the reference");
-        let x4 = x.clone().narrow(1, 0, 4);
-        assert_eq!(matvec::can_launch(&x4, &w), kind == BackendKind::Wgpu, "{kind}: 4 rows");
+        let x = backend::floats(values((max + 1) * 40, 3, 0, false), [1, max + 1, 40], &device, DType::F32);
+        assert!(!matvec::can_launch(&x, &w), "{kind}: {} rows must take the reference", max + 1);
+        let xm = x.clone().narrow(1, 0, max);
+        assert_eq!(matvec::can_launch(&xm, &w), kind == BackendKind::Wgpu, "{kind}: {max} rows");
         let want = floats(matvec::reference(x.clone(), w.clone()));
-        assert_rel(&format!("{kind} 5 rows"), &floats(matvec::launch(x, w.clone())), &want, 1e-5);
-        assert_rel(&format!("{kind} first 4 rows"), &floats(matvec::launch(x4, w.clone())), &want[..4 * 24], 1e-5);
+        assert_rel(&format!("{kind} {} rows", max + 1), &floats(matvec::launch(x, w.clone())), &want, 1e-5);
+        assert_rel(&format!("{kind} first {max} rows"), &floats(matvec::launch(xm, w.clone())), &want[..max * 24], 1e-5);
 
         // [1, 3, 40] seen through a transpose of [1, 40, 3].
         let xt = backend::floats(values(3 * 40, 4, 0, false), [1, 40, 3], &device, DType::F32).swap_dims(1, 2);
