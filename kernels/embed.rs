@@ -13,6 +13,7 @@ use burn::backend::{Backend, Cube, Dispatch, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
 
+use super::matvec::Weight;
 use super::on_cube;
 
 /// Where a batch's indices lie in an index tensor: row `b`'s at `offset + b * stride`.
@@ -57,14 +58,22 @@ pub fn uses_kernel(table: &Tensor<2>, idx: &Tensor<2, Int>, column: Column, rows
 
 /// [`gather_add`] with Burn's ops.
 pub fn reference(table: Tensor<2>, idx: &Tensor<2, Int>, column: Column, rows: usize, x: Option<Tensor<2>>) -> Tensor<2> {
-    let device = table.device();
+    reference_of(&Weight::Float(table), idx, column, rows, x)
+}
+
+/// [`reference`] of a float or 8-bit table.
+pub fn reference_of(table: &Weight, idx: &Tensor<2, Int>, column: Column, rows: usize, x: Option<Tensor<2>>) -> Tensor<2> {
+    let device = idx.device();
     let [_, d] = table.dims();
     let flat = idx.clone().reshape([-1]);
     let picks: Vec<i64> = (0..rows).map(|b| (column.offset + b * column.stride) as i64).collect();
     let col = flat.select(0, crate::backend::ints(picks, [rows], &device));
     // "No input" rows (negative indices) add zeros: index 0, then masked.
     let negative = col.clone().lower_elem(0);
-    let rows_of = table.select(0, col.clamp_min(0));
+    let rows_of = match table {
+        Weight::Float(t) => t.clone().select(0, col.clamp_min(0)),
+        Weight::Q8(q, dtype) => super::q8::rows(q, col.clamp_min(0), *dtype),
+    };
     let rows_of = rows_of.mask_fill(negative.reshape([rows, 1]).expand([rows, d]), 0.0);
     match x {
         Some(x) => x + rows_of,

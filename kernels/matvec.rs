@@ -25,7 +25,7 @@
 //! - [`linear`]: a product returned whole (`[B, T, N]`), for the paths that do not fuse: the
 //!   kernel and a summing launch for weights of [`MIN_WEIGHTS`] or more, else the reference.
 
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Cube, Dispatch, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -34,6 +34,7 @@ use burn::tensor::module;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::act::Act;
+pub use super::q8::Q8;
 use super::on_cube;
 
 /// Most rows (`B * T`) the kernel takes: it reads `W` once per 8 rows, so beyond a few groups
@@ -58,6 +59,60 @@ pub fn set_min_weights(n: usize) {
 /// can time the same model both ways.
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// The weight of a product: float, or 8-bit ([`Q8`]) with the dtype the model computes in.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    Float(Tensor<2>),
+    Q8(Q8, DType),
+}
+
+impl From<Tensor<2>> for Weight {
+    fn from(w: Tensor<2>) -> Self {
+        Weight::Float(w)
+    }
+}
+
+impl Weight {
+    /// `[K, N]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Weight::Float(w) => w.dims(),
+            Weight::Q8(q, _) => q.dims(),
+        }
+    }
+
+    /// The dtype the product's inputs and outputs are in.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Weight::Float(w) => w.dtype(),
+            Weight::Q8(_, dtype) => *dtype,
+        }
+    }
+
+    fn device(&self) -> Device {
+        match self {
+            Weight::Float(w) => w.device(),
+            Weight::Q8(q, _) => q.scales.device(),
+        }
+    }
+
+    /// Bytes it takes on its device.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Weight::Float(w) => (w.dims().iter().product::<usize>() * w.dtype().size()) as u64,
+            Weight::Q8(q, _) => q.bytes(),
+        }
+    }
+
+    /// The weight as a float tensor in its compute dtype (8-bit weights dequantized).
+    pub fn to_float(&self) -> Tensor<2> {
+        match self {
+            Weight::Float(w) => w.clone(),
+            Weight::Q8(q, dtype) => super::q8::dequantize(q, *dtype),
+        }
+    }
 }
 
 /// The input of a product.
@@ -115,17 +170,20 @@ pub fn reference(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
     module::linear(x, w, None)
 }
 
-/// The product as partials `[1, rows, N]` in `W`'s dtype, by Burn's ops.
-pub fn partials_reference(input: Input, w: Tensor<2>) -> Tensor<3> {
+/// The product as partials `[1, rows, N]` in `W`'s dtype, by Burn's ops (8-bit weights
+/// dequantized first).
+pub fn partials_reference(input: Input, w: impl Into<Weight>) -> Tensor<3> {
+    let w = w.into();
     let x = input.materialize(w.dtype());
     let [rows, k] = x.dims();
     let n = w.dims()[1];
-    reference(x.reshape([1, rows, k]), w).reshape([1, rows, n])
+    reference(x.reshape([1, rows, k]), w.to_float()).reshape([1, rows, n])
 }
 
 /// The product of `input` and `w` as partials `[parts, rows, N]`: f32 sums of `K` slices by the
 /// kernel where [`can_launch`] says so, else [`partials_reference`] (`parts = 1`).
-pub fn partials(input: Input, w: Tensor<2>) -> Tensor<3> {
+pub fn partials(input: Input, w: impl Into<Weight>) -> Tensor<3> {
+    let w = w.into();
     if !launches(&input, &w) {
         return partials_reference(input, w);
     }
@@ -137,12 +195,17 @@ pub fn partials(input: Input, w: Tensor<2>) -> Tensor<3> {
         Input::Gated(p, act) => (1, act.code(), p),
         Input::Gelu(p) => (2, Act::Gelu.code(), p),
     };
-    Tensor::from_dispatch(<Dispatch as MatvecBackend>::matvec_partials(
-        x.into_dispatch(),
-        w.into_dispatch(),
-        code,
-        act,
-    ))
+    Tensor::from_dispatch(match w {
+        Weight::Float(w) => <Dispatch as MatvecBackend>::matvec_partials(x.into_dispatch(), w.into_dispatch(), code, act),
+        Weight::Q8(q, dtype) => <Dispatch as MatvecBackend>::matvec_q8_partials(
+            x.into_dispatch(),
+            q.values.into_dispatch(),
+            q.scales.into_dispatch(),
+            code,
+            act,
+            dtype,
+        ),
+    })
 }
 
 /// `x W` (`[B, T, K]` × `[K, N]` → `[B, T, N]`): the kernel and a summing launch where
@@ -176,14 +239,14 @@ pub fn uses_kernel(x: &Tensor<3>, w: &Tensor<2>) -> bool {
 
 /// Whether the kernel can compute `x W` for plain rows `x` ([`launches`]).
 pub fn can_launch(x: &Tensor<3>, w: &Tensor<2>) -> bool {
-    launches(&Input::Rows(x.clone()), w)
+    launches(&Input::Rows(x.clone()), &Weight::Float(w.clone()))
 }
 
 /// Whether the kernel computes the product: everything on a CubeCL device without autodiff,
 /// the weight f32 or f16, plain rows in the weight's dtype, 1..=[`MAX_ROWS`] rows, `K` matching
 /// and nothing empty. A shape or dtype mismatch takes the reference, which reports it as Burn
 /// does.
-pub fn launches(input: &Input, w: &Tensor<2>) -> bool {
+pub fn launches(input: &Input, w: &Weight) -> bool {
     let float = |t: DType| matches!(t, DType::F32 | DType::F16);
     let (rows, k) = input.rows_k();
     let [wk, n] = w.dims();
@@ -211,6 +274,17 @@ pub trait MatvecBackend: Backend {
     /// gated unit (`code` 1, activation `act`) or `[parts_in, rows, K]` through GELU (`code` 2).
     fn matvec_partials(input: FloatTensor<Self>, w: FloatTensor<Self>, code: u32, act: u32) -> FloatTensor<Self>;
 
+    /// [`matvec_partials`](Self::matvec_partials) with an 8-bit weight (`values`, `scales`, see
+    /// [`Q8`]); hidden inputs are rounded to `dtype`, the model's.
+    fn matvec_q8_partials(
+        input: FloatTensor<Self>,
+        values: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        code: u32,
+        act: u32,
+        dtype: DType,
+    ) -> FloatTensor<Self>;
+
     /// Partials `[parts, rows, N]` summed over `parts`, as `[rows, N]` in `dtype`.
     fn sum_partials(p: FloatTensor<Self>, dtype: DType) -> FloatTensor<Self>;
 }
@@ -218,6 +292,17 @@ pub trait MatvecBackend: Backend {
 impl MatvecBackend for Cube {
     fn matvec_partials(input: FloatTensor<Self>, w: FloatTensor<Self>, code: u32, act: u32) -> FloatTensor<Self> {
         cube::launch(input, w, code, act)
+    }
+
+    fn matvec_q8_partials(
+        input: FloatTensor<Self>,
+        values: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        code: u32,
+        act: u32,
+        dtype: DType,
+    ) -> FloatTensor<Self> {
+        cube::launch_q8(input, values, scales, code, act, dtype)
     }
 
     fn sum_partials(p: FloatTensor<Self>, dtype: DType) -> FloatTensor<Self> {
@@ -385,6 +470,101 @@ mod cube {
         }
     }
 
+    /// Four signed bytes of `packed` (lowest first), times `scale`, as a vector of 4.
+    #[cube]
+    fn unpack4<N: Size>(packed: u32, scale: Vector<f32, N>) -> Vector<f32, N> {
+        let mut v = Vector::<f32, N>::zeroed();
+        #[unroll]
+        for j in 0..4usize {
+            let b = (packed >> comptime!(8 * j as u32)) & 255u32;
+            let mut x = f32::cast_from(b);
+            if b >= 128u32 {
+                x -= 256.0f32;
+            }
+            v.insert(j, x);
+        }
+        v * scale
+    }
+
+    /// [`matvec_parts`] with an 8-bit weight: `values` `[K, N / 4]` packed bytes, `scales`
+    /// `[ceil(K / BLOCK), N]` read as vectors of 4 columns (`n` counts vectors); hidden inputs
+    /// rounded to `F`, the model's dtype. No bounds checks: the launch keeps every index in range.
+    #[cube(launch_unchecked)]
+    fn matvec_q8_parts<I: Float, F: Float, Q: Int, N: Size>(
+        input: &[I],
+        values: &[Q],
+        scales: &[Vector<f32, N>],
+        out: &mut [Vector<f32, N>],
+        rows: u32,
+        k: u32,
+        n: u32,
+        parts_in: u32,
+        #[comptime] code: u32,
+        #[comptime] act: u32,
+        #[comptime] group: usize,
+        #[comptime] chunk: usize,
+        #[comptime] block: usize,
+        #[define(I, F, Q)] _dtypes: [ElemType; 3],
+    ) {
+        let units = CUBE_DIM_X as usize;
+        let unit = UNIT_POS_X as usize;
+        let col = CUBE_POS_X as usize * CUBE_DIM_X as usize + unit;
+        let part = CUBE_POS_Y as usize;
+        let row0 = CUBE_POS_Z as usize * group;
+        let rows = rows as usize;
+        let k = k as usize;
+        let n = n as usize;
+        let start = part * chunk;
+        let mut len = k - start;
+        if len > chunk {
+            len = chunk;
+        }
+        let mut acc = Array::<Vector<f32, N>>::new(group);
+        #[unroll]
+        for r in 0..group {
+            acc[r] = Vector::<f32, N>::zeroed();
+        }
+        let mut xs = Shared::<[f32]>::new_slice(group * chunk);
+        #[unroll]
+        for r in 0..group {
+            let row = row0 + r;
+            let mut i = unit;
+            while i < chunk {
+                let mut v = 0.0f32;
+                if i < len && row < rows {
+                    if comptime!(code == 0) {
+                        v = f32::cast_from(input[row * k + start + i]);
+                    } else {
+                        v = hidden_value::<I, F>(input, row, start + i, rows, k, parts_in as usize, code, act);
+                    }
+                }
+                xs[r * chunk + i] = v;
+                i += units;
+            }
+        }
+        sync_cube();
+        if col < n {
+            let mut scale = Vector::<f32, N>::zeroed();
+            for i in 0..len {
+                if i % block == 0 {
+                    scale = scales[((start + i) / block) * n + col];
+                }
+                let wv = unpack4::<N>(u32::cast_from(values[(start + i) * n + col]), scale);
+                #[unroll]
+                for r in 0..group {
+                    acc[r] += Vector::<f32, N>::new(xs[r * chunk + i]) * wv;
+                }
+            }
+            #[unroll]
+            for r in 0..group {
+                let row = row0 + r;
+                if row < rows {
+                    out[(part * rows + row) * n + col] = acc[r];
+                }
+            }
+        }
+    }
+
     /// out[i] = Σ_p partial[p][i], in order, cast to the output's dtype.
     #[cube(launch)]
     fn sum_chunks<P: Float, F: Float>(
@@ -441,6 +621,57 @@ mod cube {
                 act,
                 group,
                 chunk,
+                dtypes,
+            );
+        }
+        out
+    }
+
+    pub(super) fn launch_q8(
+        input: CubeTensor,
+        values: CubeTensor,
+        scales: CubeTensor,
+        code: u32,
+        act: u32,
+        dtype: DType,
+    ) -> CubeTensor {
+        let input = into_contiguous(input);
+        let values = into_contiguous(values);
+        let scales = into_contiguous(scales);
+        let client = values.client.clone();
+        let dims = input.meta.shape().clone();
+        let k = values.meta.shape()[0];
+        let n = values.meta.shape()[1] * 4;
+        let (parts_in, rows) = (dims[0], dims[1]);
+        let (units, chunk) = (UNITS, CHUNK);
+        let parts = k.div_ceil(chunk);
+        let tiles = (n / 4).div_ceil(units);
+        let group = rows.min(ROWS_PER_CUBE);
+        let groups = rows.div_ceil(group);
+        let out = empty_device_dtype(client.clone(), values.device.clone(), Shape::new([parts, rows, n]), DType::F32);
+        let dtypes =
+            [dtype_to_storage_type(input.dtype), dtype_to_storage_type(dtype), dtype_to_storage_type(values.dtype)];
+        // SAFETY: as for `matvec_parts`; the scales' blocks divide the chunk, so a chunk's rows
+        // stay within its blocks.
+        unsafe {
+            matvec_q8_parts::launch_unchecked(
+                &client,
+                CubeCount::Static(tiles as u32, parts as u32, groups as u32),
+                CubeDim::new_1d(units as u32),
+                4,
+                input.into_buffer_arg(),
+                values.into_buffer_arg(),
+                scales.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                rows as u32,
+                k as u32,
+                (n / 4) as u32,
+                parts_in as u32,
+                code,
+                act,
+                group,
+                chunk,
+                crate::kernels::q8::BLOCK,
                 dtypes,
             );
         }

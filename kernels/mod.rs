@@ -19,6 +19,7 @@ pub mod conv;
 pub mod embed;
 pub mod matvec;
 pub mod pick;
+pub mod q8;
 pub mod residual;
 pub mod rms_norm;
 pub mod rvq;

@@ -20,7 +20,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 use super::embed::Column;
-use super::matvec::sum_parts;
+use super::matvec::{Q8, Weight, sum_parts};
 use super::on_cube;
 
 /// An update: columns `offset .. offset + d` of partials `[parts, rows, width]` (a product's
@@ -43,8 +43,8 @@ pub enum Base {
     /// The residual stream `[rows, d]`.
     Rows(Tensor<2>),
     /// `Σ_{s < count} table[idx[offset + b * stride + s]]` for rows `b < rows` (a negative index
-    /// adds nothing), summed in the table's dtype.
-    Gather { table: Tensor<2>, idx: Tensor<2, Int>, column: Column, count: usize, rows: usize },
+    /// adds nothing), summed in the table's dtype; the table float or 8-bit.
+    Gather { table: Weight, idx: Tensor<2, Int>, column: Column, count: usize, rows: usize },
 }
 
 impl Base {
@@ -63,9 +63,9 @@ impl Base {
                 let mut x = None;
                 for s in 0..count {
                     let col = Column { offset: column.offset + s, stride: column.stride };
-                    x = Some(super::embed::reference(table.clone(), &idx, col, rows, x));
+                    x = Some(super::embed::reference_of(&table, &idx, col, rows, x));
                 }
-                x.unwrap_or_else(|| Tensor::zeros([rows, table.dims()[1]], (&table.device(), table.dtype())))
+                x.unwrap_or_else(|| Tensor::zeros([rows, table.dims()[1]], (&idx.device(), table.dtype())))
             }
         }
     }
@@ -150,27 +150,45 @@ pub fn residual_norm(
         },
         has_bias: norm.is_some_and(|n| n.bias.is_some()),
     };
+    let mut q8: Option<Q8> = None;
     let (x, idx, column, count) = match base {
         Base::Rows(x) => {
             let device = x.device();
             (x, Tensor::<2, Int>::empty([1, 1], &device), Column { offset: 0, stride: 0 }, 0)
         }
-        Base::Gather { table, idx, column, count, .. } => (table, idx, column, count),
+        Base::Gather { table, idx, column, count, .. } => {
+            let x = match table {
+                Weight::Float(t) => t,
+                Weight::Q8(q, _) => {
+                    q8 = Some(q);
+                    // Stand-in for the float table, never read.
+                    idx.clone().float().reshape([1, -1])
+                }
+            };
+            (x, idx, column, count)
+        }
     };
     // Absent inputs are stood in for by `x` (never read: the kernel's flags say so).
     let any = x.clone().reshape([-1]);
     let stand_in = |t: Option<Tensor<1>>| t.unwrap_or_else(|| any.clone());
     let p_offset = update.as_ref().map_or(0, |u| u.offset);
+    let q8_flag = if q8.is_some() { 64 } else { 0 };
+    let (qv, qs) = match q8 {
+        Some(q) => (q.values, q.scales),
+        None => (idx.clone(), any.clone().reshape([1, -1])),
+    };
     let (xo, ho) = <Dispatch as ResidualBackend>::residual_norm(
         x.into_dispatch(),
         idx.into_dispatch(),
+        qv.into_dispatch(),
+        qs.into_dispatch(),
         update.map(|u| u.partials).unwrap_or_else(|| any.clone().reshape([1, 1, -1])).into_dispatch(),
         stand_in(scale).into_dispatch(),
         stand_in(norm.map(|n| n.weight.clone())).into_dispatch(),
         stand_in(norm.and_then(|n| n.bias.clone())).into_dispatch(),
         [rows as u32, d as u32, column.offset as u32, column.stride as u32, count as u32, p_offset as u32],
         norm.map_or(0.0, |n| n.eps as f32),
-        flags.code(),
+        flags.code() | q8_flag,
         dtype,
     );
     let xo = Tensor::<2>::from_dispatch(xo);
@@ -209,12 +227,16 @@ pub fn uses_kernel(
 ) -> bool {
     let float = |t: DType| matches!(t, DType::F32 | DType::F16);
     let (rows, d) = base.rows_d();
-    let (x, base_ok) = match base {
-        Base::Rows(x) => (x, true),
+    let base_ok = match base {
+        Base::Rows(x) => x.dtype() == dtype && on_cube(x.device()),
         Base::Gather { table, idx, column, count, rows } => {
             let n: usize = idx.dims().iter().product();
             let last = column.offset + ((*rows).max(1) - 1) * column.stride + (*count).max(1) - 1;
-            (table, *count > 0 && last < n && on_cube(idx.device()))
+            let table_ok = match table {
+                Weight::Float(t) => on_cube(t.device()),
+                Weight::Q8(q, _) => on_cube(q.scales.device()),
+            };
+            *count > 0 && last < n && on_cube(idx.device()) && table.dtype() == dtype && table_ok
         }
     };
     let ones = |t: Option<&Tensor<1>>| t.is_none_or(|t| t.dims()[0] == d && float(t.dtype()) && on_cube(t.device()));
@@ -222,8 +244,6 @@ pub fn uses_kernel(
         && rows > 0
         && d > 0
         && base_ok
-        && x.dtype() == dtype
-        && on_cube(x.device())
         && update.is_none_or(|u| {
             let p = &u.partials;
             p.dims()[1] == rows && u.offset + d <= p.dims()[2] && float(p.dtype()) && on_cube(p.device())
@@ -242,6 +262,8 @@ pub trait ResidualBackend: Backend {
     fn residual_norm(
         x: FloatTensor<Self>,
         idx: IntTensor<Self>,
+        qv: IntTensor<Self>,
+        qs: FloatTensor<Self>,
         partials: FloatTensor<Self>,
         scale: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -257,6 +279,8 @@ impl ResidualBackend for Cube {
     fn residual_norm(
         x: FloatTensor<Self>,
         idx: IntTensor<Self>,
+        qv: IntTensor<Self>,
+        qs: FloatTensor<Self>,
         partials: FloatTensor<Self>,
         scale: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -266,7 +290,7 @@ impl ResidualBackend for Cube {
         flags: u32,
         dtype: DType,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        cube::launch(x, idx, partials, scale, weight, bias, sizes, eps, flags, dtype)
+        cube::launch(x, idx, qv, qs, partials, scale, weight, bias, sizes, eps, flags, dtype)
     }
 }
 
@@ -292,11 +316,13 @@ mod cube {
     }
 
     /// One cube per row. Flags: bit 0 gathered base, 1 partials, 2 scale, 3-4 norm (1 RMS,
-    /// 2 Layer), 5 bias.
+    /// 2 Layer), 5 bias, 6 the gathered table in 8 bits (`qv`, `qs`).
     #[cube(launch)]
-    fn residual_norm_rows<F: Float, P: Float, S: Float, I: Int>(
+    fn residual_norm_rows<F: Float, P: Float, S: Float, I: Int, Q: Int>(
         x: &[F],
         idx: &[I],
+        qv: &[Q],
+        qs: &[f32],
         partials: &[P],
         scale: &[S],
         weight: &[S],
@@ -314,7 +340,8 @@ mod cube {
         eps: f32,
         #[comptime] flags: u32,
         #[comptime] units: usize,
-        #[define(F, P, S, I)] _dtypes: [ElemType; 4],
+        #[comptime] block: usize,
+        #[define(F, P, S, I, Q)] _dtypes: [ElemType; 5],
     ) {
         let row = CUBE_POS as usize;
         if row >= rows as usize {
@@ -339,7 +366,19 @@ mod cube {
                 for s in 0..count as usize {
                     let t = i32::cast_from(idx[ibase + s]);
                     if t >= 0 {
-                        let e = f32::cast_from(x[t as usize * d + j]);
+                        let mut e = 0.0f32;
+                        if comptime!(flags & 64 != 0) {
+                            // An 8-bit table: the row's byte, times its column's block scale.
+                            let at = t as usize * d + j;
+                            let b = (u32::cast_from(qv[at / 4]) >> (8 * (at % 4) as u32)) & 255u32;
+                            let mut q = f32::cast_from(b);
+                            if b >= 128u32 {
+                                q -= 256.0f32;
+                            }
+                            e = f32::cast_from(F::cast_from(q * qs[(t as usize / block) * d + j]));
+                        } else {
+                            e = f32::cast_from(x[t as usize * d + j]);
+                        }
                         if s == 0 {
                             v = e;
                         } else {
@@ -426,6 +465,8 @@ mod cube {
     pub(super) fn launch(
         x: CubeTensor,
         idx: CubeTensor,
+        qv: CubeTensor,
+        qs: CubeTensor,
         partials: CubeTensor,
         scale: CubeTensor,
         weight: CubeTensor,
@@ -438,6 +479,8 @@ mod cube {
         let [rows, d, offset, stride, count, p_offset] = sizes;
         let x = into_contiguous(x);
         let idx = into_contiguous(idx);
+        let qv = into_contiguous(qv);
+        let qs = into_contiguous(qs);
         let partials = into_contiguous(partials);
         let scale = into_contiguous(scale);
         let weight = into_contiguous(weight);
@@ -456,6 +499,7 @@ mod cube {
             dtype_to_storage_type(partials.dtype),
             dtype_to_storage_type(dtype),
             dtype_to_storage_type(idx.dtype),
+            dtype_to_storage_type(qv.dtype),
         ];
         residual_norm_rows::launch(
             &client,
@@ -463,6 +507,8 @@ mod cube {
             CubeDim::new_1d(units as u32),
             x.into_buffer_arg(),
             idx.into_buffer_arg(),
+            qv.into_buffer_arg(),
+            qs.into_buffer_arg(),
             partials.into_buffer_arg(),
             scale.into_buffer_arg(),
             weight.into_buffer_arg(),
@@ -480,6 +526,7 @@ mod cube {
             eps,
             flags,
             units,
+            crate::kernels::q8::BLOCK,
             dtypes,
         );
         (x_out, h_out)

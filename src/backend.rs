@@ -65,14 +65,23 @@ pub enum Precision {
     F32,
     /// 16-bit IEEE floats: half the memory, for large models on GPUs.
     F16,
+    /// The LM's products' weights and embedding tables in 8 bits (per-column scales in blocks of
+    /// 128 rows, `kernels/q8.rs`), everything else in f16: a quarter of f32's memory.
+    Q8,
 }
 
 impl Precision {
+    /// The dtype activations and unquantized weights are in.
     pub fn dtype(self) -> DType {
         match self {
             Precision::F32 => DType::F32,
-            Precision::F16 => DType::F16,
+            Precision::F16 | Precision::Q8 => DType::F16,
         }
+    }
+
+    /// Whether the LM's matrices are held in 8 bits.
+    pub fn quantized(self) -> bool {
+        self == Precision::Q8
     }
 }
 
@@ -82,11 +91,12 @@ impl FromStr for Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "f16" => Ok(Precision::F16),
+            "q8" => Ok(Precision::Q8),
             "bf16" => Err(Error::config(
                 "dtype",
                 "bf16 is not computed correctly on wgpu; use f16 or f32 (bf16 checkpoints are cast at load)",
             )),
-            other => Err(Error::config("dtype", format!("unknown dtype `{other}` (expected f32 or f16)"))),
+            other => Err(Error::config("dtype", format!("unknown dtype `{other}` (expected f32, f16 or q8)"))),
         }
     }
 }
@@ -161,7 +171,9 @@ pub fn resolve(kind: BackendKind) -> (BackendKind, String) {
 /// Creates the device of `kind` (`auto` resolved by [`resolve`]), checking that it can compute
 /// in `precision`. A machine without a usable wgpu adapter gets one clear line.
 pub fn device(kind: BackendKind, precision: Precision) -> Result<Device> {
-    let device = match resolve(kind).0 {
+    let (chosen, why) = resolve(kind);
+    tracing::info!("backend {chosen}: {why}");
+    let device = match chosen {
         BackendKind::Cpu | BackendKind::Auto => Device::flex(),
         BackendKind::Wgpu => wgpu_handles()?.device.clone(),
     };

@@ -9,10 +9,12 @@ use kokichi::backend::{BackendKind, Precision};
 #[derive(Parser, Debug)]
 #[command(name = "kokichi", version, about = "Local speech-to-speech: Mimi codec + Moshi LM in Burn")]
 struct Cli {
-    /// Compute backend: wgpu (Vulkan/Metal/DX12, the default) or cpu (Burn's flex backend).
+    /// Compute backend: auto (the default: wgpu on a hardware GPU, else cpu), wgpu
+    /// (Vulkan/Metal/DX12, software adapters included) or cpu (Burn's flex backend).
     #[arg(long, global = true)]
     backend: Option<BackendKind>,
-    /// Float type of weights and activations: f32 (default), or f16 on GPUs.
+    /// Float type of weights and activations: f32 (default), f16 on GPUs, or q8 (the LM's
+    /// matrices in 8 bits, the rest in f16).
     #[arg(long, global = true)]
     dtype: Option<Precision>,
     #[command(subcommand)]
@@ -37,6 +39,8 @@ enum Command {
     TrainLm(cmd::train::LmArgs),
     /// List audio input and output devices with their default formats.
     Devices(cmd::devices::DevicesArgs),
+    /// Write a copy of a model with the LM's matrices in 8 bits (loads with --dtype q8 implied).
+    Quantize(cmd::quantize::QuantizeArgs),
 }
 
 fn main() {
@@ -55,6 +59,7 @@ fn main() {
         Command::TrainCodec(a) => cmd::train::codec(backend, a),
         Command::TrainLm(a) => cmd::train::lm(backend, a),
         Command::Devices(a) => cmd::devices::devices(a),
+        Command::Quantize(a) => cmd::quantize::quantize(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -11,7 +11,7 @@ use std::mem;
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use crate::backend;
+use crate::backend::{self, Precision};
 use crate::error::{Error, Result};
 use crate::lm::model::UNGENERATED_TOKEN;
 use crate::lm::{GenConfig, LmModel, LmState};
@@ -50,8 +50,16 @@ pub struct FrameOut {
 }
 
 impl Engine {
-    /// Loads the codec, the LM and the tokenizer of a model.
+    /// Loads the codec, the LM and the tokenizer of a model, computing in `dtype` (f32 or f16).
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        let precision = if dtype == DType::F16 { Precision::F16 } else { Precision::F32 };
+        Self::load_as(files, device, precision)
+    }
+
+    /// [`Engine::load`] at a precision: with [`Precision::Q8`] the LM's matrices are held in
+    /// 8 bits (a folder written by `kokichi quantize` is always), the rest in f16.
+    pub fn load_as(files: &ModelFiles, device: &Device, precision: Precision) -> Result<Self> {
+        let dtype = precision.dtype();
         let lm_cfg = &files.lm_config;
         let codebooks = files.codebooks;
         if codebooks < lm_cfg.dep_q || codebooks < lm_cfg.user_streams() {
@@ -74,7 +82,7 @@ impl Engine {
             ));
         }
         let mimi = Mimi::load(&files.mimi, files.mimi_config.clone(), codebooks, device, dtype)?;
-        let lm = LmModel::load(&files.lm, lm_cfg.clone(), device, dtype)?;
+        let lm = LmModel::load_as(&files.lm, lm_cfg.clone(), device, precision)?;
         let tokenizer = files.tokenizer.as_deref().map(Tokenizer::load).transpose()?;
         Ok(Self { mimi, lm, tokenizer, source: files.source.clone(), sampling: files.sampling })
     }

@@ -16,6 +16,8 @@ use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::kernels::q8::{self, Q8};
+use crate::nn::matrix::Matrix;
 
 struct Entry {
     dtype: Dtype,
@@ -33,6 +35,7 @@ pub struct WeightFile {
     device: Device,
     dtype: DType,
     slots: Slots,
+    q8: bool,
 }
 
 impl WeightFile {
@@ -66,7 +69,43 @@ impl WeightFile {
             device: device.clone(),
             dtype,
             slots: Slots::default(),
+            q8: false,
         })
+    }
+
+    /// Holds products' weights and embedding tables in 8 bits ([`crate::kernels::q8`]): those
+    /// the file has in 8 bits (`kokichi quantize`) as they are, the others quantized at load.
+    pub fn quantized(mut self, on: bool) -> Self {
+        self.q8 = on;
+        self
+    }
+
+    /// Tensor `name` as stored (dtype, shape, bytes), untouched and not marked as taken.
+    pub fn stored(&self, name: &str) -> Option<(Dtype, Vec<usize>, &[u8])> {
+        self.entries.get(name).map(|e| (e.dtype, e.shape.clone(), &self.data[e.start..e.end]))
+    }
+
+    /// Whether the file holds 8-bit weights (`kokichi quantize` wrote it).
+    pub fn has_q8(&self) -> bool {
+        self.entries.keys().any(|k| k.ends_with(".q8"))
+    }
+
+    /// The raw bytes of `name`, checking its dtype and shape.
+    fn raw(&mut self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8]> {
+        let entry = self.entries.get(name).ok_or_else(|| self.err(name, "missing from the file"))?;
+        if entry.dtype != dtype || entry.shape != shape {
+            return Err(self.err(
+                name,
+                format!("is {:?} {:?}, expected {dtype:?} {shape:?}", entry.dtype, entry.shape),
+            ));
+        }
+        let (start, end) = (entry.start, entry.end);
+        let size = if dtype == Dtype::U32 || dtype == Dtype::F32 { 4 } else { 1 };
+        if end - start != shape.iter().product::<usize>() * size {
+            return Err(self.err(name, "data size does not match its shape and dtype"));
+        }
+        self.taken.insert(name.to_string());
+        Ok(&self.data[start..end])
     }
 
     pub fn path(&self) -> &Path {
@@ -192,6 +231,26 @@ impl Weights for WeightFile {
     fn slots(&mut self) -> &mut Slots {
         &mut self.slots
     }
+    fn q8(&self) -> bool {
+        self.q8
+    }
+    fn take_q8(&mut self, name: &str, k: usize, n: usize) -> Result<Option<(Vec<u32>, Vec<f32>)>> {
+        let (qname, sname) = (format!("{name}.q8"), format!("{name}.scale"));
+        if !self.entries.contains_key(&qname) {
+            return Ok(None);
+        }
+        let values = self
+            .raw(&qname, Dtype::U32, &[k, n / 4])?
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let scales = self
+            .raw(&sname, Dtype::F32, &[k.div_ceil(q8::BLOCK), n])?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Some((values, scales)))
+    }
 }
 
 /// Host values in the dtype they will be uploaded from.
@@ -259,6 +318,15 @@ pub trait Weights {
     /// Marks a known tensor as used without reading it.
     fn skip(&mut self, name: &str);
     fn slots(&mut self) -> &mut Slots;
+    /// Whether products' weights and embedding tables are held in 8 bits (`--dtype q8`).
+    fn q8(&self) -> bool {
+        false
+    }
+    /// The 8-bit form of `name` written by `kokichi quantize` (`name.q8`, `name.scale`), in the
+    /// held layout `[k, n]`, where the source has it.
+    fn take_q8(&mut self, _name: &str, _k: usize, _n: usize) -> Result<Option<(Vec<u32>, Vec<f32>)>> {
+        Ok(None)
+    }
 }
 
 impl dyn Weights + '_ {
@@ -317,6 +385,114 @@ impl dyn Weights + '_ {
             .collect()
     }
 
+    /// A product's weight stored `[out, inp]` ([`Self::linear`]), held in 8 bits where the source
+    /// says so ([`Weights::q8`]) and `out` is a multiple of 4 (four values pack a word).
+    pub fn product(&mut self, name: &str, stored: &[usize], out: usize, inp: usize) -> Result<Matrix> {
+        // Four columns pack one word: a width that does not divide stays float.
+        if !self.q8() || out % 4 != 0 {
+            return Ok(Matrix::new(self.linear(name, stored, out, inp)?));
+        }
+        let (values, scales) = match self.take_q8(name, inp, out)? {
+            Some(q) => q,
+            None => {
+                let data = self.take(name, stored)?.into_f32();
+                q8::quantize(&transpose(&data, out, inp), inp, out).map_err(|e| self.named(name, e))?
+            }
+        };
+        self.q8_matrix(name, stored, 0, 1, values, scales, inp, out, true)
+    }
+
+    /// `sets` products' weights `[rows, cols]` stacked in one stored tensor ([`Self::linear_parts`]),
+    /// held in 8 bits where the source says so.
+    pub fn product_parts(&mut self, name: &str, sets: usize, rows: usize, cols: usize) -> Result<Vec<Matrix>> {
+        if !self.q8() || rows % 4 != 0 {
+            return Ok(self.linear_parts(name, sets, rows, cols)?.into_iter().map(Matrix::new).collect());
+        }
+        let stored = [sets * rows, cols];
+        // Written by `kokichi quantize` part by part, as `{name}.part{i}`.
+        let mut parts = Vec::with_capacity(sets);
+        for i in 0..sets {
+            let part_name = if sets == 1 { name.to_string() } else { q8_part_name(name, i) };
+            match self.take_q8(&part_name, cols, rows)? {
+                Some(q) => parts.push(q),
+                None => break,
+            }
+        }
+        if parts.len() != sets {
+            let data = self.take(name, &stored)?.into_f32();
+            parts = (0..sets)
+                .map(|i| {
+                    let part = transpose(&data[i * rows * cols..(i + 1) * rows * cols], rows, cols);
+                    q8::quantize(&part, cols, rows).map_err(|e| self.named(name, e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+        }
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (values, scales))| self.q8_matrix(name, &stored, i, sets, values, scales, cols, rows, true))
+            .collect()
+    }
+
+    /// A table `[rows, width]` stored as `name`, held in 8 bits where the source says so.
+    pub fn table(&mut self, name: &str, rows: usize, width: usize) -> Result<Matrix> {
+        if !self.q8() || width % 4 != 0 {
+            return Ok(Matrix::new(self.param(name, [rows, width])?));
+        }
+        let (values, scales) = match self.take_q8(name, rows, width)? {
+            Some(q) => q,
+            None => {
+                let data = self.take(name, &[rows, width])?.into_f32();
+                q8::quantize(&data, rows, width).map_err(|e| self.named(name, e))?
+            }
+        };
+        self.q8_matrix(name, &[rows, width], 0, 1, values, scales, rows, width, false)
+    }
+
+    /// The 8-bit form of table `name` `[rows, width]` on the host: as the file has it, or
+    /// quantized now ([`q8::quantize`]).
+    pub fn table_q8_host(&mut self, name: &str, rows: usize, width: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+        match self.take_q8(name, rows, width)? {
+            Some(q) => Ok(q),
+            None => {
+                let data = self.take(name, &[rows, width])?.into_f32();
+                q8::quantize(&data, rows, width).map_err(|e| self.named(name, e))
+            }
+        }
+    }
+
+    /// The one-value float stand-in parameter of a matrix held in 8 bits, stored as `name`.
+    pub fn stand_in(&mut self, name: &str, stored: &[usize]) -> Param<Tensor<2>> {
+        let t = Tensor::zeros([1, 1], (self.device(), self.dtype()));
+        self.register(t, Slot::part(name, stored, 0, 1, false))
+    }
+
+    /// A matrix held as its 8-bit form, with a one-value float stand-in as its parameter.
+    #[allow(clippy::too_many_arguments)]
+    fn q8_matrix(
+        &mut self,
+        name: &str,
+        stored: &[usize],
+        part: usize,
+        parts: usize,
+        values: Vec<u32>,
+        scales: Vec<f32>,
+        k: usize,
+        n: usize,
+        transposed: bool,
+    ) -> Result<Matrix> {
+        crate::backend::check_fits(self.device(), name, k * n / 4, DType::I32)?;
+        let q = Q8::upload(values, scales, k, n, self.device()).map_err(|e| self.named(name, e))?;
+        let stand_in = Tensor::zeros([1, 1], (self.device(), self.dtype()));
+        let weight = self.register(stand_in, Slot::part(name, stored, part, parts, transposed));
+        Ok(Matrix { weight, q8: Some((q, self.dtype())) })
+    }
+
+    /// `e` with the tensor's name in front.
+    fn named(&self, name: &str, e: Error) -> Error {
+        Error::input(format!("tensor `{name}`: {e}"))
+    }
+
     /// `sets` parameters `[rows, cols]` stacked in one stored tensor `[sets * rows, cols]`.
     pub fn param_parts(&mut self, name: &str, sets: usize, rows: usize, cols: usize) -> Result<Vec<Param<Tensor<2>>>> {
         let stored = [sets * rows, cols];
@@ -350,6 +526,12 @@ impl dyn Weights + '_ {
             Slot { name: prefix.into(), part: 0, parts: 1, stored: vec![bins, dim], codebook: true, transposed: false },
         ))
     }
+}
+
+/// The name under which `kokichi quantize` writes part `i` of a stored tensor holding several
+/// products' weights (one holding a single weight keeps its name).
+pub fn q8_part_name(name: &str, i: usize) -> String {
+    format!("{name}.part{i}")
 }
 
 /// `[rows, cols]` row-major to `[cols, rows]`.
@@ -412,6 +594,9 @@ pub enum OutTensor {
     F32(Vec<f32>),
     F16(Vec<half::f16>),
     I64(Vec<i64>),
+    U32(Vec<u32>),
+    /// Bytes of a tensor of that dtype, copied as they are.
+    Raw(Dtype, Vec<u8>),
 }
 
 /// Writes named tensors to a safetensors file.
@@ -422,6 +607,8 @@ pub fn write_tensors(path: &Path, tensors: Vec<(String, Vec<usize>, OutTensor)>)
             OutTensor::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             OutTensor::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             OutTensor::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            OutTensor::U32(v) => (Dtype::U32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            OutTensor::Raw(dtype, bytes) => (dtype, bytes),
         };
         owned.push((name, dtype, shape, bytes));
     }
@@ -434,9 +621,9 @@ pub fn write_tensors(path: &Path, tensors: Vec<(String, Vec<usize>, OutTensor)>)
         })?;
         views.push((name.clone(), view));
     }
-    let buf = safetensors::serialize(views, None)
-        .map_err(|e| Error::File { path: path.to_path_buf(), msg: format!("cannot serialize: {e:?}") })?;
-    std::fs::write(path, buf).map_err(|e| Error::io(path, e))
+    // Streamed to the file: a quantized 7 B model is 8 GB, not to be held twice in memory.
+    safetensors::serialize_to_file(views, None, path)
+        .map_err(|e| Error::File { path: path.to_path_buf(), msg: format!("cannot write: {e:?}") })
 }
 
 /// Fresh weights for training, chosen by tensor name as PyTorch would initialise them:
@@ -448,6 +635,8 @@ pub struct RandomWeights {
     rng: rand::rngs::StdRng,
     pub layer_scale: f32,
     slots: Slots,
+    /// Products' weights and embedding tables held in 8 bits.
+    pub q8: bool,
 }
 
 impl RandomWeights {
@@ -459,6 +648,7 @@ impl RandomWeights {
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             layer_scale: 0.01,
             slots: Slots::default(),
+            q8: false,
         }
     }
 
@@ -522,6 +712,9 @@ impl Weights for RandomWeights {
     fn skip(&mut self, _name: &str) {}
     fn slots(&mut self) -> &mut Slots {
         &mut self.slots
+    }
+    fn q8(&self) -> bool {
+        self.q8
     }
 }
 

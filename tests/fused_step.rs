@@ -7,7 +7,7 @@
 
 mod common;
 
-use burn::prelude::*;
+
 use common::*;
 use kokichi::backend;
 use kokichi::kernels;

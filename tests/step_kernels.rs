@@ -13,7 +13,8 @@ use kokichi::kernels::act::Act;
 use kokichi::kernels::attention::{self, Ring, Rope, Target};
 use kokichi::kernels::conv::{self, ConvShape};
 use kokichi::kernels::embed::{self, Column};
-use kokichi::kernels::matvec::{self, Input};
+use kokichi::kernels::matvec::{self, Input, Weight};
+use kokichi::kernels::q8::{self, Q8};
 use kokichi::kernels::pick::{self, Draw};
 use kokichi::kernels::residual::{self, Base, NormParams, Update};
 use kokichi::kernels::rvq::{self, Quantizer};
@@ -70,7 +71,7 @@ fn products_into_partials_match_the_reference() {
                 let x = t3(&device, [1, rows, k], 1, 1.0, dtype);
                 let w = t2(&device, [k, n], 2, 1.0 / (k as f32).sqrt(), dtype);
                 let input = Input::Rows(x);
-                assert_eq!(matvec::launches(&input, &w), kind == BackendKind::Wgpu, "{what}: kernel taken");
+                assert_eq!(matvec::launches(&input, &Weight::Float(w.clone())), kind == BackendKind::Wgpu, "{what}: kernel taken");
                 let got = matvec::sum_parts(matvec::partials(input.clone(), w.clone()), DType::F32);
                 let want = matvec::sum_parts(matvec::partials_reference(input, w), DType::F32);
                 close(&what, &floats(got), &floats(want), tol(dtype));
@@ -81,7 +82,7 @@ fn products_into_partials_match_the_reference() {
                 let w = t2(&device, [h, n], 4, 1.0 / (h as f32).sqrt(), dtype);
                 for input in [Input::Gated(p.clone(), Act::Silu), Input::Gated(p.clone(), Act::Gelu)] {
                     let what = format!("{kind} {dtype:?} {input:?}");
-                    assert_eq!(matvec::launches(&input, &w), kind == BackendKind::Wgpu, "{what}");
+                    assert_eq!(matvec::launches(&input, &Weight::Float(w.clone())), kind == BackendKind::Wgpu, "{what}");
                     let got = matvec::sum_parts(matvec::partials(input.clone(), w.clone()), DType::F32);
                     let want = matvec::sum_parts(matvec::partials_reference(input, w.clone()), DType::F32);
                     close(&format!("{kind} {dtype:?} gated rows {rows}"), &floats(got), &floats(want), tol(dtype));
@@ -91,6 +92,35 @@ fn products_into_partials_match_the_reference() {
                 let got = matvec::sum_parts(matvec::partials(input.clone(), w.clone()), DType::F32);
                 let want = matvec::sum_parts(matvec::partials_reference(input, w), DType::F32);
                 close(&format!("{kind} {dtype:?} gelu rows {rows}"), &floats(got), &floats(want), tol(dtype));
+            }
+        }
+    }
+}
+
+/// An 8-bit weight of host values.
+fn q8_weight(device: &Device, k: usize, n: usize, seed: u32, scale: f32) -> Q8 {
+    let (values, scales) = q8::quantize(&values(k * n, seed, scale), k, n).unwrap();
+    Q8::upload(values, scales, k, n, device).unwrap()
+}
+
+#[test]
+fn products_with_8_bit_weights_match_the_reference() {
+    for (kind, device) in devices() {
+        for dtype in dtypes(&device) {
+            for (rows, k, n) in [(1, 256, 768), (3, 300, 72), (9, 520, 132)] {
+                let what = format!("{kind} {dtype:?} q8 rows {rows} [{k}, {n}]");
+                let w = Weight::Q8(q8_weight(&device, k, n, 6, 1.0 / (k as f32).sqrt()), dtype);
+                let input = Input::Rows(t3(&device, [1, rows, k], 7, 1.0, dtype));
+                assert_eq!(matvec::launches(&input, &w), kind == BackendKind::Wgpu, "{what}: kernel taken");
+                let got = matvec::sum_parts(matvec::partials(input.clone(), w.clone()), DType::F32);
+                let want = matvec::sum_parts(matvec::partials_reference(input, w.clone()), DType::F32);
+                close(&what, &floats(got), &floats(want), tol(dtype));
+                // A gated hidden input.
+                let p = t3(&device, [2, rows, 2 * k], 8, 0.7, DType::F32);
+                let input = Input::Gated(p, Act::Silu);
+                let got = matvec::sum_parts(matvec::partials(input.clone(), w.clone()), DType::F32);
+                let want = matvec::sum_parts(matvec::partials_reference(input, w), DType::F32);
+                close(&format!("{what} gated"), &floats(got), &floats(want), tol(dtype));
             }
         }
     }
@@ -132,12 +162,21 @@ fn residual_and_norm_match_the_reference() {
             // Gathered rows (a "no input" token among them), plain and without a norm.
             let table = t2(&device, [40, 96], 24, 1.0, dtype);
             let idx = backend::ints(vec![3, 17, -1, 39, 0, 5, 12, 12, 30], [3, 3], &device);
-            let base = Base::Gather { table, idx, column: Column { offset: 0, stride: 3 }, count: 3, rows: 3 };
+            let base = Base::Gather { table: Weight::Float(table), idx, column: Column { offset: 0, stride: 3 }, count: 3, rows: 3 };
             let n = norm(&device, 96, true, dtype);
             let (xk, hk) = residual::residual_norm(base.clone(), None, None, Some(&n), dtype);
             let (xr, hr) = residual::reference(base.clone(), None, None, Some(&n), dtype);
             close(&format!("{kind} {dtype:?} gathered x"), &floats(xk), &floats(xr), tol(dtype));
             close(&format!("{kind} {dtype:?} gathered h"), &floats(hk.unwrap()), &floats(hr.unwrap()), 5.0 * tol(dtype));
+            // The same from an 8-bit table.
+            let qt = Weight::Q8(q8_weight(&device, 40, 96, 25, 1.0), dtype);
+            let idx8 = backend::ints(vec![3, 17, -1, 39, 0, 5, 12, 12, 30], [3, 3], &device);
+            let base8 = Base::Gather { table: qt, idx: idx8, column: Column { offset: 0, stride: 3 }, count: 3, rows: 3 };
+            assert_eq!(residual::uses_kernel(&base8, None, None, Some(&n), dtype), kind == BackendKind::Wgpu, "{kind}: q8 gather");
+            let (xk, hk) = residual::residual_norm(base8.clone(), None, None, Some(&n), dtype);
+            let (xr, hr) = residual::reference(base8, None, None, Some(&n), dtype);
+            close(&format!("{kind} {dtype:?} gathered 8-bit x"), &floats(xk), &floats(xr), tol(dtype));
+            close(&format!("{kind} {dtype:?} gathered 8-bit h"), &floats(hk.unwrap()), &floats(hr.unwrap()), 5.0 * tol(dtype));
             let (xk, hk) = residual::residual_norm(base.clone(), None, None, None, dtype);
             assert!(hk.is_none(), "{kind}: no norm, no h");
             close(&format!("{kind} {dtype:?} gathered, no norm"), &floats(xk), &floats(residual::reference(base, None, None, None, dtype).0), tol(dtype));

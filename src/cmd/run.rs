@@ -98,7 +98,7 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     let device = backend::device(backend_kind, dtype)?;
     tracing::info!(backend = %backend_kind, adapter = %backend::adapter_name(&device), model = %files.source, "loading");
     let t0 = Instant::now();
-    let engine = Engine::load(&files, &device, dtype.dtype())?;
+    let engine = Engine::load_as(&files, &device, dtype)?;
     tracing::info!(ms = t0.elapsed().as_millis() as u64, "model loaded");
     let mut pcm = audio::read_audio(&a.input, engine.sample_rate() as u32)?;
     if pcm.is_empty() {

@@ -103,7 +103,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             model: "kokichi-tiny".into(),
-            backend: BackendKind::Wgpu,
+            backend: BackendKind::Auto,
             dtype: Precision::F32,
             bind: SocketAddr::from(([127, 0, 0, 1], 8998)),
             token: None,

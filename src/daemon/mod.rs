@@ -57,7 +57,7 @@ pub async fn serve(
         let files = model_dir::resolve(&cfg.model)?;
         let device = backend::device(cfg.backend, cfg.dtype)?;
         tracing::info!(model = %files.source, backend = %cfg.backend, adapter = %backend::adapter_name(&device), "loading model");
-        let engine = Engine::load(&files, &device, cfg.dtype.dtype())?;
+        let engine = Engine::load_as(&files, &device, cfg.dtype)?;
         // On wgpu, kernels compile and autotune on their first use: here, before anyone is
         // listening, not in the first conversation (the CPU backend has nothing to warm).
         if !backend::is_cpu(&device) {

@@ -328,7 +328,7 @@ impl LmModel {
         let (x, h0) = residual_norm(base, None, None, first_norm.as_ref(), dtype);
         let (_, h) = self.transformer.step(x.reshape([b, 1, c.dim]), h0, &mut state.transformer, rope.as_ref(), Some(&self.out_norm))?;
         let h = h.ok_or_else(|| Error::input("the temporal step lost its output norm"))?;
-        let logits = matvec::partials(Input::Rows(h.clone()), self.text_linear.val());
+        let logits = matvec::partials(Input::Rows(h.clone()), self.text_linear.weight());
         picked = kpick::pick(logits, &params, &draws[0], 0, picked);
 
         // Depth transformer: each codebook from the token just picked, on the device.
@@ -343,10 +343,10 @@ impl LmModel {
                 None => matvec::partials(Input::Rows(h.clone()), self.depformer_in_weight(step)?).into(),
             };
             let table = if step == 0 { &self.depformer_text_emb } else { &self.depformer_emb[step - 1] };
-            let prev = Base::Gather { table: table.val(), idx: picked.clone(), column: Column { offset: step * b, stride: 1 }, count: 1, rows: b };
+            let prev = Base::Gather { table: table.weight(), idx: picked.clone(), column: Column { offset: step * b, stride: 1 }, count: 1, rows: b };
             let (x, hn) = residual_norm(prev, Some(proj), None, first_norm.as_ref(), dtype);
             let (y, _) = self.depformer.step(x.reshape([b, 1, c.depformer_dim]), hn, dep_state, None, None)?;
-            let logits = matvec::partials(Input::Rows(y), self.linears[step].val());
+            let logits = matvec::partials(Input::Rows(y), self.linears[step].weight());
             picked = kpick::pick(logits, &params, &draws[step + 1], step + 1, picked);
         }
         backend::read_ints(picked)

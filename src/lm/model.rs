@@ -10,10 +10,13 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 use super::config::LmConfig;
-use crate::backend;
+use crate::backend::{self, Precision};
 use crate::error::{Error, Result};
 use crate::nn::norm::{Norm, NormKind};
 use crate::nn::transformer::{Transformer, TransformerState};
+use crate::kernels::matvec::{Q8, Weight};
+use crate::kernels::q8;
+use crate::nn::matrix::Matrix;
 use crate::weights::{Slots, WeightFile, Weights};
 
 /// Token meaning "no input": its embedding is zero.
@@ -24,22 +27,22 @@ pub const UNGENERATED_TOKEN: i64 = -2;
 #[derive(Module, Debug)]
 pub struct LmModel {
     /// One table `[card + 1, dim]` per audio stream.
-    pub emb: Vec<Param<Tensor<2>>>,
+    pub emb: Vec<Matrix>,
     /// `[text_card + 1, dim]`.
-    pub text_emb: Param<Tensor<2>>,
+    pub text_emb: Matrix,
     pub transformer: Transformer,
     pub out_norm: Norm,
     /// `[dim, text_out]` (input-major).
-    pub text_linear: Param<Tensor<2>>,
+    pub text_linear: Matrix,
     /// `[dim, depformer_dim]`, one per step (multi-linear) or shared.
-    pub depformer_in: Vec<Param<Tensor<2>>>,
+    pub depformer_in: Vec<Matrix>,
     /// `[card + 1, depformer_dim]` for steps 1..dep_q (step 0 takes the text token).
-    pub depformer_emb: Vec<Param<Tensor<2>>>,
+    pub depformer_emb: Vec<Matrix>,
     /// `[text_card + 1, depformer_dim]`.
-    pub depformer_text_emb: Param<Tensor<2>>,
+    pub depformer_text_emb: Matrix,
     pub depformer: Transformer,
     /// Audio heads `[depformer_dim, card]`, one per generated stream.
-    pub linears: Vec<Param<Tensor<2>>>,
+    pub linears: Vec<Matrix>,
     #[module(skip)]
     pub config: LmConfig,
     /// The input tables stacked in one tensor, where the step's kernels run and it fits one
@@ -50,59 +53,139 @@ pub struct LmModel {
     /// step by step, where the step's kernels run and it fits one buffer: a device step projects
     /// the temporal output for every depth step in one launch.
     #[module(skip)]
-    pub depformer_in_all: Option<Tensor<2>>,
+    pub depformer_in_all: Option<Weight>,
 }
 
 /// The LM's input tables stacked, text first then each audio stream, and the first row of each:
 /// the temporal transformer's input is then one launch, one row per stream.
 #[derive(Clone, Debug)]
 pub struct InputTable {
-    pub table: Tensor<2>,
+    pub table: Weight,
     pub offsets: Vec<usize>,
 }
 
-impl InputTable {
-    /// Stacks `text` and `audio` and makes them views of the stack (their parameter ids kept),
-    /// where the kernels run on `device` and the stack fits one buffer; `None` elsewhere.
-    fn stack(text: &mut Param<Tensor<2>>, audio: &mut [Param<Tensor<2>>], device: &Device) -> Option<InputTable> {
-        if !crate::kernels::launches_on(device) {
-            return None;
+/// The input tables (text first, then each audio stream `[rows, dim]`) and, where the kernels run
+/// on the device and the stack fits one buffer, their stack, of which they are views: float
+/// tables stacked as they are, 8-bit ones each quantized alone and padded to whole blocks of
+/// rows, so that each keeps its own scales.
+fn input_tables(w: &mut dyn Weights, names: &[(String, usize)], dim: usize) -> Result<(Vec<Matrix>, Option<InputTable>)> {
+    let device = w.device().clone();
+    let stacks = crate::kernels::launches_on(&device);
+    if !w.q8() || dim % 4 != 0 {
+        let mut tables = names.iter().map(|(n, rows)| w.param(n, [*rows, dim]).map(Matrix::new)).collect::<Result<Vec<_>>>()?;
+        let rows: Vec<usize> = names.iter().map(|(_, r)| *r).collect();
+        let dtype = w.dtype();
+        let bytes = (rows.iter().sum::<usize>() * dim * dtype.size()) as u64;
+        if !stacks || backend::max_tensor_bytes(&device).is_some_and(|max| bytes > max) {
+            return Ok((tables, None));
         }
-        let tables: Vec<Tensor<2>> = std::iter::once(text.val()).chain(audio.iter().map(|p| p.val())).collect();
-        let rows: Vec<usize> = tables.iter().map(|t| t.dims()[0]).collect();
-        let dim = tables.first()?.dims()[1];
-        let total: usize = rows.iter().sum();
-        let bytes = (total * dim * tables[0].dtype().size()) as u64;
-        if backend::max_tensor_bytes(device).is_some_and(|max| bytes > max) {
-            return None;
+        let table = Tensor::cat(tables.iter().map(|t| t.weight.val()).collect(), 0);
+        let offsets = offsets(&rows, 1);
+        for (t, (&at, &r)) in tables.iter_mut().zip(offsets.iter().zip(&rows)) {
+            t.weight = Param::initialized(t.weight.id, table.clone().narrow(0, at, r));
         }
-        let table = Tensor::cat(tables, 0);
-        let mut offsets = Vec::with_capacity(rows.len());
-        let mut at = 0;
-        for r in &rows {
-            offsets.push(at);
-            at += r;
-        }
-        let view = |p: &Param<Tensor<2>>, at: usize, r: usize| Param::initialized(p.id, table.clone().narrow(0, at, r));
-        *text = view(text, offsets[0], rows[0]);
-        for (i, p) in audio.iter_mut().enumerate() {
-            *p = view(p, offsets[i + 1], rows[i + 1]);
-        }
-        Some(InputTable { table, offsets })
+        return Ok((tables, Some(InputTable { table: Weight::Float(table), offsets })));
     }
+    // 8 bits: quantize each table on the host, stack padded to whole blocks, upload once.
+    let block = q8::BLOCK;
+    let rows: Vec<usize> = names.iter().map(|(_, r)| *r).collect();
+    let offsets = offsets(&rows, block);
+    let total = offsets.last().zip(rows.last()).map_or(0, |(o, r)| o + r.div_ceil(block) * block);
+    let (mut values, mut scales) = (Vec::with_capacity(total * dim / 4), Vec::with_capacity(total / block * dim));
+    let mut stand_ins = Vec::with_capacity(names.len());
+    for (name, r) in names {
+        let (v, s) = w.table_q8_host(name, *r, dim)?;
+        values.extend(v);
+        values.resize(values.len() + (r.div_ceil(block) * block - r) * dim / 4, 0);
+        scales.extend(s);
+        stand_ins.push(w.stand_in(name, &[*r, dim]));
+    }
+    backend::check_fits(&device, "the LM's input tables (8 bits)", total * dim / 4, DType::I32)?;
+    let stack = Q8::upload(values, scales, total, dim, &device)?;
+    let dtype = w.dtype();
+    let tables = stand_ins
+        .into_iter()
+        .zip(offsets.iter().zip(&rows))
+        .map(|(weight, (&at, &r))| {
+            let view = Q8 {
+                values: stack.values.clone().narrow(0, at, r),
+                scales: stack.scales.clone().narrow(0, at / block, r.div_ceil(block)),
+            };
+            Matrix { weight, q8: Some((view, dtype)) }
+        })
+        .collect();
+    let table = stacks.then(|| InputTable { table: Weight::Q8(stack, dtype), offsets });
+    Ok((tables, table))
 }
 
-fn lin(x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<3> {
+/// The first row of each of tables of `rows`, stacked with each starting at a multiple of `align`.
+fn offsets(rows: &[usize], align: usize) -> Vec<usize> {
+    let mut at = 0;
+    rows.iter()
+        .map(|r| {
+            let o = at;
+            at += r.div_ceil(align) * align;
+            o
+        })
+        .collect()
+}
+
+fn lin(x: Tensor<3>, w: &Matrix) -> Tensor<3> {
     crate::kernels::matvec::linear(x, w.val())
 }
 
 impl LmModel {
     /// Loads a checkpoint in the reference key layout (f32, f16 or bf16 on disk).
     pub fn load(path: &Path, config: LmConfig, device: &Device, dtype: DType) -> Result<Self> {
-        let mut w = WeightFile::open(path, device, dtype)?;
+        let precision = if dtype == DType::F16 { Precision::F16 } else { Precision::F32 };
+        Self::load_as(path, config, device, precision)
+    }
+
+    /// [`LmModel::load`] at a precision; a checkpoint `kokichi quantize` wrote loads in 8 bits
+    /// whatever is asked.
+    pub fn load_as(path: &Path, config: LmConfig, device: &Device, precision: Precision) -> Result<Self> {
+        Ok(Self::load_with_slots(path, config, device, precision)?.0)
+    }
+
+    /// [`LmModel::load_as`], with where each parameter came from in the file.
+    pub fn load_with_slots(path: &Path, config: LmConfig, device: &Device, precision: Precision) -> Result<(Self, Slots)> {
+        let probe = WeightFile::open(path, device, precision.dtype())?;
+        let q8 = precision.quantized() || probe.has_q8();
+        // 8-bit weights compute in f16.
+        let mut w = if q8 { WeightFile::open(path, device, DType::F16)?.quantized(true) } else { probe };
         let lm = Self::build(&mut w, config)?;
-        w.finish()?;
-        Ok(lm)
+        let slots = w.finish()?;
+        Ok((lm, slots))
+    }
+
+    /// Every matrix of the model (products' weights and embedding tables), as held.
+    pub fn matrices(&self) -> Vec<&Matrix> {
+        let mut out: Vec<&Matrix> = self.emb.iter().collect();
+        out.push(&self.text_emb);
+        out.push(&self.text_linear);
+        out.extend(&self.depformer_in);
+        out.extend(&self.depformer_emb);
+        out.push(&self.depformer_text_emb);
+        out.extend(&self.linears);
+        for t in [&self.transformer, &self.depformer] {
+            for l in &t.layers {
+                out.extend(l.in_proj.iter().chain(&l.out_proj).chain(&l.ffn_in).chain(&l.ffn_out));
+            }
+        }
+        out
+    }
+
+    /// Bytes the model's weights take on its device: its matrices as held (8-bit where they are,
+    /// the input tables once however they are stacked), its other parameters, and the stacked
+    /// depth-step projections a device step reads.
+    pub fn resident_bytes(&self) -> u64 {
+        let matrices = self.matrices();
+        let matrix_params: usize = matrices.iter().map(|m| m.weight.num_params()).sum();
+        let dtype = self.dtype().size() as u64;
+        let others = (self.num_params() - matrix_params) as u64 * dtype;
+        let held: u64 = matrices.iter().map(|m| m.bytes()).sum();
+        let stack = self.depformer_in_all.as_ref().map_or(0, Weight::bytes);
+        held + others + stack
     }
 
     /// A freshly initialised model (training), with the slots to export it.
@@ -117,17 +200,27 @@ impl LmModel {
         Ok((lm, w.into_slots()))
     }
 
+    /// A random model at a precision ([`Precision::Q8`]: its matrices quantized from the same
+    /// random values as [`LmModel::random_as`] draws in f16).
+    pub fn random_at(config: LmConfig, device: &Device, precision: Precision, seed: u64) -> Result<Self> {
+        let mut w = crate::weights::RandomWeights::new(device, precision.dtype(), seed);
+        w.q8 = precision.quantized();
+        Self::build(&mut w, config)
+    }
+
     /// Builds the model from any weight source.
     pub fn build(w: &mut dyn Weights, config: LmConfig) -> Result<Self> {
         config.validate()?;
         let c = &config;
-        let mut emb =
-            (0..c.n_q).map(|k| w.param(&format!("emb.{k}.weight"), [c.card + 1, c.dim])).collect::<Result<Vec<_>>>()?;
-        let mut text_emb = w.param("text_emb.weight", [c.text_card + 1, c.dim])?;
-        let input_table = InputTable::stack(&mut text_emb, &mut emb, w.device());
+        let names: Vec<(String, usize)> = std::iter::once(("text_emb.weight".to_string(), c.text_card + 1))
+            .chain((0..c.n_q).map(|k| (format!("emb.{k}.weight"), c.card + 1)))
+            .collect();
+        let (mut tables, input_table) = input_tables(w, &names, c.dim)?;
+        let emb = tables.split_off(1);
+        let text_emb = tables.pop().ok_or_else(|| Error::config("lm", "no text table"))?;
         let transformer = Transformer::load(w, "transformer", c.transformer_spec()?)?;
         let out_norm = Norm::load(w, "out_norm", NormKind::parse(&c.norm)?, c.dim)?;
-        let text_linear = w.linear("text_linear.weight", &[c.text_out(), c.dim], c.text_out(), c.dim)?;
+        let text_linear = w.product("text_linear.weight", &[c.text_out(), c.dim], c.text_out(), c.dim)?;
         let n_in = if c.depformer_multi_linear {
             c.depformer_weights_per_step_schedule
                 .as_ref()
@@ -137,16 +230,16 @@ impl LmModel {
             1
         };
         let depformer_in = (0..n_in)
-            .map(|k| w.linear(&format!("depformer_in.{k}.weight"), &[c.depformer_dim, c.dim], c.depformer_dim, c.dim))
+            .map(|k| w.product(&format!("depformer_in.{k}.weight"), &[c.depformer_dim, c.dim], c.depformer_dim, c.dim))
             .collect::<Result<Vec<_>>>()?;
         let depformer_in_all = stack_columns(&depformer_in, c, w.device());
         let depformer_emb = (0..c.dep_q - 1)
-            .map(|k| w.param(&format!("depformer_emb.{k}.weight"), [c.card + 1, c.depformer_dim]))
+            .map(|k| w.table(&format!("depformer_emb.{k}.weight"), c.card + 1, c.depformer_dim))
             .collect::<Result<Vec<_>>>()?;
-        let depformer_text_emb = w.param("depformer_text_emb.weight", [c.text_card + 1, c.depformer_dim])?;
+        let depformer_text_emb = w.table("depformer_text_emb.weight", c.text_card + 1, c.depformer_dim)?;
         let depformer = Transformer::load(w, "depformer", c.depformer_spec()?)?;
         let linears = (0..c.dep_q)
-            .map(|k| w.linear(&format!("linears.{k}.weight"), &[c.card, c.depformer_dim], c.card, c.depformer_dim))
+            .map(|k| w.product(&format!("linears.{k}.weight"), &[c.card, c.depformer_dim], c.card, c.depformer_dim))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             emb,
@@ -166,7 +259,7 @@ impl LmModel {
     }
 
     pub fn device(&self) -> Device {
-        self.text_emb.val().device()
+        self.text_emb.weight.val().device()
     }
 
     /// Bytes of weights one step reads at least once: every weight but the embedding tables,
@@ -182,13 +275,12 @@ impl LmModel {
     }
 
     pub fn dtype(&self) -> DType {
-        self.text_emb.val().dtype()
+        self.text_emb.weight.val().dtype()
     }
 
     /// Looks up `tokens` (`[B * T]`, `-1` = zero vector) in `table`, giving `[B, T, dim]`.
-    fn embed(&self, table: &Param<Tensor<2>>, tokens: &[i64], b: usize, t: usize) -> Result<Tensor<3>> {
-        let w = table.val();
-        let [rows, dim] = w.dims();
+    fn embed(&self, table: &Matrix, tokens: &[i64], b: usize, t: usize) -> Result<Tensor<3>> {
+        let [rows, dim] = table.dims();
         let mut zero = Vec::new();
         let mut idx = Vec::with_capacity(tokens.len());
         for (i, &tok) in tokens.iter().enumerate() {
@@ -201,8 +293,8 @@ impl LmModel {
                 idx.push(tok);
             }
         }
-        let device = w.device();
-        let e = w.select(0, backend::ints(idx, [tokens.len()], &device));
+        let device = self.device();
+        let e = table.rows(backend::ints(idx, [tokens.len()], &device));
         let e = if zero.is_empty() {
             e
         } else {
@@ -258,14 +350,14 @@ impl LmModel {
                 .get(step - 1)
                 .ok_or_else(|| Error::input(format!("depformer step {step} beyond dep_q")))?
         };
-        let dim = table.val().dims()[1];
-        let x = proj + table.val().select(0, prev).reshape([b, 1, dim]);
+        let dim = table.dims()[1];
+        let x = proj + table.rows(prev).reshape([b, 1, dim]);
         let y = self.depformer.forward(x, Some(state))?;
         Ok(lin(y, &self.linears[step]))
     }
 
     /// The depth transformer's input projection of step `step`.
-    pub(crate) fn depformer_in_weight(&self, step: usize) -> Result<Tensor<2>> {
+    pub(crate) fn depformer_in_weight(&self, step: usize) -> Result<Weight> {
         let idx = if self.depformer_in.len() == 1 {
             0
         } else {
@@ -276,7 +368,7 @@ impl LmModel {
         };
         self.depformer_in
             .get(idx)
-            .map(|w| w.val())
+            .map(Matrix::weight)
             .ok_or_else(|| Error::input(format!("no depformer input projection for step {step}")))
     }
 
@@ -364,28 +456,43 @@ impl LmModel {
     }
 }
 
-/// The depth steps' input projections side by side, in step order (`[dim, dep_q * dd]`), where
-/// the kernels run on `device` and the result fits one buffer.
-fn stack_columns(depformer_in: &[Param<Tensor<2>>], c: &LmConfig, device: &Device) -> Option<Tensor<2>> {
+/// The depth steps' input projections side by side, in step order (`[dim, dep_q * dd]`, float
+/// or 8-bit like them), where the kernels run on `device` and the result fits one buffer.
+fn stack_columns(depformer_in: &[Matrix], c: &LmConfig, device: &Device) -> Option<Weight> {
     if !crate::kernels::launches_on(device) {
         return None;
     }
-    let per_step: Vec<Tensor<2>> = (0..c.dep_q)
+    let per_step: Vec<Weight> = (0..c.dep_q)
         .map(|step| {
             let idx = match (&c.depformer_weights_per_step_schedule, depformer_in.len()) {
                 (_, 1) => 0,
                 (Some(s), _) => s.get(step).copied().unwrap_or(step),
                 (None, _) => step,
             };
-            depformer_in.get(idx).map(|p| p.val())
+            depformer_in.get(idx).map(Matrix::weight)
         })
         .collect::<Option<Vec<_>>>()?;
-    let dtype = per_step.first()?.dtype();
-    let bytes = (c.dim * c.dep_q * c.depformer_dim * dtype.size()) as u64;
+    let bytes = per_step.iter().map(|w| w.bytes()).sum::<u64>();
     if backend::max_tensor_bytes(device).is_some_and(|max| bytes > max) {
         return None;
     }
-    Some(Tensor::cat(per_step, 1))
+    match &per_step[0] {
+        Weight::Float(_) => {
+            let floats = per_step.into_iter().map(|w| w.to_float()).collect();
+            Some(Weight::Float(Tensor::cat(floats, 1)))
+        }
+        Weight::Q8(_, dtype) => {
+            let dtype = *dtype;
+            let (values, scales): (Vec<_>, Vec<_>) = per_step
+                .into_iter()
+                .filter_map(|w| match w {
+                    Weight::Q8(q, _) => Some((q.values, q.scales)),
+                    Weight::Float(_) => None,
+                })
+                .unzip();
+            Some(Weight::Q8(Q8 { values: Tensor::cat(values, 1), scales: Tensor::cat(scales, 1) }, dtype))
+        }
+    }
 }
 
 /// Shifts `[B, S, T, C]` left by `d` along T, padding with zeros at the end.

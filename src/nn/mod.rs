@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod matrix;
 pub mod norm;
 pub mod rope;
 pub mod transformer;

@@ -12,11 +12,12 @@ use burn::tensor::DType;
 use burn::tensor::activation::gelu;
 
 use super::attention::{KvCache, attend, mask_bias};
+use super::matrix::Matrix;
 use super::norm::{Norm, NormKind};
 use super::rope::RopeTables;
 use crate::error::{Error, Result};
 use crate::kernels::attention::{self, Rope, Target};
-use crate::kernels::matvec::{self, Input};
+use crate::kernels::matvec::{self, Input, Weight};
 use crate::kernels::residual::{Base, residual_norm};
 use crate::weights::Weights;
 
@@ -128,13 +129,13 @@ pub struct Layer {
     pub norm1: Norm,
     pub norm2: Norm,
     /// `[d, 3 d]` (input-major) per weight set.
-    pub in_proj: Vec<Param<Tensor<2>>>,
+    pub in_proj: Vec<Matrix>,
     /// `[d, d]` per weight set.
-    pub out_proj: Vec<Param<Tensor<2>>>,
+    pub out_proj: Vec<Matrix>,
     /// MLP `linear1` `[d, f]` or gating `linear_in` `[d, 2 h]`, per weight set.
-    pub ffn_in: Vec<Param<Tensor<2>>>,
+    pub ffn_in: Vec<Matrix>,
     /// MLP `linear2` `[f, d]` or gating `linear_out` `[h, d]`, per weight set.
-    pub ffn_out: Vec<Param<Tensor<2>>>,
+    pub ffn_out: Vec<Matrix>,
     pub scale1: Option<Param<Tensor<1>>>,
     pub scale2: Option<Param<Tensor<1>>>,
 }
@@ -184,12 +185,12 @@ impl TransformerState {
     }
 }
 
-fn lin(x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<3> {
+fn lin(x: Tensor<3>, w: &Matrix) -> Tensor<3> {
     crate::kernels::matvec::linear(x, w.val())
 }
 
 /// Applies one weight set per time step (`weights_per_step`), or the shared one.
-fn per_step(x: Tensor<3>, ws: &[Param<Tensor<2>>], schedule: Option<&[usize]>, step: usize) -> Result<Tensor<3>> {
+fn per_step(x: Tensor<3>, ws: &[Matrix], schedule: Option<&[usize]>, step: usize) -> Result<Tensor<3>> {
     if ws.len() == 1 {
         return Ok(lin(x, &ws[0]));
     }
@@ -215,14 +216,14 @@ impl Transformer {
         let mut layers = Vec::with_capacity(spec.num_layers);
         for i in 0..spec.num_layers {
             let p = format!("{prefix}.layers.{i}");
-            let in_proj = w.linear_parts(&format!("{p}.self_attn.in_proj_weight"), sets, 3 * d, d)?;
-            let out_proj = w.linear_parts(&format!("{p}.self_attn.out_proj.weight"), sets, d, d)?;
+            let in_proj = w.product_parts(&format!("{p}.self_attn.in_proj_weight"), sets, 3 * d, d)?;
+            let out_proj = w.product_parts(&format!("{p}.self_attn.out_proj.weight"), sets, d, d)?;
             let (ffn_in, ffn_out) = match spec.ffn {
                 Ffn::Mlp => {
                     let f = spec.dim_feedforward;
                     (
-                        vec![w.linear(&format!("{p}.linear1.weight"), &[f, d], f, d)?],
-                        vec![w.linear(&format!("{p}.linear2.weight"), &[d, f], d, f)?],
+                        vec![w.product(&format!("{p}.linear1.weight"), &[f, d], f, d)?],
+                        vec![w.product(&format!("{p}.linear2.weight"), &[d, f], d, f)?],
                     )
                 }
                 Ffn::Gated(_) => {
@@ -232,8 +233,8 @@ impl Transformer {
                     for s in 0..sets {
                         let g =
                             if spec.weights_per_step > 0 { format!("{p}.gating.{s}") } else { format!("{p}.gating") };
-                        fi.push(w.linear(&format!("{g}.linear_in.weight"), &[2 * h, d], 2 * h, d)?);
-                        fo.push(w.linear(&format!("{g}.linear_out.weight"), &[d, h], d, h)?);
+                        fi.push(w.product(&format!("{g}.linear_in.weight"), &[2 * h, d], 2 * h, d)?);
+                        fo.push(w.product(&format!("{g}.linear_out.weight"), &[d, h], d, h)?);
                     }
                     (fi, fo)
                 }
@@ -354,16 +355,17 @@ impl Transformer {
             None => residual_norm(Base::Rows(x.clone()), None, None, Some(&first), dtype).1,
         };
         for (li, layer) in self.layers.iter().enumerate() {
-            let weights = |ws: &[Param<Tensor<2>>]| {
-                ws.get(set).map(|w| w.val()).ok_or_else(|| Error::input(format!("no weights for step {set}")))
+            let weights = |ws: &[Matrix]| {
+                ws.get(set).map(Matrix::weight).ok_or_else(|| Error::input(format!("no weights for step {set}")))
             };
             let normed = h.take().ok_or_else(|| Error::input("fused step lost its normalised input"))?;
             // Attention block.
             let qkv = matvec::partials(Input::Rows(normed.reshape([1, rows, c])), weights(&layer.in_proj)?);
             let w_out = weights(&layer.out_proj)?;
             // Narrow models take the output projection in the attention launch.
-            let mut target = if c <= attention::PROJECT_MAX_WIDTH && crate::kernels::run_on(&device) {
-                Target::Projected { partials: Tensor::empty([heads, rows, c], (&device, DType::F32)), w: w_out.clone() }
+            let project = c <= attention::PROJECT_MAX_WIDTH && crate::kernels::run_on(&device);
+            let mut target = if let (true, Weight::Float(w)) = (project, &w_out) {
+                Target::Projected { partials: Tensor::empty([heads, rows, c], (&device, DType::F32)), w: w.clone() }
             } else {
                 Target::Rows(Tensor::empty([rows, c], (&device, dtype)))
             };
@@ -565,10 +567,10 @@ mod tests {
             .map(|_| Layer {
                 norm1: norm(),
                 norm2: norm(),
-                in_proj: vec![rnd([d, 3 * d])],
-                out_proj: vec![rnd([d, d])],
-                ffn_in: vec![rnd([d, spec.dim_feedforward])],
-                ffn_out: vec![rnd([spec.dim_feedforward, d])],
+                in_proj: vec![Matrix::new(rnd([d, 3 * d]))],
+                out_proj: vec![Matrix::new(rnd([d, d]))],
+                ffn_in: vec![Matrix::new(rnd([d, spec.dim_feedforward]))],
+                ffn_out: vec![Matrix::new(rnd([spec.dim_feedforward, d]))],
                 scale1: None,
                 scale2: None,
             })
