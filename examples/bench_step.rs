@@ -14,10 +14,13 @@
 //! - `--fit` trims the LM's feed-forward width and text vocabulary until every weight fits the
 //!   adapter's largest buffer (lavapipe: 128 MiB), which leaves the counts unchanged: they
 //!   depend on layers, heads and steps, not widths.
+//! - `--dtype q8` holds the LM's matrices in 8 bits (activations in f16).
 //! - `--kernels N` lists the N kernels launched most per step; with `--profile`, the N taking
 //!   the most time, each timed alone (which slows the step: its own timings then mean little).
-//! - `--matvec both` steps the same model with the matrix-vector kernel (`kernels/matvec.rs`) and
-//!   then without it, and prints the ratio (`off`: without only).
+//! - `--fused both` steps the same model with the step kernels of `kernels/` and then with their
+//!   plain-Burn references (`off`: references only), and prints the ratio.
+//! - `--peak-gbs G` prints the step's floor on a device of G GB/s of memory bandwidth (the
+//!   weights it reads, once) and how far the step is from it.
 
 use std::time::Instant;
 
@@ -25,7 +28,7 @@ use anyhow::Result;
 use burn::tensor::DType;
 use kokichi::backend::{self, BackendKind, Precision};
 use kokichi::cost::{Cost, Meter};
-use kokichi::kernels::matvec;
+use kokichi::kernels;
 use kokichi::lm::{GenConfig, LmConfig, LmModel};
 use kokichi::mimi::{Mimi, MimiConfig};
 
@@ -178,13 +181,14 @@ fn main() -> Result<()> {
     let steps: usize = arg("--steps").map_or(Ok(60), |s| s.parse())?;
     anyhow::ensure!(steps >= 4, "--steps {steps}: at least 4 (a quarter is warm-up)");
     let top: usize = arg("--kernels").map_or(Ok(0), |s| s.parse())?;
-    // --matvec both: the same model stepped with the matrix-vector kernel, then without (wgpu).
-    let modes = match arg("--matvec").as_deref() {
+    // --fused both: the same model stepped with the step kernels, then with their references.
+    let modes = match arg("--fused").as_deref() {
         None | Some("on") => vec![true],
         Some("off") => vec![false],
         Some("both") => vec![true, false],
-        Some(other) => anyhow::bail!("--matvec takes on, off or both, not {other:?}"),
+        Some(other) => anyhow::bail!("--fused takes on, off or both, not {other:?}"),
     };
+    let peak_gbs: Option<f64> = arg("--peak-gbs").map(|s| s.parse()).transpose()?;
     let backends = arg("--backends").unwrap_or_else(|| "cpu".into());
     let shape_name = arg("--shapes").unwrap_or_else(|| "kokichi-tiny".into());
     let layers: Vec<usize> = match arg("--layers") {
@@ -206,7 +210,7 @@ fn main() -> Result<()> {
             let (mimi, lm, note) = match arg("--model") {
                 Some(dir) => {
                     let files = kokichi::model_dir::resolve(&dir)?;
-                    let e = kokichi::session::Engine::load(&files, &device, dtype)?;
+                    let e = kokichi::session::Engine::load_as(&files, &device, precision)?;
                     (e.mimi, e.lm, format!("model {dir}"))
                 }
                 None => {
@@ -222,15 +226,16 @@ fn main() -> Result<()> {
                         note = format!("{note}, {n} temporal layers");
                     }
                     let mimi = Mimi::random_as(mimi_cfg, codebooks, &device, dtype, 1)?.0;
-                    let lm = LmModel::random_as(lm_cfg, &device, dtype, 2)?.0;
+                    let lm = LmModel::random_at(lm_cfg, &device, precision, 2)?;
                     (mimi, lm, note)
                 }
             };
             let init = t0.elapsed().as_secs_f64();
             let weights = (mimi.weight_bytes_per_frame(), lm.weight_bytes_per_step());
+            println!("  resident weights: Mimi {:.1} MB, LM {:.1} MB", weights.0 as f64 / 1e6, lm.resident_bytes() as f64 / 1e6);
             let mut means = Vec::new();
             for on in &modes {
-                matvec::set_enabled(*on);
+                kernels::set_enabled(*on);
                 let t = run_steps(&mimi, &lm, steps)?;
                 println!(
                     "{kind} ({}, {:?}, {note}, built in {init:.0} s, first step {:.0} ms{}): step {:.2} ms (p90 {:.2}) = \
@@ -238,7 +243,7 @@ fn main() -> Result<()> {
                     backend::adapter_name(&device),
                     dtype,
                     t.first,
-                    if modes.len() > 1 { if *on { ", matvec kernel" } else { ", no matvec kernel" } } else { "" },
+                    if modes.len() > 1 { if *on { ", step kernels" } else { ", plain-Burn references" } } else { "" },
                     t.step,
                     t.p90,
                     t.encode,
@@ -247,13 +252,21 @@ fn main() -> Result<()> {
                     t.step / 80.0
                 );
                 print_costs(&note, &t.cost, weights, top);
+                if let Some(peak) = peak_gbs {
+                    let floor = (weights.0 + weights.1) as f64 / (peak * 1e9) * 1e3;
+                    println!(
+                        "  weight-bandwidth floor at {peak:.0} GB/s: {floor:.2} ms a step; this step {:.2}x it ({:.0} GB/s)",
+                        t.step / floor,
+                        (weights.0 + weights.1) as f64 / (t.step * 1e-3) / 1e9
+                    );
+                }
                 means.push(t.step);
                 if *on || modes.len() == 1 {
                     per_layers.push((lm.config.num_layers, t.cost.clone()));
                 }
             }
             if let [with, without] = means[..] {
-                println!("  without/with the matvec kernel: {:.2}", without / with);
+                println!("  references/kernels: {:.2}", without / with);
             }
         }
         // Extrapolate the LM's counts to the configured depth from two depths.

@@ -319,8 +319,10 @@ mod cube {
     use burn_cubecl::tensor::CubeTensor;
     use cubecl::prelude::*;
 
-    /// Units of a cube: output positions (or history values) of one row and channel block.
+    /// Units of a cube of the short-chunk and transposed convolutions.
     const UNITS: usize = 64;
+    /// Units of a cube of the flat convolution (one unit per output position and channel block).
+    const FLAT_UNITS: usize = 256;
 
     /// ELU with alpha 1, as Burn computes it: `x` where positive, else `e^x - 1`.
     #[cube]
@@ -364,10 +366,8 @@ mod cube {
         v
     }
 
-    /// Cube `(time tile, channel block, row)`, one unit per output position: `oc` output channels
-    /// of it (each input value loaded and activated once for all of them; the block and row are
-    /// the cube's, so that weight reads are the same for all its units). Cubes past the output's
-    /// time tiles (in the first block) write the next history, one unit per value `(c, j)`.
+    /// One unit per `oc` output channels of one output position `(b, o0.., t)`, each input value
+    /// loaded once for all of them; then one unit per next-history value `(b, c, j)`.
     #[cube(launch)]
     fn conv_step<F: Float>(
         x: &[F],
@@ -378,6 +378,7 @@ mod cube {
         y: &mut [F],
         ya: &mut [F],
         next: &mut [F],
+        rows: u32,
         cin: u32,
         cout: u32,
         t: u32,
@@ -386,15 +387,12 @@ mod cube {
         dilation: u32,
         groups: u32,
         first: u32,
-        tiles: u32,
         #[comptime] flags: u32,
         #[comptime] oc: usize,
         #[define(F)] _dtype: ElemType,
     ) {
-        let unit = UNIT_POS as usize;
-        let tile = CUBE_POS_X as usize;
-        let o0 = CUBE_POS_Y as usize * oc;
-        let b = CUBE_POS_Z as usize;
+        let i = ABSOLUTE_POS;
+        let rows = rows as usize;
         let cin = cin as usize;
         let cout = cout as usize;
         let t = t as usize;
@@ -405,56 +403,61 @@ mod cube {
         let span = (k - 1) * dilation + 1;
         let h = span - stride;
         let tout = t / stride;
-        let mut is_first = false;
-        if comptime!(flags & 8 != 0) {
-            is_first = ((first >> (b as u32)) & 1u32) == 1u32;
-        }
-        if tile < tiles as usize {
-            let to = tile * UNITS + unit;
-            if to < tout {
-                let cin_g = cin / groups;
-                let c0 = (o0 / (cout / groups)) * cin_g;
-                let mut acc = Array::<f32>::new(oc);
-                #[unroll]
-                for r in 0..oc {
-                    acc[r] = 0.0f32;
-                }
-                for cg in 0..cin_g {
-                    let c = c0 + cg;
-                    for j in 0..k {
-                        let v = padded::<F>(x, hist, b, c, to * stride + j * dilation, cin, t, h, is_first, comptime!(flags & 1 != 0));
-                        #[unroll]
-                        for r in 0..oc {
-                            acc[r] += v * f32::cast_from(weight[((o0 + r) * cin_g + cg) * k + j]);
-                        }
-                    }
-                }
-                #[unroll]
-                for r in 0..oc {
-                    let o = o0 + r;
-                    let mut a = acc[r];
-                    if comptime!(flags & 2 != 0) {
-                        a += f32::cast_from(bias[o]);
-                    }
-                    let at = (b * cout + o) * tout + to;
-                    let mut out = F::cast_from(a);
-                    if comptime!(flags & 4 != 0) {
-                        out = res[at] + out;
-                    }
-                    y[at] = out;
-                    if comptime!(flags & 16 != 0) {
-                        ya[at] = F::cast_from(elu_f32(f32::cast_from(out)));
+        let blocks = cout / oc;
+        let n_out = rows * blocks * tout;
+        let n_next = rows * cin * h;
+        if i < n_out {
+            let b = i / (blocks * tout);
+            let o0 = ((i / tout) % blocks) * oc;
+            let to = i % tout;
+            let mut is_first = false;
+            if comptime!(flags & 8 != 0) {
+                is_first = ((first >> (b as u32)) & 1u32) == 1u32;
+            }
+            let cin_g = cin / groups;
+            let c0 = (o0 / (cout / groups)) * cin_g;
+            let mut acc = Array::<f32>::new(oc);
+            #[unroll]
+            for r in 0..oc {
+                acc[r] = 0.0f32;
+            }
+            for cg in 0..cin_g {
+                let c = c0 + cg;
+                for j in 0..k {
+                    let v = padded::<F>(x, hist, b, c, to * stride + j * dilation, cin, t, h, is_first, comptime!(flags & 1 != 0));
+                    #[unroll]
+                    for r in 0..oc {
+                        acc[r] += v * f32::cast_from(weight[((o0 + r) * cin_g + cg) * k + j]);
                     }
                 }
             }
+            #[unroll]
+            for r in 0..oc {
+                let o = o0 + r;
+                let mut a = acc[r];
+                if comptime!(flags & 2 != 0) {
+                    a += f32::cast_from(bias[o]);
+                }
+                let at = (b * cout + o) * tout + to;
+                let mut out = F::cast_from(a);
+                if comptime!(flags & 4 != 0) {
+                    out = res[at] + out;
+                }
+                y[at] = out;
+                if comptime!(flags & 16 != 0) {
+                    ya[at] = F::cast_from(elu_f32(f32::cast_from(out)));
+                }
+            }
         } else if comptime!(flags & 8 != 0) {
-            // The next history: the last `h` values of the padded stream, after the activation.
-            let n = (tile - tiles as usize) * UNITS + unit;
-            if o0 == 0 && n < cin * h {
-                let c = n / h;
+            if i < n_out + n_next {
+                // The next history: the last `h` values of the padded stream, after the activation.
+                let n = i - n_out;
+                let b = n / (cin * h);
+                let c = (n / h) % cin;
                 let j = n % h;
+                let is_first = ((first >> (b as u32)) & 1u32) == 1u32;
                 let v = padded::<F>(x, hist, b, c, t + j, cin, t, h, is_first, comptime!(flags & 1 != 0));
-                next[(b * cin + c) * h + j] = F::cast_from(v);
+                next[n] = F::cast_from(v);
             }
         }
     }
@@ -705,11 +708,11 @@ mod cube {
             return (y, ya, next);
         }
         let oc = block(cout / groups as usize);
-        let tiles = tout.div_ceil(UNITS);
+        let n = b * (cout / oc) * tout + if flags & 8 != 0 { b * cin * h } else { 0 };
         conv_step::launch(
             &client,
-            CubeCount::Static((tiles + hist_tiles) as u32, (cout / oc) as u32, b as u32),
-            CubeDim::new_1d(UNITS as u32),
+            CubeCount::Static(n.div_ceil(FLAT_UNITS) as u32, 1, 1),
+            CubeDim::new_1d(FLAT_UNITS as u32),
             x.clone().into_buffer_arg(),
             hist.into_buffer_arg(),
             weight.into_buffer_arg(),
@@ -718,6 +721,7 @@ mod cube {
             y.clone().into_buffer_arg(),
             ya.clone().into_buffer_arg(),
             next.clone().into_buffer_arg(),
+            b as u32,
             cin as u32,
             cout as u32,
             t as u32,
@@ -726,7 +730,6 @@ mod cube {
             dilation,
             groups,
             first,
-            tiles as u32,
             flags,
             oc,
             dtype,

@@ -63,7 +63,7 @@ impl Base {
                 let mut x = None;
                 for s in 0..count {
                     let col = Column { offset: column.offset + s, stride: column.stride };
-                    x = Some(super::embed::reference_of(&table, &idx, col, rows, x));
+                    x = Some(super::embed::reference(&table, &idx, col, rows, x));
                 }
                 x.unwrap_or_else(|| Tensor::zeros([rows, table.dims()[1]], (&idx.device(), table.dtype())))
             }

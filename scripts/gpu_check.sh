@@ -82,26 +82,39 @@ run() {
     esac
 }
 
-# Timings first: what no GPU session has measured yet (stop 44's matrix-vector kernel, with and
-# without it in a moshiko-size step); the correctness checks all passed on an H200 in stop 42,
-# stop 44 timed the moshiko step and device picking there (README, Benchmarks).
+# Memory bandwidth of the card, for the weight-bandwidth floor bench_step prints (GB/s).
+peak_gbs() {
+    case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)" in
+    *H200*) echo 4800 ;;
+    *H100*PCIe*) echo 2000 ;;
+    *H100*) echo 3350 ;;
+    *A100*) echo 2039 ;;
+    *) echo 1000 ;;
+    esac
+}
+
+# Timings first, most wanted first: the moshiko-size step (random weights) in f16 with the step
+# kernels and then with their plain-Burn references, then in 8 bits; then kokichi-tiny.
 speed() {
-    # The matrix-vector kernel (stop 44) against Burn's product: moshiko's widths alone, then a
-    # whole moshiko-size step with and without it (stop 44 measured 255 ms without, on an H200).
-    step 60 "matvec kernel against its reference" "$b/bench_kernels" --iters 200 --dims 4096 \
-        --matvec 1024x1024,4096x4096,4096x12288,4096x22528,11264x4096
-    step 300 "moshiko-size step, f16" "$b/bench_step" --backends wgpu --shapes moshiko --dtype f16 --steps 40 --matvec both
-    # Tokens picked on the device (one read-back a step) against the host (one a stream).
-    step 300 "LM step, picking on the device and on the host" "$b/bench_lm" --backends wgpu --steps 12
+    local peak
+    peak=$(peak_gbs)
+    step 300 "moshiko-size step, f16, kernels then references" "$b/bench_step" --backends wgpu --shapes moshiko \
+        --dtype f16 --steps 40 --fused both --peak-gbs "$peak" --kernels 12
+    step 240 "moshiko-size step, q8" "$b/bench_step" --backends wgpu --shapes moshiko --dtype q8 --steps 40 \
+        --peak-gbs "$peak"
     if [ -d assets/kokichi-tiny ]; then
-        step 120 "kokichi-tiny step, f32" "$b/bench_step" --backends cpu,wgpu --model kokichi-tiny
+        step 120 "kokichi-tiny step, f32" "$b/bench_step" --backends cpu,wgpu --model kokichi-tiny --fused both
         step 120 "kokichi-tiny step, f16" "$b/bench_step" --backends wgpu --model kokichi-tiny --dtype f16
     fi
-    step 300 "moshiko-size step, f32" "$b/bench_step" --backends wgpu --shapes moshiko --steps 40
+    step 60 "kernels against their references" "$b/bench_kernels" --iters 200 --dims 4096 \
+        --matvec 1024x1024,4096x4096,4096x12288,4096x22528,11264x4096
 }
 
 checks() {
     step 120 kernels "$b/kernels" --test-threads=1
+    step 240 step_kernels "$b/step_kernels" --test-threads=1
+    step 240 fused_step "$b/fused_step" --test-threads=1
+    step 120 q8 "$b/q8" --test-threads=1 --skip moshiko
     step 60 "kernels against their references" "$b/bench_kernels"
     step 240 mimi_parity "$b/mimi_parity" --test-threads=4
     step 240 lm_parity "$b/lm_parity" --test-threads=4

@@ -12,7 +12,7 @@ use kokichi::backend::{self, BackendKind};
 use kokichi::kernels::act::Act;
 use kokichi::kernels::attention::{self, Ring, Rope, Target};
 use kokichi::kernels::conv::{self, ConvShape};
-use kokichi::kernels::embed::{self, Column};
+use kokichi::kernels::embed::Column;
 use kokichi::kernels::matvec::{self, Input, Weight};
 use kokichi::kernels::q8::{self, Q8};
 use kokichi::kernels::pick::{self, Draw};
@@ -275,24 +275,6 @@ fn picks_match_the_reference() {
                 want = pick::reference(logits.clone(), row, i, want);
             }
             assert_eq!(ints(got), ints(want), "{kind} V {v}: tokens");
-        }
-    }
-}
-
-#[test]
-fn embedding_gathers_match_the_reference() {
-    for (kind, device) in devices() {
-        for dtype in dtypes(&device) {
-            let table = t2(&device, [50, 72], 61, 1.0, dtype);
-            let idx = backend::ints(vec![1, 49, -1, 7, 0, 33], [2, 3], &device);
-            let x = t2(&device, [2, 72], 62, 1.0, dtype);
-            for (col, with_x) in [(Column { offset: 0, stride: 3 }, false), (Column { offset: 2, stride: 3 }, true), (Column { offset: 3, stride: 1 }, true)] {
-                let what = format!("{kind} {dtype:?} {col:?} x {with_x}");
-                let xs = with_x.then(|| x.clone());
-                assert_eq!(embed::uses_kernel(&table, &idx, col, 2, xs.as_ref()), kind == BackendKind::Wgpu, "{what}");
-                let got = embed::gather_add(table.clone(), &idx, col, 2, xs.clone());
-                close(&what, &floats(got), &floats(embed::reference(table.clone(), &idx, col, 2, xs)), tol(dtype));
-            }
         }
     }
 }

@@ -20,10 +20,11 @@ use super::pick::{self, Draw, Picking};
 use super::sampling::{self, Sampling};
 use crate::backend;
 use crate::error::{Error, Result};
-use crate::kernels::embed::{self, Column};
+use crate::kernels::embed::Column;
 use crate::kernels::matvec::{self, Input};
 use crate::kernels::pick as kpick;
 use crate::kernels::residual::{Base, Update, residual_norm};
+use crate::nn::matrix::Matrix;
 use crate::nn::transformer::TransformerState;
 
 /// Sampling settings of a session.
@@ -314,18 +315,36 @@ impl LmModel {
         // Temporal transformer and text token: the input rows (one launch with the tables
         // stacked, else one per table), then the layers.
         let first_norm = self.transformer.layers.first().map(|l| l.norm1.params());
-        let base = match &self.input_table {
-            Some(t) => Base::Gather { table: t.table.clone(), idx: tokens, column: Column { offset: 0, stride: k }, count: k, rows: b },
+        let (x, h0) = match &self.input_table {
+            Some(t) => {
+                let base = Base::Gather {
+                    table: t.table.clone(),
+                    idx: tokens,
+                    column: Column { offset: 0, stride: k },
+                    count: k,
+                    rows: b,
+                };
+                residual_norm(base, None, None, first_norm.as_ref(), dtype)
+            }
             None => {
-                let tables = std::iter::once(&self.text_emb).chain(self.emb.iter());
-                let mut x = None;
-                for (s, table) in tables.enumerate() {
-                    x = Some(embed::gather_add(table.val(), &tokens, Column { offset: s, stride: k }, b, x));
+                // One launch a table, each adding its rows to the sum so far.
+                let tables: Vec<&Matrix> = std::iter::once(&self.text_emb).chain(self.emb.iter()).collect();
+                let mut sum: Option<(Tensor<2>, Option<Tensor<2>>)> = None;
+                for (s, table) in tables.iter().enumerate() {
+                    let base = Base::Gather {
+                        table: table.weight(),
+                        idx: tokens.clone(),
+                        column: Column { offset: s, stride: k },
+                        count: 1,
+                        rows: b,
+                    };
+                    let so_far = sum.take().map(|(x, _)| Update::from(x.reshape([1, b, c.dim])));
+                    let norm = if s + 1 == tables.len() { first_norm.as_ref() } else { None };
+                    sum = Some(residual_norm(base, so_far, None, norm, dtype));
                 }
-                Base::Rows(x.ok_or_else(|| Error::input("an LM without input tables"))?)
+                sum.ok_or_else(|| Error::input("an LM without input tables"))?
             }
         };
-        let (x, h0) = residual_norm(base, None, None, first_norm.as_ref(), dtype);
         let (_, h) = self.transformer.step(x.reshape([b, 1, c.dim]), h0, &mut state.transformer, rope.as_ref(), Some(&self.out_norm))?;
         let h = h.ok_or_else(|| Error::input("the temporal step lost its output norm"))?;
         let logits = matvec::partials(Input::Rows(h.clone()), self.text_linear.weight());

@@ -86,11 +86,16 @@ fn input_tables(w: &mut dyn Weights, names: &[(String, usize)], dim: usize) -> R
         }
         return Ok((tables, Some(InputTable { table: Weight::Float(table), offsets })));
     }
-    // 8 bits: quantize each table on the host, stack padded to whole blocks, upload once.
+    // 8 bits: quantize each table on the host, stack padded to whole blocks, upload once; or
+    // each alone where the stack does not fit one buffer.
     let block = q8::BLOCK;
     let rows: Vec<usize> = names.iter().map(|(_, r)| *r).collect();
     let offsets = offsets(&rows, block);
     let total = offsets.last().zip(rows.last()).map_or(0, |(o, r)| o + r.div_ceil(block) * block);
+    if !stacks || backend::max_tensor_bytes(&device).is_some_and(|max| (total * dim) as u64 > max) {
+        let tables = names.iter().map(|(n, r)| w.table(n, *r, dim)).collect::<Result<Vec<_>>>()?;
+        return Ok((tables, None));
+    }
     let (mut values, mut scales) = (Vec::with_capacity(total * dim / 4), Vec::with_capacity(total / block * dim));
     let mut stand_ins = Vec::with_capacity(names.len());
     for (name, r) in names {
@@ -100,7 +105,6 @@ fn input_tables(w: &mut dyn Weights, names: &[(String, usize)], dim: usize) -> R
         scales.extend(s);
         stand_ins.push(w.stand_in(name, &[*r, dim]));
     }
-    backend::check_fits(&device, "the LM's input tables (8 bits)", total * dim / 4, DType::I32)?;
     let stack = Q8::upload(values, scales, total, dim, &device)?;
     let dtype = w.dtype();
     let tables = stand_ins
@@ -114,8 +118,7 @@ fn input_tables(w: &mut dyn Weights, names: &[(String, usize)], dim: usize) -> R
             Matrix { weight, q8: Some((view, dtype)) }
         })
         .collect();
-    let table = stacks.then(|| InputTable { table: Weight::Q8(stack, dtype), offsets });
-    Ok((tables, table))
+    Ok((tables, Some(InputTable { table: Weight::Q8(stack, dtype), offsets })))
 }
 
 /// The first row of each of tables of `rows`, stacked with each starting at a multiple of `align`.
@@ -267,11 +270,22 @@ impl LmModel {
     pub fn weight_bytes_per_step(&self) -> u64 {
         let c = &self.config;
         let size = self.dtype().size() as u64;
-        let tables: usize = self.emb.iter().chain(self.depformer_emb.iter()).map(|t| t.num_params()).sum::<usize>()
-            + self.text_emb.num_params()
-            + self.depformer_text_emb.num_params();
-        let rows = (c.n_q + 1) * c.dim + c.dep_q * c.depformer_dim;
-        (self.num_params() - tables + rows) as u64 * size
+        let tables: Vec<&Matrix> = self
+            .emb
+            .iter()
+            .chain(self.depformer_emb.iter())
+            .chain([&self.text_emb, &self.depformer_text_emb])
+            .collect();
+        let matrices = self.matrices();
+        let matrix_params: usize = matrices.iter().map(|m| m.weight.num_params()).sum();
+        let others = (self.num_params() - matrix_params) as u64 * size;
+        let products: u64 = matrices.iter().map(|m| m.bytes()).sum::<u64>() - tables.iter().map(|t| t.bytes()).sum::<u64>();
+        // One row of each input table, and one of a depth table per depth step.
+        let row = |t: &Matrix| t.bytes() / t.dims()[0] as u64;
+        let input_rows: u64 = std::iter::once(&self.text_emb).chain(&self.emb).map(row).sum();
+        let depth_rows = row(&self.depformer_text_emb) + self.depformer_emb.iter().map(row).sum::<u64>();
+        debug_assert_eq!(self.depformer_emb.len() + 1, c.dep_q);
+        products + others + input_rows + depth_rows
     }
 
     pub fn dtype(&self) -> DType {
