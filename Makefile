@@ -14,11 +14,11 @@ OUT ?= out
 build:
 	cargo build --bin kokichi
 
-# The embedded default model (assets/kokichi-tiny) on the CPU backend, which runs it faster
-# than real time on two cores. Without audio devices (a server, a container) it first answers
+# The embedded default model (assets/kokichi-tiny) on the backend `auto` picks: wgpu on a
+# hardware GPU, else the CPU backend, which runs it faster than real time on two cores. Without audio devices (a server, a container) it first answers
 # assets/examples/*.wav into $(OUT)/, then serves the web page and WebSocket clients.
 MODEL ?= kokichi-tiny
-KOKICHI_BACKEND ?= cpu
+KOKICHI_BACKEND ?= auto
 run: build
 	@mkdir -p $(OUT)
 	@if $(BIN) devices --check 2>/dev/null; then echo "audio devices found: talk to kokichi (push-to-talk: kokichi ptt toggle, or the page)"; else \

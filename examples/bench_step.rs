@@ -165,11 +165,7 @@ fn print_costs(label: &str, c: &StepCost, weights: (u64, u64), top: usize) {
     for (stage, cost) in [("encode", &c.encode), ("LM", &c.lm), ("decode", &c.decode), ("step", &c.total())] {
         println!("    {stage:<7} {}", cost.summary());
     }
-    println!(
-        "    weights read per step: Mimi {:.1} MB, LM {:.1} MB",
-        weights.0 as f64 / 1e6,
-        weights.1 as f64 / 1e6
-    );
+    println!("    weights read per step: Mimi {:.1} MB, LM {:.1} MB", weights.0 as f64 / 1e6, weights.1 as f64 / 1e6);
     if top > 0 {
         for line in c.total().top_kernels(top) {
             println!("      {line}");
@@ -232,7 +228,11 @@ fn main() -> Result<()> {
             };
             let init = t0.elapsed().as_secs_f64();
             let weights = (mimi.weight_bytes_per_frame(), lm.weight_bytes_per_step());
-            println!("  resident weights: Mimi {:.1} MB, LM {:.1} MB", weights.0 as f64 / 1e6, lm.resident_bytes() as f64 / 1e6);
+            println!(
+                "  resident weights: Mimi {:.1} MB, LM {:.1} MB",
+                weights.0 as f64 / 1e6,
+                lm.resident_bytes() as f64 / 1e6
+            );
             let mut means = Vec::new();
             for on in &modes {
                 kernels::set_enabled(*on);

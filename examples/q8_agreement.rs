@@ -38,8 +38,7 @@ fn main() -> Result<()> {
         s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((s >> 33) as usize % m) as i64
     };
-    let codes: Vec<i64> =
-        (0..(c.n_q + 1) * t).map(|i| if i < t { next(c.text_card) } else { next(c.card) }).collect();
+    let codes: Vec<i64> = (0..(c.n_q + 1) * t).map(|i| if i < t { next(c.text_card) } else { next(c.card) }).collect();
     let mut outs = Vec::new();
     for precision in [Precision::F16, Precision::Q8] {
         let t0 = std::time::Instant::now();
@@ -78,6 +77,11 @@ fn main() -> Result<()> {
         total.0 += qa;
         total.1 += valid;
     }
-    println!("all streams: {}/{} greedy tokens agree ({:.1}%)", total.0, total.1, 100.0 * total.0 as f64 / total.1 as f64);
+    println!(
+        "all streams: {}/{} greedy tokens agree ({:.1}%)",
+        total.0,
+        total.1,
+        100.0 * total.0 as f64 / total.1 as f64
+    );
     Ok(())
 }

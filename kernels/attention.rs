@@ -232,11 +232,8 @@ pub fn reference(
             // One part: the projection by Burn's product, in the rows of this stream.
             let projected = super::matvec::reference(rows_out.reshape([1, t, d]), w.clone()).cast(DType::F32);
             let rows = partials.dims()[1];
-            let partials = if partials.dims()[0] == 1 {
-                partials
-            } else {
-                Tensor::zeros([1, rows, d], (&device, DType::F32))
-            };
+            let partials =
+                if partials.dims()[0] == 1 { partials } else { Tensor::zeros([1, rows, d], (&device, DType::F32)) };
             Target::Projected { partials: partials.slice_assign([0..1, row0..row0 + t, 0..d], projected), w }
         }
     };

@@ -146,7 +146,8 @@ pub fn conv1d_reference(
                 prev = if first.iter().all(|&f| f) {
                     init
                 } else {
-                    let mask = crate::backend::bools(first.to_vec(), [b], &x.device()).reshape([b, 1, 1]).expand([b, c, p]);
+                    let mask =
+                        crate::backend::bools(first.to_vec(), [b], &x.device()).reshape([b, 1, 1]).expand([b, c, p]);
                     prev.mask_where(mask, init)
                 };
             }
@@ -336,6 +337,8 @@ mod cube {
 
     /// Input `i` of channel `c` of row `b` in the padded stream `[hist, x]` (`h` history values),
     /// after the activation and rounded to the model's dtype as the reference's ops round it.
+    // Every branch of the runtime `if` assigns `v`; the kernel language needs it declared first.
+    #[allow(unused_assignments)]
     #[cube]
     fn padded<F: Float>(
         x: &[F],
@@ -424,7 +427,18 @@ mod cube {
             for cg in 0..cin_g {
                 let c = c0 + cg;
                 for j in 0..k {
-                    let v = padded::<F>(x, hist, b, c, to * stride + j * dilation, cin, t, h, is_first, comptime!(flags & 1 != 0));
+                    let v = padded::<F>(
+                        x,
+                        hist,
+                        b,
+                        c,
+                        to * stride + j * dilation,
+                        cin,
+                        t,
+                        h,
+                        is_first,
+                        comptime!(flags & 1 != 0),
+                    );
                     #[unroll]
                     for r in 0..oc {
                         acc[r] += v * f32::cast_from(weight[((o0 + r) * cin_g + cg) * k + j]);
@@ -516,7 +530,18 @@ mod cube {
                     for cg in 0..cin_g {
                         let c = c0 + cg;
                         for j in 0..k {
-                            let v = padded::<F>(x, hist, b, c, to * stride + j * dilation, cin, t, h, is_first, comptime!(flags & 1 != 0));
+                            let v = padded::<F>(
+                                x,
+                                hist,
+                                b,
+                                c,
+                                to * stride + j * dilation,
+                                cin,
+                                t,
+                                h,
+                                is_first,
+                                comptime!(flags & 1 != 0),
+                            );
                             acc += v * f32::cast_from(weight[(o * cin_g + cg) * k + j]);
                         }
                     }
@@ -755,7 +780,8 @@ mod cube {
         let [_, cout_g, k] = [weight.meta.shape()[0], weight.meta.shape()[1], weight.meta.shape()[2]];
         let cout = cout_g * groups as usize;
         let pt = k - stride as usize;
-        let y = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([b, cout, t * stride as usize]), x.dtype);
+        let y =
+            empty_device_dtype(client.clone(), x.device.clone(), Shape::new([b, cout, t * stride as usize]), x.dtype);
         let ya_shape = if flags & 16 != 0 { [b, cout, t * stride as usize] } else { [1, 1, 1] };
         let ya = empty_device_dtype(client.clone(), x.device.clone(), Shape::new(ya_shape), x.dtype);
         let next_shape = if flags & 8 != 0 { [b, cout, pt] } else { [1, 1, 1] };

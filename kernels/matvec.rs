@@ -34,8 +34,8 @@ use burn::tensor::module;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::act::Act;
-pub use super::q8::Q8;
 use super::on_cube;
+pub use super::q8::Q8;
 
 /// Most rows (`B * T`) the kernel takes: it reads `W` once per 8 rows, so beyond a few groups
 /// the general matrix product, which reads it once, wins.
@@ -196,7 +196,9 @@ pub fn partials(input: Input, w: impl Into<Weight>) -> Tensor<3> {
         Input::Gelu(p) => (2, Act::Gelu.code(), p),
     };
     Tensor::from_dispatch(match w {
-        Weight::Float(w) => <Dispatch as MatvecBackend>::matvec_partials(x.into_dispatch(), w.into_dispatch(), code, act),
+        Weight::Float(w) => {
+            <Dispatch as MatvecBackend>::matvec_partials(x.into_dispatch(), w.into_dispatch(), code, act)
+        }
         Weight::Q8(q, dtype) => <Dispatch as MatvecBackend>::matvec_q8_partials(
             x.into_dispatch(),
             q.values.into_dispatch(),
@@ -232,9 +234,7 @@ pub fn launch(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
 /// and the weight has at least [`MIN_WEIGHTS`] values (or what [`set_min_weights`] set).
 pub fn uses_kernel(x: &Tensor<3>, w: &Tensor<2>) -> bool {
     let [k, n] = w.dims();
-    k * n >= THRESHOLD.load(Ordering::Relaxed)
-        && ENABLED.load(Ordering::Relaxed)
-        && can_launch(x, w)
+    k * n >= THRESHOLD.load(Ordering::Relaxed) && ENABLED.load(Ordering::Relaxed) && can_launch(x, w)
 }
 
 /// Whether the kernel can compute `x W` for plain rows `x` ([`launches`]).

@@ -1,12 +1,23 @@
 //! Custom kernels for the hot paths of the models.
 //!
 //! Burn's generic ops are correct everywhere but not shaped for a one-position step: each op is
-//! its own launch, and a matrix product is tiled for many rows. A kernel here either fuses a
-//! chain of ops into one CubeCL launch (`rms_norm`) or replaces a general op with one shaped for
-//! the step (`matvec`), on the CubeCL devices (wgpu), through Burn's backend extension API.
+//! its own launch (a Moshi-7B step was ~5,400 of them), and a matrix product is tiled for many
+//! rows. The kernels here do a step's work in few launches on the CubeCL devices (wgpu), through
+//! Burn's backend extension API:
+//!
+//! - `matvec`: a step's matrix products as partial sums over row chunks (f32/f16 or 8-bit
+//!   weights, `q8`), the input optionally gated (SiLU/GELU) from the previous partials;
+//! - `residual`: the partials summed into the residual stream (or an embedding gather), scaled,
+//!   then the next RMS/layer norm, one cube per row;
+//! - `attention`: RoPE, the ring-buffer KV write and attention over the window in one launch,
+//!   the output projection fused where it fits;
+//! - `pick`: greedy or top-k sampling from the head's partials, tokens kept on the device;
+//! - `conv`, `rvq`: Mimi's streaming convolutions (ELU fused) and its quantizer's codebooks;
+//! - `rms_norm`, `embed`: the older single-op fusions the batch paths still use.
 //!
 //! Each kernel sits beside its plain-Burn reference, which runs on every other device (the flex
-//! CPU backend) and whenever gradients are tracked, and `tests/kernels.rs` checks the two agree.
+//! CPU backend) and whenever gradients are tracked; `tests/kernels.rs` and
+//! `tests/step_kernels.rs` check the two agree.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

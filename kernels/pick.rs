@@ -89,7 +89,13 @@ fn uniform(h: u32) -> f32 {
 /// Picks one token per row of the partials `logits` `[parts, rows, V]` with `params` row
 /// `pick` ([`params`]), writing it into row `pick` of `tokens` `[picks, rows]`, which is
 /// returned. `draws` are the same parameters on the host, for the reference.
-pub fn pick(logits: Tensor<3>, params: &Tensor<3, Int>, draws: &[Draw], pick: usize, tokens: Tensor<2, Int>) -> Tensor<2, Int> {
+pub fn pick(
+    logits: Tensor<3>,
+    params: &Tensor<3, Int>,
+    draws: &[Draw],
+    pick: usize,
+    tokens: Tensor<2, Int>,
+) -> Tensor<2, Int> {
     if !uses_kernel(&logits, params, pick, &tokens) {
         return reference(logits, draws, pick, tokens);
     }
@@ -155,7 +161,8 @@ pub fn reference(logits: Tensor<3>, draws: &[Draw], pick: usize, tokens: Tensor<
     if draws.iter().any(|d| d.forced.is_some()) {
         let mask: Vec<bool> = draws.iter().map(|d| d.forced.is_some()).collect();
         let values: Vec<i64> = draws.iter().map(|d| d.forced.unwrap_or(0)).collect();
-        picked = picked.mask_where(crate::backend::bools(mask, [rows], &device), crate::backend::ints(values, [rows], &device));
+        picked = picked
+            .mask_where(crate::backend::bools(mask, [rows], &device), crate::backend::ints(values, [rows], &device));
     }
     tokens.slice_assign([pick..pick + 1, 0..rows], picked.reshape([1, rows]))
 }
@@ -364,8 +371,12 @@ mod cube {
         let tokens = into_contiguous(tokens);
         let client = logits.client.clone();
         let parts = logits.meta.shape()[0];
-        let scratch =
-            empty_device_dtype(client.clone(), logits.device.clone(), Shape::new([rows as usize, v as usize]), DType::F32);
+        let scratch = empty_device_dtype(
+            client.clone(),
+            logits.device.clone(),
+            Shape::new([rows as usize, v as usize]),
+            DType::F32,
+        );
         let dtypes = [dtype_to_storage_type(logits.dtype), dtype_to_storage_type(tokens.dtype)];
         pick_rows::launch(
             &client,

@@ -159,10 +159,11 @@ pub fn residual_norm(
         Base::Gather { table, idx, column, count, .. } => {
             let x = match table {
                 Weight::Float(t) => t,
-                Weight::Q8(q, _) => {
+                Weight::Q8(q, dtype) => {
+                    // Stand-in for the float table, never read (an allocation, not a launch).
+                    let x = Tensor::<2>::empty([1, 4], (&q.scales.device(), dtype));
                     q8 = Some(q);
-                    // Stand-in for the float table, never read.
-                    idx.clone().float().reshape([1, -1])
+                    x
                 }
             };
             (x, idx, column, count)
@@ -317,6 +318,8 @@ mod cube {
 
     /// One cube per row. Flags: bit 0 gathered base, 1 partials, 2 scale, 3-4 norm (1 RMS,
     /// 2 Layer), 5 bias, 6 the gathered table in 8 bits (`qv`, `qs`).
+    // Both branches of the table read assign `e`; the kernel language needs it declared first.
+    #[allow(unused_assignments)]
     #[cube(launch)]
     fn residual_norm_rows<F: Float, P: Float, S: Float, I: Int, Q: Int>(
         x: &[F],
@@ -409,12 +412,10 @@ mod cube {
         if comptime!(norm != 0) {
             let df = f32::cast_from(d);
             let mut mean = 0.0f32;
-            let mut inv = 0.0f32;
             if comptime!(norm == 1) {
                 red[unit] = sumsq;
                 sync_cube();
                 tree_sum(&mut red, unit, units);
-                inv = 1.0f32 / (red[0] / df + eps).sqrt();
             } else {
                 red[unit] = sum;
                 sync_cube();
@@ -432,17 +433,16 @@ mod cube {
                 red[unit] = var;
                 sync_cube();
                 tree_sum(&mut red, unit, units);
-                inv = 1.0f32 / (red[0] / df + eps).sqrt();
             }
+            // rms norm: the mean square; layer norm: the variance.
+            let inv = 1.0f32 / (red[0] / df + eps).sqrt();
             // Pass 3: the normalised row.
             let mut j = unit;
             while j < d {
                 let v = f32::cast_from(x_out[base + j]);
                 let w = f32::cast_from(weight[j]);
-                let mut y = 0.0f32;
-                if comptime!(norm == 1) {
-                    y = v * (w * inv);
-                } else {
+                let mut y = v * (w * inv);
+                if comptime!(norm != 1) {
                     y = (v - mean) * inv * w;
                     if comptime!(flags & 32 != 0) {
                         y += f32::cast_from(bias[j]);
@@ -489,7 +489,8 @@ mod cube {
         let parts = if flags & 2 != 0 { partials.meta.shape()[0] } else { 0 };
         let p_width = partials.meta.shape()[2];
         let units = units_for(d as usize, client.properties().hardware.max_units_per_cube);
-        let x_out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([rows as usize, d as usize]), dtype);
+        let x_out =
+            empty_device_dtype(client.clone(), x.device.clone(), Shape::new([rows as usize, d as usize]), dtype);
         let h_shape = if (flags >> 3) & 3 != 0 { [rows as usize, d as usize] } else { [1, 1] };
         let h_out = empty_device_dtype(client.clone(), x.device.clone(), Shape::new(h_shape), dtype);
         // Stand-ins (absent inputs) are never read, so their dtype does not matter; present

@@ -327,7 +327,21 @@ mod cube {
             rs[u] = f32::cast_from(F::cast_from(acc));
         }
         sync_cube();
-        quantize::<F, I>(books_first, &mut rs, &mut sv, &mut si, codes, n_first as usize, 0, n, bins as usize, d, b, t_len, ti);
+        quantize::<F, I>(
+            books_first,
+            &mut rs,
+            &mut sv,
+            &mut si,
+            codes,
+            n_first as usize,
+            0,
+            n,
+            bins as usize,
+            d,
+            b,
+            t_len,
+            ti,
+        );
         if n_rest > 0 {
             if u < d {
                 let mut acc = 0.0f32;
@@ -448,8 +462,7 @@ mod cube {
         let [b, c_in] = [x.meta.shape()[0], x.meta.shape()[1]];
         let d = books_first.meta.shape()[1];
         let n = (n_first + n_rest) as usize;
-        let codes =
-            empty_device_dtype(client.clone(), x.device.clone(), Shape::new([b, n, t as usize]), int_dtype);
+        let codes = empty_device_dtype(client.clone(), x.device.clone(), Shape::new([b, n, t as usize]), int_dtype);
         let dtypes = [dtype_to_storage_type(x.dtype), dtype_to_storage_type(codes.dtype)];
         rvq_encode_frames::launch(
             &client,

@@ -256,8 +256,7 @@ impl Meter {
     pub fn finish(self) -> Cost {
         let wall = self.t0.elapsed();
         let last_read = LAST_READ.load(Ordering::Relaxed);
-        let enqueue =
-            if last_read > self.t0_nanos { Duration::from_nanos(last_read - self.t0_nanos) } else { wall };
+        let enqueue = if last_read > self.t0_nanos { Duration::from_nanos(last_read - self.t0_nanos) } else { wall };
         let cpu = thread_cpu_time().zip(self.cpu).map_or(Duration::ZERO, |(b, a)| b.saturating_sub(a));
         // The probe submit of `start` is outside the window; the one taken here is the
         // window's last index plus one.

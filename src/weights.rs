@@ -94,10 +94,7 @@ impl WeightFile {
     fn raw(&mut self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8]> {
         let entry = self.entries.get(name).ok_or_else(|| self.err(name, "missing from the file"))?;
         if entry.dtype != dtype || entry.shape != shape {
-            return Err(self.err(
-                name,
-                format!("is {:?} {:?}, expected {dtype:?} {shape:?}", entry.dtype, entry.shape),
-            ));
+            return Err(self.err(name, format!("is {:?} {:?}, expected {dtype:?} {shape:?}", entry.dtype, entry.shape)));
         }
         let (start, end) = (entry.start, entry.end);
         let size = if dtype == Dtype::U32 || dtype == Dtype::F32 { 4 } else { 1 };

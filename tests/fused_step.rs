@@ -7,7 +7,6 @@
 
 mod common;
 
-
 use common::*;
 use kokichi::backend;
 use kokichi::kernels;

@@ -199,7 +199,12 @@ fn matvec_rows_layouts_and_mixed_dtypes() {
         assert_eq!(matvec::can_launch(&xm, &w), kind == BackendKind::Wgpu, "{kind}: {max} rows");
         let want = floats(matvec::reference(x.clone(), w.clone()));
         assert_rel(&format!("{kind} {} rows", max + 1), &floats(matvec::launch(x, w.clone())), &want, 1e-5);
-        assert_rel(&format!("{kind} first {max} rows"), &floats(matvec::launch(xm, w.clone())), &want[..max * 24], 1e-5);
+        assert_rel(
+            &format!("{kind} first {max} rows"),
+            &floats(matvec::launch(xm, w.clone())),
+            &want[..max * 24],
+            1e-5,
+        );
 
         // [1, 3, 40] seen through a transpose of [1, 40, 3].
         let xt = backend::floats(values(3 * 40, 4, 0, false), [1, 40, 3], &device, DType::F32).swap_dims(1, 2);

@@ -17,6 +17,17 @@ use kokichi::weights::{HostData, RandomWeights, Slots, Weights};
 /// The switch is process-wide: one test at a time flips it.
 static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Whether every matrix is held in 8 bits but the narrow output projections, which the attention
+/// launch reads as floats (`kernels::attention::PROJECT_MAX_WIDTH`), and some are.
+fn in_8_bits(lm: &LmModel) -> bool {
+    let float_ok = |m: &kokichi::nn::matrix::Matrix| {
+        let [k, n] = m.weight.val().dims();
+        k == n && k <= kernels::attention::PROJECT_MAX_WIDTH
+    };
+    let ms = lm.matrices();
+    ms.iter().all(|m| m.q8.is_some() || float_ok(m)) && ms.iter().filter(|m| m.q8.is_some()).count() > ms.len() / 2
+}
+
 fn lm_run(lm: &LmModel, steps: usize) -> Vec<(Vec<i64>, Vec<i64>)> {
     let configs = [GenConfig::greedy(), GenConfig::greedy()];
     let mut state = lm.init_state(&configs).unwrap();
@@ -40,7 +51,7 @@ fn an_8_bit_lm_through_the_kernels_picks_the_references_tokens() {
         let mut w = RandomWeights::new(&device, DType::F32, 5);
         w.q8 = true;
         let lm = LmModel::build(&mut w, LmConfig::kokichi_tiny(300)).unwrap();
-        assert!(lm.matrices().iter().all(|m| m.q8.is_some()), "{kind}: every matrix in 8 bits");
+        assert!(in_8_bits(&lm), "{kind}: every matrix in 8 bits");
         kernels::set_enabled(true);
         let fused = lm_run(&lm, 10);
         kernels::set_enabled(false);
@@ -80,7 +91,7 @@ impl Weights for Constant {
 fn moshiko_in_8_bits_fits_in_8_gb() {
     let mut w = Constant { device: Device::flex(), slots: Slots::default() };
     let lm = LmModel::build(&mut w, LmConfig::moshiko()).unwrap();
-    assert!(lm.matrices().iter().all(|m| m.q8.is_some()), "every matrix in 8 bits");
+    assert!(in_8_bits(&lm), "every matrix in 8 bits");
     let bytes = lm.resident_bytes();
     eprintln!("moshiko in 8 bits: {:.3} GB resident", bytes as f64 / 1e9);
     assert!(bytes <= 8_000_000_000, "{bytes} bytes");
@@ -110,7 +121,7 @@ fn a_quantized_folder_loads_as_it_was_quantized() {
     let at_load = LmModel::load_as(&original.lm, original.lm_config.clone(), &device, Precision::Q8).unwrap();
     // Asked for f32, a quantized file still loads in 8 bits.
     let written = LmModel::load_as(&quantized.lm, quantized.lm_config.clone(), &device, Precision::F32).unwrap();
-    assert!(written.matrices().iter().all(|m| m.q8.is_some()), "the written folder loads in 8 bits");
+    assert!(in_8_bits(&written), "the written folder loads in 8 bits");
     assert_eq!(written.resident_bytes(), at_load.resident_bytes());
     assert_eq!(lm_run(&written, 8), lm_run(&at_load, 8), "the same tokens");
 }

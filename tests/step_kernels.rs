@@ -14,8 +14,8 @@ use kokichi::kernels::attention::{self, Ring, Rope, Target};
 use kokichi::kernels::conv::{self, ConvShape};
 use kokichi::kernels::embed::Column;
 use kokichi::kernels::matvec::{self, Input, Weight};
-use kokichi::kernels::q8::{self, Q8};
 use kokichi::kernels::pick::{self, Draw};
+use kokichi::kernels::q8::{self, Q8};
 use kokichi::kernels::residual::{self, Base, NormParams, Update};
 use kokichi::kernels::rvq::{self, Quantizer};
 
@@ -71,7 +71,11 @@ fn products_into_partials_match_the_reference() {
                 let x = t3(&device, [1, rows, k], 1, 1.0, dtype);
                 let w = t2(&device, [k, n], 2, 1.0 / (k as f32).sqrt(), dtype);
                 let input = Input::Rows(x);
-                assert_eq!(matvec::launches(&input, &Weight::Float(w.clone())), kind == BackendKind::Wgpu, "{what}: kernel taken");
+                assert_eq!(
+                    matvec::launches(&input, &Weight::Float(w.clone())),
+                    kind == BackendKind::Wgpu,
+                    "{what}: kernel taken"
+                );
                 let got = matvec::sum_parts(matvec::partials(input.clone(), w.clone()), DType::F32);
                 let want = matvec::sum_parts(matvec::partials_reference(input, w), DType::F32);
                 close(&what, &floats(got), &floats(want), tol(dtype));
@@ -82,7 +86,11 @@ fn products_into_partials_match_the_reference() {
                 let w = t2(&device, [h, n], 4, 1.0 / (h as f32).sqrt(), dtype);
                 for input in [Input::Gated(p.clone(), Act::Silu), Input::Gated(p.clone(), Act::Gelu)] {
                     let what = format!("{kind} {dtype:?} {input:?}");
-                    assert_eq!(matvec::launches(&input, &Weight::Float(w.clone())), kind == BackendKind::Wgpu, "{what}");
+                    assert_eq!(
+                        matvec::launches(&input, &Weight::Float(w.clone())),
+                        kind == BackendKind::Wgpu,
+                        "{what}"
+                    );
                     let got = matvec::sum_parts(matvec::partials(input.clone(), w.clone()), DType::F32);
                     let want = matvec::sum_parts(matvec::partials_reference(input, w.clone()), DType::F32);
                     close(&format!("{kind} {dtype:?} gated rows {rows}"), &floats(got), &floats(want), tol(dtype));
@@ -153,7 +161,8 @@ fn residual_and_norm_match_the_reference() {
                         kind == BackendKind::Wgpu,
                         "{what}: kernel taken"
                     );
-                    let (xk, hk) = residual::residual_norm(base.clone(), Some(update.clone()), scale.clone(), Some(&n), dtype);
+                    let (xk, hk) =
+                        residual::residual_norm(base.clone(), Some(update.clone()), scale.clone(), Some(&n), dtype);
                     let (xr, hr) = residual::reference(base, Some(update), scale, Some(&n), dtype);
                     close(&format!("{what}: x"), &floats(xk), &floats(xr), tol(dtype));
                     close(&format!("{what}: h"), &floats(hk.unwrap()), &floats(hr.unwrap()), 5.0 * tol(dtype));
@@ -162,24 +171,50 @@ fn residual_and_norm_match_the_reference() {
             // Gathered rows (a "no input" token among them), plain and without a norm.
             let table = t2(&device, [40, 96], 24, 1.0, dtype);
             let idx = backend::ints(vec![3, 17, -1, 39, 0, 5, 12, 12, 30], [3, 3], &device);
-            let base = Base::Gather { table: Weight::Float(table), idx, column: Column { offset: 0, stride: 3 }, count: 3, rows: 3 };
+            let base = Base::Gather {
+                table: Weight::Float(table),
+                idx,
+                column: Column { offset: 0, stride: 3 },
+                count: 3,
+                rows: 3,
+            };
             let n = norm(&device, 96, true, dtype);
             let (xk, hk) = residual::residual_norm(base.clone(), None, None, Some(&n), dtype);
             let (xr, hr) = residual::reference(base.clone(), None, None, Some(&n), dtype);
             close(&format!("{kind} {dtype:?} gathered x"), &floats(xk), &floats(xr), tol(dtype));
-            close(&format!("{kind} {dtype:?} gathered h"), &floats(hk.unwrap()), &floats(hr.unwrap()), 5.0 * tol(dtype));
+            close(
+                &format!("{kind} {dtype:?} gathered h"),
+                &floats(hk.unwrap()),
+                &floats(hr.unwrap()),
+                5.0 * tol(dtype),
+            );
             // The same from an 8-bit table.
             let qt = Weight::Q8(q8_weight(&device, 40, 96, 25, 1.0), dtype);
             let idx8 = backend::ints(vec![3, 17, -1, 39, 0, 5, 12, 12, 30], [3, 3], &device);
-            let base8 = Base::Gather { table: qt, idx: idx8, column: Column { offset: 0, stride: 3 }, count: 3, rows: 3 };
-            assert_eq!(residual::uses_kernel(&base8, None, None, Some(&n), dtype), kind == BackendKind::Wgpu, "{kind}: q8 gather");
+            let base8 =
+                Base::Gather { table: qt, idx: idx8, column: Column { offset: 0, stride: 3 }, count: 3, rows: 3 };
+            assert_eq!(
+                residual::uses_kernel(&base8, None, None, Some(&n), dtype),
+                kind == BackendKind::Wgpu,
+                "{kind}: q8 gather"
+            );
             let (xk, hk) = residual::residual_norm(base8.clone(), None, None, Some(&n), dtype);
             let (xr, hr) = residual::reference(base8, None, None, Some(&n), dtype);
             close(&format!("{kind} {dtype:?} gathered 8-bit x"), &floats(xk), &floats(xr), tol(dtype));
-            close(&format!("{kind} {dtype:?} gathered 8-bit h"), &floats(hk.unwrap()), &floats(hr.unwrap()), 5.0 * tol(dtype));
+            close(
+                &format!("{kind} {dtype:?} gathered 8-bit h"),
+                &floats(hk.unwrap()),
+                &floats(hr.unwrap()),
+                5.0 * tol(dtype),
+            );
             let (xk, hk) = residual::residual_norm(base.clone(), None, None, None, dtype);
             assert!(hk.is_none(), "{kind}: no norm, no h");
-            close(&format!("{kind} {dtype:?} gathered, no norm"), &floats(xk), &floats(residual::reference(base, None, None, None, dtype).0), tol(dtype));
+            close(
+                &format!("{kind} {dtype:?} gathered, no norm"),
+                &floats(xk),
+                &floats(residual::reference(base, None, None, None, dtype).0),
+                tol(dtype),
+            );
         }
     }
 }
@@ -196,7 +231,9 @@ fn attention_steps_match_the_reference() {
                 (8, 32, 5, None, 1, 1, true),
             ] {
                 let d = heads * hd;
-                let what = format!("{kind} {dtype:?} heads {heads} x {hd} ring {cap} ctx {context:?} t {t} rope {rope_mode} project {project}");
+                let what = format!(
+                    "{kind} {dtype:?} heads {heads} x {hd} ring {cap} ctx {context:?} t {t} rope {rope_mode} project {project}"
+                );
                 let rings = |seed: u32| t3(&device, [heads, cap, hd], seed, 1.0, dtype).reshape([1, heads, cap, hd]);
                 let (mut kk, mut vk) = ([rings(31), rings(32)], [rings(33), rings(34)]);
                 let (mut kr, mut vr) = (kk.clone(), vk.clone());
@@ -215,7 +252,10 @@ fn attention_steps_match_the_reference() {
                     });
                     let target = || {
                         if project {
-                            Target::Projected { partials: Tensor::zeros([heads, 2 * t, d], (&device, DType::F32)), w: w_out.clone() }
+                            Target::Projected {
+                                partials: Tensor::zeros([heads, 2 * t, d], (&device, DType::F32)),
+                                w: w_out.clone(),
+                            }
                         } else {
                             Target::Rows(Tensor::zeros([2 * t, d], (&device, dtype)))
                         }
@@ -229,9 +269,27 @@ fn attention_steps_match_the_reference() {
                             kind == BackendKind::Wgpu,
                             "{what}: kernel taken"
                         );
-                        let (o, k2, v2) = attention::attend(qkv.clone(), s * t, t, take(&kk[s]), take(&vk[s]), rope.as_ref(), ring, out_k);
+                        let (o, k2, v2) = attention::attend(
+                            qkv.clone(),
+                            s * t,
+                            t,
+                            take(&kk[s]),
+                            take(&vk[s]),
+                            rope.as_ref(),
+                            ring,
+                            out_k,
+                        );
                         (out_k, kk[s], vk[s]) = (o, k2, v2);
-                        let (o, k2, v2) = attention::reference(qkv.clone(), s * t, t, take(&kr[s]), take(&vr[s]), rope.as_ref(), ring, out_r);
+                        let (o, k2, v2) = attention::reference(
+                            qkv.clone(),
+                            s * t,
+                            t,
+                            take(&kr[s]),
+                            take(&vr[s]),
+                            rope.as_ref(),
+                            ring,
+                            out_r,
+                        );
                         (out_r, kr[s], vr[s]) = (o, k2, v2);
                         written[s] += t;
                     }
@@ -239,8 +297,18 @@ fn attention_steps_match_the_reference() {
                     let want = matvec::sum_parts(out_r.into_tensor(), DType::F32);
                     close(&format!("{what} step {step}: output"), &floats(got), &floats(want), 5.0 * tol(dtype));
                     for s in 0..2 {
-                        close(&format!("{what} step {step}: keys {s}"), &floats(kk[s].clone()), &floats(kr[s].clone()), tol(dtype));
-                        close(&format!("{what} step {step}: values {s}"), &floats(vk[s].clone()), &floats(vr[s].clone()), tol(dtype));
+                        close(
+                            &format!("{what} step {step}: keys {s}"),
+                            &floats(kk[s].clone()),
+                            &floats(kr[s].clone()),
+                            tol(dtype),
+                        );
+                        close(
+                            &format!("{what} step {step}: values {s}"),
+                            &floats(vk[s].clone()),
+                            &floats(vr[s].clone()),
+                            tol(dtype),
+                        );
                     }
                 }
             }
@@ -270,7 +338,11 @@ fn picks_match_the_reference() {
             let empty = || Tensor::<2, Int>::zeros([2, rows], &device);
             let (mut got, mut want) = (empty(), empty());
             for (i, row) in draws.iter().enumerate() {
-                assert_eq!(pick::uses_kernel(&logits, &params, i, &got), kind == BackendKind::Wgpu, "{kind}: kernel taken");
+                assert_eq!(
+                    pick::uses_kernel(&logits, &params, i, &got),
+                    kind == BackendKind::Wgpu,
+                    "{kind}: kernel taken"
+                );
                 got = pick::pick(logits.clone(), &params, row, i, got);
                 want = pick::reference(logits.clone(), row, i, want);
             }
@@ -317,16 +389,24 @@ fn streaming_convolutions_match_the_reference() {
                         close(&format!("{what} chunk {chunk}: elu(y)"), &floats(a), &floats(b), tol(dtype));
                     }
                     if let (Some(a), Some(b)) = (&got.next, &want.next) {
-                        close(&format!("{what} chunk {chunk}: history"), &floats(a.clone()), &floats(b.clone()), tol(dtype));
+                        close(
+                            &format!("{what} chunk {chunk}: history"),
+                            &floats(a.clone()),
+                            &floats(b.clone()),
+                            tol(dtype),
+                        );
                     }
                     hist_k = got.next;
                     hist_r = want.next;
                 }
             }
             // (cin, cout, k, stride, groups, t, elu, elu_out)
-            for (cin, cout, k, stride, groups, t, elu, elu_out) in
-                [(32, 16, 16, 8, 1, 2, true, true), (16, 8, 10, 5, 1, 24, false, true), (24, 24, 4, 2, 24, 3, false, false), (8, 4, 4, 4, 1, 5, true, false)]
-            {
+            for (cin, cout, k, stride, groups, t, elu, elu_out) in [
+                (32, 16, 16, 8, 1, 2, true, true),
+                (16, 8, 10, 5, 1, 24, false, true),
+                (24, 24, 4, 2, 24, 3, false, false),
+                (8, 4, 4, 4, 1, 5, true, false),
+            ] {
                 let what = format!("{kind} {dtype:?} convtr {cin}->{cout} k{k} s{stride} g{groups} t{t}");
                 let shape = ConvShape { stride, dilation: 1, groups, elu, elu_out };
                 let w = t3(&device, [cin, cout / groups, k], 81, 1.0 / (cin as f32).sqrt(), dtype);
@@ -336,7 +416,11 @@ fn streaming_convolutions_match_the_reference() {
                 let mut tail_r = tail_k.clone();
                 for chunk in 0..2u32 {
                     let x = t3(&device, [2, cin, t], 84 + chunk, 1.5, dtype);
-                    assert_eq!(conv::uses_tr_kernel(&x, tail_k.as_ref(), &w, shape), kind == BackendKind::Wgpu, "{what}");
+                    assert_eq!(
+                        conv::uses_tr_kernel(&x, tail_k.as_ref(), &w, shape),
+                        kind == BackendKind::Wgpu,
+                        "{what}"
+                    );
                     let got = conv::conv_tr1d(x.clone(), tail_k.take(), w.clone(), bias.clone(), shape);
                     let want = conv::conv_tr1d_reference(x, tail_r.take(), w.clone(), bias.clone(), shape);
                     close(&format!("{what} chunk {chunk}: y"), &floats(got.y), &floats(want.y), tol(dtype));
@@ -344,7 +428,12 @@ fn streaming_convolutions_match_the_reference() {
                         close(&format!("{what} chunk {chunk}: elu(y)"), &floats(a), &floats(b), tol(dtype));
                     }
                     if let (Some(a), Some(b)) = (&got.next, &want.next) {
-                        close(&format!("{what} chunk {chunk}: tail"), &floats(a.clone()), &floats(b.clone()), tol(dtype));
+                        close(
+                            &format!("{what} chunk {chunk}: tail"),
+                            &floats(a.clone()),
+                            &floats(b.clone()),
+                            tol(dtype),
+                        );
                     }
                     tail_k = got.next;
                     tail_r = want.next;
@@ -368,13 +457,22 @@ fn split_rvq_matches_the_reference() {
         let x = t3(&device, [2, c, 3], 99, 2.0, DType::F32);
         for n in [1, 4, 6] {
             let what = format!("{kind} {n} levels");
-            assert_eq!(rvq::uses_kernel(&device, DType::F32, &first, &rest, n, bins), kind == BackendKind::Wgpu, "{what}");
+            assert_eq!(
+                rvq::uses_kernel(&device, DType::F32, &first, &rest, n, bins),
+                kind == BackendKind::Wgpu,
+                "{what}"
+            );
             let codes = rvq::encode(x.clone(), &first, &rest, n, bins);
             let want = rvq::encode_reference(x.clone(), &first, &rest, n, bins);
             assert_eq!(codes.dims(), [2, n, 3], "{what}: shape");
             assert_eq!(ints(codes.clone()), ints(want), "{what}: codes");
             let got = rvq::decode(codes.clone(), &first, &rest, bins);
-            close(&format!("{what}: decoded"), &floats(got), &floats(rvq::decode_reference(codes, &first, &rest, bins)), 2e-5);
+            close(
+                &format!("{what}: decoded"),
+                &floats(got),
+                &floats(rvq::decode_reference(codes, &first, &rest, bins)),
+                2e-5,
+            );
         }
     }
 }

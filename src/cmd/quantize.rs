@@ -57,8 +57,12 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
             .map(|v| v as u32)
             .collect();
         let scale_dims = q.scales.dims().to_vec();
-        let scales =
-            q.scales.clone().into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("reading {name} back: {e:?}"))?;
+        let scales = q
+            .scales
+            .clone()
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading {name} back: {e:?}"))?;
         tensors.push((format!("{name}.q8"), vec![k, n / 4], OutTensor::U32(values)));
         tensors.push((format!("{name}.scale"), scale_dims, OutTensor::F32(scales)));
         quantized.insert(slot.name.clone());
@@ -87,7 +91,12 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         std::fs::copy(&f, &to).with_context(|| format!("copying {} to {}", f.display(), to.display()))?;
     }
     let size = std::fs::metadata(&lm_out).map(|m| m.len()).unwrap_or(0);
-    println!("wrote {} ({:.2} GB) and the model's other files into {}", lm_out.display(), size as f64 / 1e9, a.out.display());
+    println!(
+        "wrote {} ({:.2} GB) and the model's other files into {}",
+        lm_out.display(),
+        size as f64 / 1e9,
+        a.out.display()
+    );
     Ok(())
 }
 

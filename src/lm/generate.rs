@@ -107,12 +107,7 @@ impl LmState {
             dep.push(p.depformer);
             rows.extend(p.rows);
         }
-        LmState {
-            transformer: TransformerState::merge(tr),
-            depformer: TransformerState::merge(dep),
-            rows,
-            picking,
-        }
+        LmState { transformer: TransformerState::merge(tr), depformer: TransformerState::merge(dep), rows, picking }
     }
 
     pub fn split(self) -> Vec<LmState> {
@@ -290,7 +285,9 @@ impl LmModel {
         // Uploads: an upload after a launch would cost a queue submit. With the input tables
         // stacked in one, each token is shifted to its table's rows.
         let shifted: Vec<i64> = match &self.input_table {
-            Some(t) => input.iter().enumerate().map(|(i, &v)| if v < 0 { v } else { v + t.offsets[i % k] as i64 }).collect(),
+            Some(t) => {
+                input.iter().enumerate().map(|(i, &v)| if v < 0 { v } else { v + t.offsets[i % k] as i64 }).collect()
+            }
             None => input.to_vec(),
         };
         let tokens = backend::ints(shifted, [b, k], &device);
@@ -345,7 +342,13 @@ impl LmModel {
                 sum.ok_or_else(|| Error::input("an LM without input tables"))?
             }
         };
-        let (_, h) = self.transformer.step(x.reshape([b, 1, c.dim]), h0, &mut state.transformer, rope.as_ref(), Some(&self.out_norm))?;
+        let (_, h) = self.transformer.step(
+            x.reshape([b, 1, c.dim]),
+            h0,
+            &mut state.transformer,
+            rope.as_ref(),
+            Some(&self.out_norm),
+        )?;
         let h = h.ok_or_else(|| Error::input("the temporal step lost its output norm"))?;
         let logits = matvec::partials(Input::Rows(h.clone()), self.text_linear.weight());
         picked = kpick::pick(logits, &params, &draws[0], 0, picked);
@@ -362,7 +365,13 @@ impl LmModel {
                 None => matvec::partials(Input::Rows(h.clone()), self.depformer_in_weight(step)?).into(),
             };
             let table = if step == 0 { &self.depformer_text_emb } else { &self.depformer_emb[step - 1] };
-            let prev = Base::Gather { table: table.weight(), idx: picked.clone(), column: Column { offset: step * b, stride: 1 }, count: 1, rows: b };
+            let prev = Base::Gather {
+                table: table.weight(),
+                idx: picked.clone(),
+                column: Column { offset: step * b, stride: 1 },
+                count: 1,
+                rows: b,
+            };
             let (x, hn) = residual_norm(prev, Some(proj), None, first_norm.as_ref(), dtype);
             let (y, _) = self.depformer.step(x.reshape([b, 1, c.depformer_dim]), hn, dep_state, None, None)?;
             let logits = matvec::partials(Input::Rows(y), self.linears[step].weight());

@@ -12,11 +12,11 @@ use burn::tensor::DType;
 use super::config::LmConfig;
 use crate::backend::{self, Precision};
 use crate::error::{Error, Result};
-use crate::nn::norm::{Norm, NormKind};
-use crate::nn::transformer::{Transformer, TransformerState};
 use crate::kernels::matvec::{Q8, Weight};
 use crate::kernels::q8;
 use crate::nn::matrix::Matrix;
+use crate::nn::norm::{Norm, NormKind};
+use crate::nn::transformer::{Transformer, TransformerState};
 use crate::weights::{Slots, WeightFile, Weights};
 
 /// Token meaning "no input": its embedding is zero.
@@ -68,11 +68,16 @@ pub struct InputTable {
 /// on the device and the stack fits one buffer, their stack, of which they are views: float
 /// tables stacked as they are, 8-bit ones each quantized alone and padded to whole blocks of
 /// rows, so that each keeps its own scales.
-fn input_tables(w: &mut dyn Weights, names: &[(String, usize)], dim: usize) -> Result<(Vec<Matrix>, Option<InputTable>)> {
+fn input_tables(
+    w: &mut dyn Weights,
+    names: &[(String, usize)],
+    dim: usize,
+) -> Result<(Vec<Matrix>, Option<InputTable>)> {
     let device = w.device().clone();
     let stacks = crate::kernels::launches_on(&device);
     if !w.q8() || dim % 4 != 0 {
-        let mut tables = names.iter().map(|(n, rows)| w.param(n, [*rows, dim]).map(Matrix::new)).collect::<Result<Vec<_>>>()?;
+        let mut tables =
+            names.iter().map(|(n, rows)| w.param(n, [*rows, dim]).map(Matrix::new)).collect::<Result<Vec<_>>>()?;
         let rows: Vec<usize> = names.iter().map(|(_, r)| *r).collect();
         let dtype = w.dtype();
         let bytes = (rows.iter().sum::<usize>() * dim * dtype.size()) as u64;
@@ -151,7 +156,12 @@ impl LmModel {
     }
 
     /// [`LmModel::load_as`], with where each parameter came from in the file.
-    pub fn load_with_slots(path: &Path, config: LmConfig, device: &Device, precision: Precision) -> Result<(Self, Slots)> {
+    pub fn load_with_slots(
+        path: &Path,
+        config: LmConfig,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<(Self, Slots)> {
         let probe = WeightFile::open(path, device, precision.dtype())?;
         let q8 = precision.quantized() || probe.has_q8();
         // 8-bit weights compute in f16.
@@ -279,7 +289,8 @@ impl LmModel {
         let matrices = self.matrices();
         let matrix_params: usize = matrices.iter().map(|m| m.weight.num_params()).sum();
         let others = (self.num_params() - matrix_params) as u64 * size;
-        let products: u64 = matrices.iter().map(|m| m.bytes()).sum::<u64>() - tables.iter().map(|t| t.bytes()).sum::<u64>();
+        let products: u64 =
+            matrices.iter().map(|m| m.bytes()).sum::<u64>() - tables.iter().map(|t| t.bytes()).sum::<u64>();
         // One row of each input table, and one of a depth table per depth step.
         let row = |t: &Matrix| t.bytes() / t.dims()[0] as u64;
         let input_rows: u64 = std::iter::once(&self.text_emb).chain(&self.emb).map(row).sum();
@@ -376,7 +387,9 @@ impl LmModel {
             0
         } else {
             match &self.config.depformer_weights_per_step_schedule {
-                Some(s) => *s.get(step).ok_or_else(|| Error::input(format!("depformer step {step} beyond the schedule")))?,
+                Some(s) => {
+                    *s.get(step).ok_or_else(|| Error::input(format!("depformer step {step} beyond the schedule")))?
+                }
                 None => step,
             }
         };

@@ -6,12 +6,12 @@
 //! step (9 for moshiko). Here the pick is tensor ops, the token stays on the device to index the
 //! next embedding, and the step's tokens come back together at its end.
 //!
-//! The draw is the host sampler's, written in the log domain: `argmax(l / T + G)` over the
-//! `top_k` largest logits, with Gumbel noise `G = -ln E`, `E ~ Exp(1)` (the host's exponential
-//! race `argmax(p / E)`). The noise is drawn on the host from each row's own generator, so a
-//! seed still fixes a session's tokens whatever else shares the batch, and uploaded with the
-//! logits' work; it consumes the generator differently from the host sampler, so the same seed
-//! gives other (equally distributed) tokens on the two paths. Greedy rows are plain argmax.
+//! The draw is the host sampler's in law, written in the log domain: `argmax(l / T + G)` over
+//! the `top_k` largest logits, with Gumbel noise `G` computed on the device from a hash of a
+//! seed each row draws from its own generator (`kernels/pick.rs`), so a seed still fixes a
+//! session's tokens whatever else shares the batch. It consumes the generator differently from
+//! the host sampler, so the same seed gives other (equally distributed) tokens on the two
+//! paths. Greedy rows are plain argmax.
 
 use burn::prelude::*;
 use rand::RngCore;

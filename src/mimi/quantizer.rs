@@ -7,8 +7,8 @@ use burn::prelude::*;
 use burn::tensor::module::linear;
 
 use super::config::QuantizerConfig;
-use crate::kernels::rvq;
 use crate::error::{Error, Result};
+use crate::kernels::rvq;
 use crate::weights::Weights;
 
 /// One residual VQ with its 1x1 projections.

@@ -225,7 +225,8 @@ impl SeanetDecoder {
         let incomplete = || Error::input("SEANet decoder state is incomplete");
         let mut convs = state.convs.iter_mut();
         let mut ups = state.ups.iter_mut();
-        let mut x = Activated::of(self.first.forward_fused(convs.next().ok_or_else(incomplete)?, x, false, None, true)?)?;
+        let mut x =
+            Activated::of(self.first.forward_fused(convs.next().ok_or_else(incomplete)?, x, false, None, true)?)?;
         for st in &self.stages {
             x = Activated::of(st.up.forward_fused(ups.next().ok_or_else(incomplete)?, x.elu, false, true)?)?;
             for r in &st.res {

@@ -157,8 +157,15 @@ impl Conv1d {
         }
         let first: Vec<bool> = if self.replicate { state.first.clone() } else { vec![false; b] };
         let shape = ConvShape { stride: self.stride, dilation: self.dilation, groups: self.groups, elu, elu_out };
-        let mut out =
-            conv::conv1d(x, state.prev.take(), self.weight.val(), self.bias.as_ref().map(|b| b.val()), res, shape, &first);
+        let mut out = conv::conv1d(
+            x,
+            state.prev.take(),
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            res,
+            shape,
+            &first,
+        );
         state.prev = out.next.take();
         state.first.iter_mut().for_each(|f| *f = false);
         Ok(out)

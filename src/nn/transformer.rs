@@ -217,7 +217,14 @@ impl Transformer {
         for i in 0..spec.num_layers {
             let p = format!("{prefix}.layers.{i}");
             let in_proj = w.product_parts(&format!("{p}.self_attn.in_proj_weight"), sets, 3 * d, d)?;
-            let out_proj = w.product_parts(&format!("{p}.self_attn.out_proj.weight"), sets, d, d)?;
+            let out_name = format!("{p}.self_attn.out_proj.weight");
+            // A narrow layer's output projection runs inside its attention launch, which reads
+            // float weights: it stays float under 8 bits (one launch fewer a layer-step).
+            let out_proj = if d <= attention::PROJECT_MAX_WIDTH {
+                w.linear_parts(&out_name, sets, d, d)?.into_iter().map(Matrix::new).collect()
+            } else {
+                w.product_parts(&out_name, sets, d, d)?
+            };
             let (ffn_in, ffn_out) = match spec.ffn {
                 Ffn::Mlp => {
                     let f = spec.dim_feedforward;
@@ -303,7 +310,9 @@ impl Transformer {
             return Ok(0);
         }
         match &self.spec.schedule {
-            Some(s) => s.get(step).copied().ok_or_else(|| Error::input(format!("step {step} beyond the weights schedule"))),
+            Some(s) => {
+                s.get(step).copied().ok_or_else(|| Error::input(format!("step {step} beyond the weights schedule")))
+            }
             None => Ok(step),
         }
     }
@@ -382,7 +391,8 @@ impl Transformer {
                 projected => projected.into_tensor(),
             };
             let scale1 = layer.scale1.as_ref().map(|s| s.val());
-            let (x1, h1) = residual_norm(Base::Rows(x), Some(update.into()), scale1, Some(&layer.norm2.params()), dtype);
+            let (x1, h1) =
+                residual_norm(Base::Rows(x), Some(update.into()), scale1, Some(&layer.norm2.params()), dtype);
             let h1 = h1.ok_or_else(|| Error::input("fused step lost its normalised input"))?;
             // Feed-forward block.
             let g = matvec::partials(Input::Rows(h1.reshape([1, rows, c])), weights(&layer.ffn_in)?);
