@@ -1,5 +1,5 @@
 //! Answers many spoken files with one loaded model, streaming each through Mimi encode ->
-//! LM step -> Mimi decode exactly as `kokichi run` does (used by scripts/tiny/eval_lm.py).
+//! LM step -> Mimi decode exactly as `kokichi run` does (used by training/eval_lm.py).
 //!
 //! Usage: answer_many --model DIR --list FILE --out DIR [--greedy] [--seed S] [--backend cpu]
 //!        [--text-temp T] [--text-top-k K] [--audio-temp T] [--audio-top-k K] [--input-gain DB]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "tiny"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
 from common import CODEBOOKS, MIMI, MelLoss, lm_config  # noqa: E402
 from moshi.models.loaders import get_mimi  # noqa: E402
 
@@ -36,7 +36,7 @@ def burn(bin_path, sub, args_list, out: Path, steps: int) -> float:
 
 
 def torch_codec(batch, seconds, steps, bf16):
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "tiny"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
     from train_codec import forward
     mimi = get_mimi(None, MIMI, num_codebooks=CODEBOOKS)
     mimi.train()
@@ -61,7 +61,7 @@ def torch_codec(batch, seconds, steps, bf16):
 def torch_lm(tokens: Path, batch, steps, bf16):
     from safetensors.torch import load_file
     from moshi.models.lm import LMModel
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "tiny"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
     from train_lm import lm_loss
     data = load_file(str(tokens))["train"].long()
     cfg = json.loads((tokens.parent / "lm_config.json").read_text()) if (tokens.parent / "lm_config.json").exists() \
@@ -106,7 +106,7 @@ def main():
             t16 = torch_codec(8, 1.2, args.steps, True)
             rows.append(("codec (kokichi-tiny, 8 x 1.2 s)", b, first, t32, t16))
         else:
-            print(f"no corpus at {args.data}: skipping the codec (scripts/tiny/make_data.py)", file=sys.stderr)
+            print(f"no corpus at {args.data}: skipping the codec (training/make_data.py)", file=sys.stderr)
         if args.tokens.exists():
             t32, cfg = torch_lm(args.tokens, 16, args.steps, False)
             t16, _ = torch_lm(args.tokens, 16, args.steps, True)
@@ -116,7 +116,7 @@ def main():
                                                    "--batch", "16"], tmp / "lm", args.steps)
             rows.append(("LM (kokichi-tiny, 16 x 8 s)", b, first, t32, t16))
         else:
-            print(f"no tokens at {args.tokens}: skipping the LM (scripts/tiny/train_lm.py tokenize)", file=sys.stderr)
+            print(f"no tokens at {args.tokens}: skipping the LM (training/train_lm.py tokenize)", file=sys.stderr)
     print(f"training step, {args.threads} threads, mean of {args.steps} steps after one warm-up")
     print(f"{'model':34} {'burn flex':>10} {'(1st step)':>10} {'torch f32':>10} {'torch bf16':>10} {'burn/f32':>9} {'burn/bf16':>9}")
     for name, b, first, t32, t16 in rows:

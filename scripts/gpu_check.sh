@@ -138,9 +138,9 @@ checks() {
 
 # The tracked tree is about 66 MB of the 64 MiB (67.1 MB) that travels to the device machine, so
 # binaries fit only with the training stages (29 MB) left behind: `lighten [PATH...]` untracks
-# PATHs (default assets/stages) and ignores them locally, remembering which; `restore` undoes
-# both. Commit nothing in between. A GPU training call (scripts/tiny/gpu_train.sh) needs neither
-# the tests' fixtures nor the codec: `lighten assets/stages tests assets/kokichi-tiny/mimi.safetensors`
+# PATHs (default training/stages) and ignores them locally, remembering which; `restore` undoes
+# both. Commit nothing in between. A GPU training call (training/gpu_train.sh) needs neither
+# the tests' fixtures nor the codec: `lighten training/stages tests assets/kokichi-tiny/mimi.safetensors`
 # leaves about 26 MB of it.
 EXCLUDE=.git/info/exclude
 LIGHTENED=.git/kokichi-lightened
@@ -148,7 +148,7 @@ lighten() {
     [ ! -e "$LIGHTENED" ] || { echo "already lightened ($(cat "$LIGHTENED")): restore first" >&2; exit 1; }
     git diff --cached --quiet || { echo "the index has staged changes: commit or unstage them first" >&2; exit 1; }
     local paths=("$@")
-    [ ${#paths[@]} -gt 0 ] || paths=(assets/stages)
+    [ ${#paths[@]} -gt 0 ] || paths=(training/stages)
     git rm -r -q --cached -- "${paths[@]}" && printf '/%s\n' "${paths[@]}" >>"$EXCLUDE"
     printf '%s\n' "${paths[@]}" >"$LIGHTENED"
     echo "untracked ${paths[*]}; run '$0 restore' after the device calls"

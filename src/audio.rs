@@ -135,8 +135,8 @@ pub fn gain_factor(db: f32) -> f32 {
 
 /// Scales `samples` by `factor` (see [`gain_factor`]), clamped to [-1, 1] as a sound card would.
 ///
-/// kokichi-tiny hears quiet speech far worse than speech peaking near full scale (measured in
-/// `assets/stages/README.md`, stop 38), and a laptop microphone often peaks 20-30 dB below it.
+/// kokichi-tiny hears quiet speech far worse than speech peaking near full scale (see
+/// `docs/kokichi-tiny.md`), and a laptop microphone often peaks 20-30 dB below it.
 pub fn apply_gain(samples: &mut [f32], factor: f32) {
     if factor == 1.0 {
         return;

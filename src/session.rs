@@ -6,8 +6,6 @@
 //! model calls and splits them again, so sessions that started at different times still run
 //! together. Sessions whose delays are still filling get silence for that frame.
 
-use std::mem;
-
 use burn::prelude::*;
 use burn::tensor::DType;
 
@@ -17,6 +15,7 @@ use crate::lm::model::UNGENERATED_TOKEN;
 use crate::lm::{GenConfig, LmModel, LmState};
 use crate::mimi::{DecState, EncState, Mimi};
 use crate::model_dir::ModelFiles;
+use crate::nn::batch::{self, Batched};
 use crate::tokenizer::Tokenizer;
 
 /// The models of a speech-to-speech system.
@@ -145,15 +144,12 @@ impl Engine {
         if sessions.iter().any(|s| s.enc.batch() != 1) {
             return Err(Error::input("sessions must hold one stream each"));
         }
-        let mut enc =
-            EncState::merge(sessions.iter_mut().map(|s| mem::replace(&mut s.enc, EncState::empty())).collect());
-        let mut lm = LmState::merge(sessions.iter_mut().map(|s| mem::replace(&mut s.lm, LmState::empty())).collect());
+        let mut enc = batch::lend(sessions.iter_mut().map(|s| &mut s.enc));
+        let mut lm = batch::lend(sessions.iter_mut().map(|s| &mut s.lm));
         let result = self.step_merged(&mut enc, &mut lm, sessions, pcm);
-        for (s, (e, l)) in sessions.iter_mut().zip(enc.split().into_iter().zip(lm.split())) {
-            s.enc = e;
-            s.lm = l;
-            s.frames += 1;
-        }
+        batch::give_back(sessions.iter_mut().map(|s| &mut s.enc), enc);
+        batch::give_back(sessions.iter_mut().map(|s| &mut s.lm), lm);
+        sessions.iter_mut().for_each(|s| s.frames += 1);
         result
     }
 
@@ -175,27 +171,33 @@ impl Engine {
         let Some(step) = self.lm.step(lm, &codes, q)? else {
             return Ok(outs);
         };
-        let ready: Vec<usize> = (0..b).filter(|&r| step.text[r] != UNGENERATED_TOKEN).collect();
+        let is_ready: Vec<bool> = step.text.iter().map(|&t| t != UNGENERATED_TOKEN).collect();
+        let ready: Vec<usize> = (0..b).filter(|&r| is_ready[r]).collect();
         let mut tokens = Vec::with_capacity(ready.len() * dep_q);
         for &r in &ready {
             tokens.extend_from_slice(&step.audio[r * dep_q..(r + 1) * dep_q]);
             outs[r].text = Some(step.text[r]);
             outs[r].audio = Some(step.audio[r * dep_q..(r + 1) * dep_q].to_vec());
         }
-        let mut dec =
-            DecState::merge(ready.iter().map(|&r| mem::replace(&mut sessions[r].dec, DecState::empty())).collect());
+        let mut dec: DecState = batch::lend(ready_decoders(sessions, &is_ready));
         let decoded = self
             .mimi
             .codes_tensor(tokens, [ready.len(), dep_q, 1])
             .and_then(|c| self.mimi.decode_chunk(&mut dec, c))
             .and_then(backend::read_floats);
-        for (&r, d) in ready.iter().zip(dec.split()) {
-            sessions[r].dec = d;
-        }
+        batch::give_back(ready_decoders(sessions, &is_ready), dec);
         let audio = decoded?;
         for (i, &r) in ready.iter().enumerate() {
             outs[r].pcm.copy_from_slice(&audio[i * frame..(i + 1) * frame]);
         }
         Ok(outs)
     }
+}
+
+/// The decoder states of the sessions marked ready, in order.
+fn ready_decoders<'a>(
+    sessions: &'a mut [&mut SessionState],
+    ready: &'a [bool],
+) -> impl Iterator<Item = &'a mut DecState> {
+    sessions.iter_mut().zip(ready).filter(|(_, ready)| **ready).map(|(s, _)| &mut s.dec)
 }

@@ -74,23 +74,25 @@ fn stream_case(name: &str) {
     }
 }
 
+/// `mimi_a`: Mimi's own layout at small widths (LayerScale, LayerNorm, plain FFN).
 #[test]
-fn batch_parity_a() {
+fn batch_parity_mimi_layout() {
     batch_case("a");
 }
 
+/// `mimi_b`: hop 480, dilated residual stack, projected transformer, gated FFN, RMS norm.
 #[test]
-fn batch_parity_b() {
+fn batch_parity_projected_gated_layout() {
     batch_case("b");
 }
 
 #[test]
-fn streaming_parity_a() {
+fn streaming_parity_mimi_layout() {
     stream_case("a");
 }
 
 #[test]
-fn streaming_parity_b() {
+fn streaming_parity_projected_gated_layout() {
     stream_case("b");
 }
 
@@ -117,12 +119,12 @@ fn trace_case(name: &str) {
 }
 
 #[test]
-fn intermediates_a() {
+fn intermediates_match_reference_mimi_layout() {
     trace_case("a");
 }
 
 #[test]
-fn intermediates_b() {
+fn intermediates_match_reference_projected_gated_layout() {
     trace_case("b");
 }
 

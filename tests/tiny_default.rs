@@ -1,6 +1,6 @@
 //! The shipped default model: `kokichi-tiny` (assets/kokichi-tiny) resolves without `--model`
 //! and answers the held-out example questions in assets/examples (voices it never trained on,
-//! picked by scripts/tiny/make_examples.py before its answers were known), and stays quiet on
+//! picked by training/make_examples.py before its answers were known), and stays quiet on
 //! room noise. All examples run as one batch, greedy, on both backends; `kokichi run` with no
 //! `--model` answers one of them on both backends.
 
@@ -73,7 +73,7 @@ fn embedded_model_speaks_when_asked_and_stays_quiet() {
         .sum();
     assert!(size <= 30_000_000, "kokichi-tiny is {size} bytes, over the 30 MB budget");
     // Its config.json recommends greedy decoding (measured better than Moshi's sampling for it,
-    // assets/stages/README.md): the daemon uses that unless the user sets sampling.
+    // docs/kokichi-tiny.md): the daemon uses that unless the user sets sampling.
     assert!(files.sampling.text.is_greedy() && files.sampling.audio.is_greedy(), "{:?}", files.sampling);
     let examples = examples();
     let mut per_backend = Vec::new();

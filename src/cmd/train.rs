@@ -12,7 +12,7 @@ use kokichi::train::{self, Progress};
 
 #[derive(Args, Debug)]
 pub struct CodecArgs {
-    /// Corpus folder (scripts/tiny/make_data.py output).
+    /// Corpus folder (training/make_data.py output).
     #[arg(long)]
     data: PathBuf,
     /// JSON of the codec (the `mimi` object form); the real Mimi's when omitted.
@@ -40,7 +40,7 @@ pub struct CodecArgs {
 
 #[derive(Args, Debug)]
 pub struct LmArgs {
-    /// Safetensors with `train` token sequences [N, 1 + n_q, T] (scripts/tiny/train_lm.py tokenize).
+    /// Safetensors with `train` token sequences [N, 1 + n_q, T] (training/train_lm.py tokenize).
     #[arg(long)]
     tokens: PathBuf,
     /// JSON of the LM (the `lm` object form).

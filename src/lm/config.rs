@@ -119,7 +119,7 @@ impl LmConfig {
         }
     }
 
-    /// kokichi-tiny's LM (scripts/tiny/common.py): 6 layers of width 256, 6 codebooks per
+    /// kokichi-tiny's LM (training/common.py): 6 layers of width 256, 6 codebooks per
     /// stream, an 8 s context.
     pub fn kokichi_tiny(text_card: usize) -> Self {
         Self {

@@ -17,37 +17,16 @@ use rand::rngs::StdRng;
 
 use super::model::{LmModel, UNGENERATED_TOKEN};
 use super::pick::{self, Draw, Picking};
-use super::sampling::{self, Sampling};
+use super::sampling::{self, GenConfig, Sampling};
 use crate::backend;
 use crate::error::{Error, Result};
 use crate::kernels::embed::Column;
 use crate::kernels::matvec::{self, Input};
 use crate::kernels::pick as kpick;
 use crate::kernels::residual::{Base, Update, residual_norm};
+use crate::nn::batch::Batched;
 use crate::nn::matrix::Matrix;
 use crate::nn::transformer::TransformerState;
-
-/// Sampling settings of a session.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct GenConfig {
-    pub text: Sampling,
-    pub audio: Sampling,
-    /// Seeds of the text and audio generators; `None` draws from the OS.
-    pub text_seed: Option<u64>,
-    pub audio_seed: Option<u64>,
-}
-
-impl GenConfig {
-    pub fn greedy() -> Self {
-        Self { text: Sampling::GREEDY, audio: Sampling::GREEDY, text_seed: Some(0), audio_seed: Some(0) }
-    }
-}
-
-impl Default for GenConfig {
-    fn default() -> Self {
-        Self { text: Sampling::TEXT, audio: Sampling::AUDIO, text_seed: None, audio_seed: None }
-    }
-}
 
 /// Generation state of one stream.
 #[derive(Clone, Debug)]
@@ -73,31 +52,33 @@ pub struct LmState {
 }
 
 impl LmState {
-    /// A state of no streams (a placeholder while a session's state is lent to a batch).
-    pub fn empty() -> Self {
-        LmState {
-            transformer: TransformerState { rows: Vec::new(), steps: 0 },
-            depformer: TransformerState { rows: Vec::new(), steps: 0 },
-            rows: Vec::new(),
-            picking: Picking::Host,
-        }
-    }
-
     /// Where the steps pick their tokens (unless set, [`Picking::for_device`] of the model's).
     pub fn set_picking(&mut self, picking: Picking) {
         self.picking = picking;
-    }
-
-    pub fn batch(&self) -> usize {
-        self.rows.len()
     }
 
     /// Steps taken by each stream.
     pub fn offsets(&self) -> Vec<usize> {
         self.rows.iter().map(|r| r.offset).collect()
     }
+}
 
-    pub fn merge(parts: Vec<LmState>) -> LmState {
+impl Batched for LmState {
+    /// A state of no streams (a placeholder while a session's state is lent to a batch).
+    fn empty() -> Self {
+        LmState {
+            transformer: TransformerState::empty(),
+            depformer: TransformerState::empty(),
+            rows: Vec::new(),
+            picking: Picking::Host,
+        }
+    }
+
+    fn batch(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn merge(parts: Vec<LmState>) -> LmState {
         let picking = parts.first().map_or(Picking::Host, |p| p.picking);
         let mut tr = Vec::with_capacity(parts.len());
         let mut dep = Vec::with_capacity(parts.len());
@@ -110,7 +91,7 @@ impl LmState {
         LmState { transformer: TransformerState::merge(tr), depformer: TransformerState::merge(dep), rows, picking }
     }
 
-    pub fn split(self) -> Vec<LmState> {
+    fn split(self) -> Vec<LmState> {
         let picking = self.picking;
         self.transformer
             .split()

@@ -7,6 +7,7 @@ pub mod pick;
 pub mod sampling;
 
 pub use config::LmConfig;
-pub use generate::{GenConfig, LmState, StepOut};
+pub use generate::{LmState, StepOut};
 pub use model::LmModel;
 pub use pick::Picking;
+pub use sampling::GenConfig;

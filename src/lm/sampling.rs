@@ -4,7 +4,27 @@
 
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 
-use super::generate::GenConfig;
+/// Sampling settings of a session.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GenConfig {
+    pub text: Sampling,
+    pub audio: Sampling,
+    /// Seeds of the text and audio generators; `None` draws from the OS.
+    pub text_seed: Option<u64>,
+    pub audio_seed: Option<u64>,
+}
+
+impl GenConfig {
+    pub fn greedy() -> Self {
+        Self { text: Sampling::GREEDY, audio: Sampling::GREEDY, text_seed: Some(0), audio_seed: Some(0) }
+    }
+}
+
+impl Default for GenConfig {
+    fn default() -> Self {
+        Self { text: Sampling::TEXT, audio: Sampling::AUDIO, text_seed: None, audio_seed: None }
+    }
+}
 
 /// Sampling parameters of one stream (text or audio).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

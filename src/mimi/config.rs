@@ -173,7 +173,7 @@ impl MimiConfig {
         }
     }
 
-    /// kokichi-tiny's codec (scripts/tiny/common.py): Mimi's layout at a quarter of the width,
+    /// kokichi-tiny's codec (training/common.py): Mimi's layout at a quarter of the width,
     /// 6 codebooks of 1024 entries.
     pub fn kokichi_tiny() -> Self {
         Self {

@@ -19,6 +19,7 @@ use burn::tensor::DType;
 use burn::tensor::module::linear;
 
 use crate::error::{Error, Result};
+use crate::nn::batch::Batched;
 use crate::nn::conv::{Conv1d, ConvSpec, ConvState, ConvTr1d, ConvTrState};
 use crate::nn::transformer::{Transformer, TransformerState};
 use crate::weights::{Slots, WeightFile, Weights};
@@ -138,24 +139,19 @@ fn unzip_rows<T>(items: Vec<T>, split: impl Fn(T) -> Vec<T>, batch: usize) -> Ve
     rows
 }
 
-impl EncState {
+impl Batched for EncState {
     /// A state of no streams (a placeholder while a session's state is lent to a batch).
-    pub fn empty() -> Self {
-        EncState {
-            seanet: Vec::new(),
-            transformer: TransformerState { rows: Vec::new(), steps: 0 },
-            down: None,
-            batch: 0,
-        }
+    fn empty() -> Self {
+        EncState { seanet: Vec::new(), transformer: TransformerState::empty(), down: None, batch: 0 }
     }
 
     /// Number of streams in this state.
-    pub fn batch(&self) -> usize {
+    fn batch(&self) -> usize {
         self.batch
     }
 
     /// Joins single- or multi-stream states into one batch (streams keep their own history).
-    pub fn merge(parts: Vec<EncState>) -> EncState {
+    fn merge(parts: Vec<EncState>) -> EncState {
         let batch = parts.iter().map(|p| p.batch).sum();
         let mut seanet = Vec::new();
         let mut tr = Vec::new();
@@ -174,7 +170,7 @@ impl EncState {
     }
 
     /// Splits into one state per stream.
-    pub fn split(self) -> Vec<EncState> {
+    fn split(self) -> Vec<EncState> {
         let b = self.batch;
         let seanet = unzip_rows(self.seanet, ConvState::split, b);
         let tr = self.transformer.split();
@@ -191,22 +187,22 @@ impl EncState {
     }
 }
 
-impl DecState {
+impl Batched for DecState {
     /// A state of no streams (a placeholder while a session's state is lent to a batch).
-    pub fn empty() -> Self {
+    fn empty() -> Self {
         DecState {
             up: None,
-            transformer: TransformerState { rows: Vec::new(), steps: 0 },
+            transformer: TransformerState::empty(),
             seanet: DecoderState { convs: Vec::new(), ups: Vec::new() },
             batch: 0,
         }
     }
 
-    pub fn batch(&self) -> usize {
+    fn batch(&self) -> usize {
         self.batch
     }
 
-    pub fn merge(parts: Vec<DecState>) -> DecState {
+    fn merge(parts: Vec<DecState>) -> DecState {
         let batch = parts.iter().map(|p| p.batch).sum();
         let mut up = Vec::new();
         let mut tr = Vec::new();
@@ -229,7 +225,7 @@ impl DecState {
         }
     }
 
-    pub fn split(self) -> Vec<DecState> {
+    fn split(self) -> Vec<DecState> {
         let b = self.batch;
         let convs = unzip_rows(self.seanet.convs, ConvState::split, b);
         let ups = unzip_rows(self.seanet.ups, ConvTrState::split, b);

@@ -10,6 +10,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 
+use super::batch::Batched;
 use crate::error::{Error, Result};
 use crate::kernels::conv::{self, ConvOut, ConvShape};
 use crate::weights::Weights;
@@ -66,17 +67,23 @@ pub struct ConvState {
     first: Vec<bool>,
 }
 
-impl ConvState {
-    /// Joins the states of several streams along the batch dimension.
-    pub fn merge(parts: Vec<ConvState>) -> ConvState {
+impl Batched for ConvState {
+    fn empty() -> Self {
+        ConvState { prev: None, first: Vec::new() }
+    }
+
+    fn batch(&self) -> usize {
+        self.first.len()
+    }
+
+    fn merge(parts: Vec<ConvState>) -> ConvState {
         let first = parts.iter().flat_map(|p| p.first.iter().copied()).collect();
         let prevs: Vec<Tensor<3>> = parts.into_iter().filter_map(|p| p.prev).collect();
         let prev = if prevs.is_empty() { None } else { Some(Tensor::cat(prevs, 0)) };
         ConvState { prev, first }
     }
 
-    /// Splits a batched state into one state per row.
-    pub fn split(self) -> Vec<ConvState> {
+    fn split(self) -> Vec<ConvState> {
         let n = self.first.len();
         (0..n)
             .map(|b| ConvState {
@@ -188,15 +195,23 @@ pub struct ConvTrState {
     batch: usize,
 }
 
-impl ConvTrState {
-    pub fn merge(parts: Vec<ConvTrState>) -> ConvTrState {
+impl Batched for ConvTrState {
+    fn empty() -> Self {
+        ConvTrState { partial: None, batch: 0 }
+    }
+
+    fn batch(&self) -> usize {
+        self.batch
+    }
+
+    fn merge(parts: Vec<ConvTrState>) -> ConvTrState {
         let batch = parts.iter().map(|p| p.batch).sum();
         let tails: Vec<Tensor<3>> = parts.into_iter().filter_map(|p| p.partial).collect();
         let partial = if tails.is_empty() { None } else { Some(Tensor::cat(tails, 0)) };
         ConvTrState { partial, batch }
     }
 
-    pub fn split(self) -> Vec<ConvTrState> {
+    fn split(self) -> Vec<ConvTrState> {
         (0..self.batch)
             .map(|b| ConvTrState { partial: self.partial.as_ref().map(|p| p.clone().narrow(0, b, 1)), batch: 1 })
             .collect()

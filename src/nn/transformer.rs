@@ -12,6 +12,7 @@ use burn::tensor::DType;
 use burn::tensor::activation::gelu;
 
 use super::attention::{KvCache, attend, mask_bias};
+use super::batch::Batched;
 use super::matrix::Matrix;
 use super::norm::{Norm, NormKind};
 use super::rope::RopeTables;
@@ -173,13 +174,23 @@ impl TransformerState {
             row.caches.iter_mut().for_each(KvCache::reset);
         }
     }
+}
 
-    pub fn merge(parts: Vec<TransformerState>) -> TransformerState {
+impl Batched for TransformerState {
+    fn empty() -> Self {
+        TransformerState { rows: Vec::new(), steps: 0 }
+    }
+
+    fn batch(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn merge(parts: Vec<TransformerState>) -> TransformerState {
         let steps = parts.first().map_or(0, |p| p.steps);
         TransformerState { rows: parts.into_iter().flat_map(|p| p.rows).collect(), steps }
     }
 
-    pub fn split(self) -> Vec<TransformerState> {
+    fn split(self) -> Vec<TransformerState> {
         let steps = self.steps;
         self.rows.into_iter().map(|r| TransformerState { rows: vec![r], steps }).collect()
     }

@@ -98,7 +98,7 @@ fn mel_filterbank(n_fft: usize, n_mels: usize, rate: usize) -> Vec<f32> {
     fb
 }
 
-/// Clips to train on: the corpus's questions and answers (scripts/tiny/make_data.py).
+/// Clips to train on: the corpus's questions and answers (training/make_data.py).
 pub struct Clips {
     audio: Vec<Vec<f32>>,
     len: usize,

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::lm::{LmConfig, LmModel};
 use crate::weights::{self, Slots};
 
-/// Token sequences `[N, 1 + n_q, T]` (text first), as written by scripts/tiny/train_lm.py.
+/// Token sequences `[N, 1 + n_q, T]` (text first), as written by training/train_lm.py.
 pub struct TokenSet {
     pub values: Vec<i64>,
     pub n: usize,

@@ -3,7 +3,7 @@
 //! `kokichi train-lm`; models are written in the reference checkpoint layout.
 //!
 //! On this project's 2-core CPUs Burn trains several times slower than PyTorch (measured by
-//! `make bench-train`), so the shipped kokichi-tiny weights come from scripts/tiny/*.py with
+//! `make bench-train`), so the shipped kokichi-tiny weights come from training/*.py with
 //! the reference classes; these trainers produce loadable models and are tested end to end.
 
 pub mod codec;

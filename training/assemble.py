@@ -56,8 +56,8 @@ def main():
         sys.exit(f"{args.lm / 'lm_config.json'}: {', '.join(differ)} differ from kokichi-tiny's"
                  + ("" if args.trial else " (--trial assembles other LM sizes for measuring)"))
     args.out.mkdir(parents=True, exist_ok=True)
-    # The sampling kokichi uses unless told otherwise. Measured in stop 31 (eval_lm.py, lm16):
-    # Moshi's sampling got a session's second question right 28 times of 60, greedy 37.
+    # The sampling kokichi uses unless told otherwise: greedy, because measured with eval_lm.py
+    # (lm16), Moshi's sampling got a session's second question right 28 times of 60, greedy 37.
     cfg = {"mimi": MIMI, "lm": lm_cfg, "mimi_codebooks": CODEBOOKS, "sampling": {"greedy": True}}
     (args.out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     halve(args.codec / "mimi.safetensors", args.out / "mimi.safetensors")

@@ -22,28 +22,24 @@ waveform error (`--wave 0`): it asks a small decoder for the exact phase of the 
 it cannot give, and the recognizer judges the spectrum. Measured: the judge on the decodes went
 from 8.4% to 24.2% in those 3,000 mel-only steps; the 3,000 steps before, with the waveform
 error, had moved it from 4.7% to 8.4%. The fourth call reached 38.7%, and four more mel-only
-runs of 4,000 steps 51.9%, 59.9%, 63.3% and 69.4%; the eighth call is the shipped decoder, and
-further runs may still gain a little. (The shipped seventh run started from the sixth's f16
-model folder, 58.2%, its f32 export having been lost with a machine.) `--codec` also takes a
-model folder. Each step
-decodes only up to the batch's longest answer, not the 39 frames of padding: 0.37 s a step
-instead of 1.1 s.
+runs of 4,000 steps 51.9%, 59.9%, 63.3% and 69.4%. The distilled codec's decoder is tuned the
+same way (recipe.py: codec-distill-tuned to codec-distill-tuned6; the sixth is the shipped
+decoder). `--codec` also takes a model folder. Each step decodes only up to the batch's longest
+answer, not the 39 frames of padding: 0.37 s a step instead of 1.1 s.
 
-`--codes FILE` (stop 36) trains on the codes an LM says for each answer instead of the clips'
+`--codes FILE` trains on the codes an LM says for each answer instead of the clips'
 own (`canon_codes.py extract`; the shipped LM is trained on those): the decoder learns to render
 what it will be given, against the same clean clip. Measured once and not shipped: 3,000 such
 steps from the shipped decoder took the judge on those codes from 71.7% to 74.7%, but lm27's
 audio end to end fell from 45.5% to 43.0% (right for the shipped decoder alone 7 times, the
-new one 2; p = 0.18).
-Stop 42 ran 4,000 more mel-only steps from the shipped model folder: the judge on the clips went
-from 74.7% to 78.5%, but end to end the audio was level (45.0% against 45.5%; p = 1.00), so the
+new one 2; p = 0.18). 4,000 more mel-only steps from the shipped model folder took the judge
+on the clips from 74.7% to 78.5%, but end to end the audio was level (45.0% against 45.5%; p = 1.00), so the
 decoder's gains on the clips' codes no longer reach what the LM says.
 
 Writes OUT/export/mimi.safetensors (the full codec, decoder replaced) and prints a judge
 figure (pocketsphinx, the eval's judge) on all answers: clean, and decoded before and after.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -54,36 +50,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import FRAME, MelLoss, cosine_lr, read_wav  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # gen_mimi_fixtures
+from answers import LEAD, answer_clips, judge_all, load_codes, place  # noqa: E402
+from common import FRAME, MelLoss, cosine_lr  # noqa: E402
 from steps import clear_done, done_before, mark_done, step_key  # noqa: E402
 from train_codec import export  # noqa: E402
 from train_lm import load_codec  # noqa: E402
-
-LEAD = 4  # frames of silence before each answer, as the tokenizer lays them out
-
-
-def answer_clips(data: Path):
-    """Every answer clip after LEAD frames of silence, zero-padded to one common length, and
-    each one's length in frames (LEAD + clip + 1)."""
-    answers = json.loads((data / "answers.json").read_text())
-    pcms = {t: read_wav(data / a["file"]).astype(np.float32) / 32768 for t, a in sorted(answers.items())}
-    frames = LEAD + max(-(-len(p) // FRAME) for p in pcms.values()) + 2
-    texts, rows, lens = [], [], []
-    for t, p in pcms.items():
-        x = np.zeros(frames * FRAME, np.float32)
-        x[LEAD * FRAME:LEAD * FRAME + len(p)] = p
-        texts.append(t)
-        rows.append(x)
-        lens.append(LEAD + -(-len(p) // FRAME) + 1)
-    return texts, torch.from_numpy(np.stack(rows))[:, None], torch.tensor(lens)
-
-
-def judge_all(texts, audio, work: Path):
-    from eval_lm import Judge
-    judge = Judge(work)
-    ok = [judge.words(a[0].numpy()) == t.split() for t, a in zip(texts, audio)]
-    return float(np.mean(ok))
 
 
 def main():
@@ -116,7 +88,6 @@ def main():
         clip_codes = torch.cat([mimi.encode(x[i:i + 16]) for i in range(0, len(x), 16)])
         codes = clip_codes
         if args.codes is not None:
-            from canon_codes import load_codes, place
             codes = place(load_codes(args.codes), texts, clip_codes, LEAD, args.codes)[0]
         before = torch.cat([mimi.decode(codes[i:i + 16]) for i in range(0, len(x), 16)])
     print(f"{len(texts)} answers, {codes.shape[-1]} frames each; judge on the clean clips: "

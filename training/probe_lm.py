@@ -12,7 +12,7 @@ on the first --n training sequences (their records come from --data's train.json
 file needs the corpus it was made from).
 With --words-only, the first answer word is the best word at its frame, padding set aside: the
 plain figure also counts as wrong a model that would say the right word a frame later than the
-dialogue has it (most misses at short gaps are that, stop 46), which is timing, not hearing.
+dialogue has it (most misses at short gaps are that), which is timing, not hearing.
 With --heard, how often the training-only CTC head of a checkpoint transcribes a held-out
 question exactly: anywhere in the dialogue, and before the model's answer starts. Only the
 second is hearing: later, the head can read the answer's words off the model's own answer

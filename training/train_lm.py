@@ -1,22 +1,16 @@
 #!/usr/bin/env python3
-"""kokichi-tiny's language model, trained with the reference `moshi` PyTorch classes (Burn's
-CPU training was measured too slow here, see README), exported in the checkpoint layout.
+"""kokichi-tiny's language model: `tokenize` lays a corpus (make_data.py) out as token sequences
+through a codec, `train` trains the LM on them with the reference `moshi` PyTorch classes (Burn's
+CPU training is several times slower on these CPUs; see ../README.md) and exports it in the
+checkpoint layout kokichi loads. recipe.py holds every stage's exact arguments; the shapes are:
 
-  train_lm.py tokenize --data D --codec WORK/codec/export --out WORK/lm/tokens.npz --limit 16000
-  train_lm.py tokenize --data D --codec WORK/codec/export --out WORK/lm/tokens-extra.npz --first 16000 --splits train --seed 4
-  train_lm.py train --tokens WORK/lm/tokens.npz --work WORK/lm --steps 2500 --ctc-weight 0 --audio-rows 0 --user-levels 0
-  train_lm.py train --tokens WORK/lm/tokens.npz --work WORK/lm3 --init WORK/lm/ckpt.pt --steps 7000 --warmup 100
-  train_lm.py train --tokens WORK/lm/tokens.npz WORK/lm/tokens-extra.npz --work WORK/lm4 --init WORK/lm3/ckpt.pt \
-      --steps 6000 --warmup 100 --user-mask 0.05 --dropout 0.1
-  train_lm.py tokenize --data D --codec WORK/codec-tuned8/export --out WORK/lm5/tokens-fresh.npz --first 48000 --seed 6
-  train_lm.py train --tokens WORK/lm5/tokens-fresh.npz --work WORK/lm5 --init WORK/lm4/export \
-      --steps 10000 --warmup 100 --user-mask 0.05 --dropout 0.1
-  train_lm.py tokenize --data D --codec WORK/codec-tuned8/export --out WORK/lmN/tokens-fresh.npz --first START --seed SEED
-  train_lm.py train --tokens WORK/lmN/tokens-fresh.npz WORK/lmM/tokens-fresh.npz --work WORK/lmN --init WORK/lmM/export \
-      --steps STEPS --warmup 100 --user-mask 0.05 --dropout 0.1
+  train_lm.py tokenize --data D --codec CODEC --out W/lmN/tokens.npz [--first K] [--limit N] [--seed S]
+      [--splits train] [--warp W] [--vocode P] [--level DB --noise DB [--colour]]
+  train_lm.py train --data D --tokens T.npz [MORE.npz ...] --work W/lmN [--init W/lmM/ckpt.pt | MODEL_DIR]
+      [--steps N --lr LR --warmup N --user-mask P --dropout P --multi P --audio-teacher MODEL_DIR]
 
-The last pair of commands is each fresh-data stage, lm6 to lm8 (M = N - 1); the Makefile's
-`train-tiny` lists each stage's START, SEED and STEPS.
+Both steps are resumable: a finished tokenizing with the same inputs and arguments is kept
+(steps.py), and `train` picks up the latest checkpoint in --work.
 
 `--init` takes a run's ckpt.pt, or an exported or shipped model folder (f16 or f32), so a
 stage can continue from the shipped weights when the runs' checkpoints are gone. A folder's
@@ -36,34 +30,17 @@ heard is already the text token that would say it: repeating it, or a number nex
 then a copy through attention rather than a mapping learned word by word. The rest of the head
 is not part of the exported model: kokichi-tiny stays a plain Moshi-architecture LM.
 
-A trap, found late (probe_lm.py --heard): without `--ctc-until` the head may emit the question
-anywhere in the dialogue, and it learned to emit the last words 4-8 frames after the answer
-starts, reading them off the model's own answer audio, which teacher forcing puts in the model
-stream (for "say banana" the answer audio *is* the word). The lm4 stage's head transcribes
-56% of held-out questions over the whole dialogue and none before the answer starts.
-`--ctc-until 2` makes the transcript due 2 frames after the whole question has been heard,
-always before the answer.
+Without `--ctc-until` the head may emit the question anywhere in the dialogue, and it can learn
+to emit the last words a few frames after the answer starts, reading them off the model's own
+answer audio, which teacher forcing puts in the model stream (for "say banana" the answer audio
+*is* the word; probe_lm.py --heard shows it). `--ctc-until 2` makes the transcript due 2 frames
+after the whole question has been heard, always before the answer.
 
-Tried for the answer path and measured (1,500 steps each, same seed; held-out first answer
-word over all 548 answered sequences, probe_lm.py --by-voice; lm4 itself: 11.1%). From lm4:
-the plain continuation 12.4%; the question transcribed at layer 3 of 6 and the answer word
-also trained at every position of the pause before it 12.4%; no RVQ dropout (`--user-levels
-0`) 12.6%; a second exchange spliced into 70% of the dialogues 11.5%. From the plain
-continuation: `--ctc-until 2` 11.2% (questions transcribed before the answer 0% -> 6.6%);
-with the layer-4 transcript and the pause loss as well 13.0%; 1,750 more steps of
-`--ctc-until 2` 12.2% (transcribed before the answer: 6.2%). All within the noise (about 1.4
-points), so the shipped LM is still the lm4 stage's, and the three options that only these
-runs used (`--ctc-layer`, `--gap-weight`, `--multi`) were removed again; they are in commit
-f64ae94. Hearing in time, not turning a heard question into its answer, is what fails.
-
-`--multi` came back in stop 24 for sessions rather than for the answer path: trained on single
-questions only, lm11 answered the second question of a two-question session right 5% of the
-time. The splice now leaves the 2-40 frame pause a user leaves before asking again, and
-trims the first dialogue's lead so more pairs fit: with p = 1, 87% of 480 dialogues drawn
-from lm11's tokens got a second exchange (silent ones never do). lm12 (`--multi 0.4`, with
-12,000 fresh questions), lm13 to lm16 (the same, each with 12,000 more; lm15 and lm16 with
-`make_data.py --wide`) are measured in assets/stages/README.md; lm22 to lm24 (from lm16, `--audio-teacher`,
-stop 33) follow, and lm24 is shipped.
+`--multi P` splices a second question/answer exchange into a share P of the dialogues
+(Exchanges): a model trained on single questions only rarely answers the second question of a
+two-question session. `--audio-teacher` pulls the audio predictions towards an earlier stage's
+model, so that a warm start on new data keeps its speech. The later stages use both. What each
+option measured, and why the stages are as they are: ../docs/kokichi-tiny.md.
 """
 import argparse
 import json
@@ -84,7 +61,7 @@ from moshi.models.loaders import get_mimi, get_moshi_lm  # noqa: E402
 from moshi.models.lm_utils import _delay_sequence, _undelay_sequence  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # gen_mimi_fixtures
 from common import (CODEBOOKS, FRAME, MIMI, PAD, SEQ_FRAMES, cosine_lr, ctc_greedy, export_config,  # noqa: E402
                     lm_config, load_split, read_wav)
 from common import noise as coloured  # noqa: E402

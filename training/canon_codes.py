@@ -3,8 +3,8 @@
 
 The model stream is always one of a closed set of answer clips, so an LM learns their code
 sequences by heart. Clips synthesized again (another machine, another sox dither) encode to
-partly other codes (stop 35: lm24 predicts 91-96% of this machine's answer codes on average,
-39-78% for some answers), so a stage trained on them learns its text timing against audio it
+partly other codes (lm24, teacher-forced, predicted 91-96% of one machine's answer codes on
+average and 39-78% for some answers), so a stage trained on them learns its text timing against audio it
 never says itself, and a distilled audio loss pulls the other way. Two steps:
 
   canon_codes.py extract --model M --tokens T.npz --data D --out W/answer-codes.npz
@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CODEBOOKS, FRAME, SEQ_FRAMES, lm_config, load_split  # noqa: E402
+from answers import LEAD, answer_clips, judge_all, load_codes, place  # noqa: E402
 from train_lm import train_forward, wav_frames  # noqa: E402
 from moshi.models.loaders import get_moshi_lm  # noqa: E402
 
@@ -116,28 +117,6 @@ def extract(args):
     print(f"wrote {args.out}", file=sys.stderr)
 
 
-def load_codes(path: Path) -> dict:
-    z = np.load(path)
-    return {str(t): z[f"codes_{i}"] for i, t in enumerate(z["texts"])}
-
-
-def place(said: dict, texts, base: torch.Tensor, start: int, path: Path):
-    """`base` (codes [answers, codebooks, frames], one row per answer of `texts`) with each
-    row's answer frames from `start` on replaced by that answer's codes in `said` (read from
-    `path`); returns them and a mask of the frames replaced."""
-    missing = [t for t in texts if t not in said]
-    if missing:
-        sys.exit(f"{path}: no codes for {', '.join(missing)}")
-    out = base.clone()
-    mask = torch.zeros(base.shape[0], base.shape[-1], dtype=torch.bool)
-    for r, t in enumerate(texts):
-        c = torch.from_numpy(said[t].astype(np.int64))
-        n = min(c.shape[1], base.shape[-1] - start)
-        out[r, :, start:start + n] = c[:, :n]
-        mask[r, start:start + n] = True
-    return out, mask
-
-
 def rewrite(args):
     codes = load_codes(args.codes)
     npz = np.load(args.tokens)
@@ -165,7 +144,6 @@ def rewrite(args):
 @torch.no_grad()
 def judge(args):
     from train_lm import load_codec
-    from tune_decoder import LEAD, answer_clips, judge_all
     torch.set_num_threads(args.threads)
     mimi = load_codec(args.codec)
     texts, x, _ = answer_clips(args.data)

@@ -2,32 +2,32 @@
 # kokichi-tiny's LM trained on a lent GPU (the device tool's machine), from token files made here.
 #
 # The GPU machine reaches no network and has no speech synthesizers, but its Python has torch,
-# numpy, safetensors and sentencepiece: of what scripts/tiny/train_lm.py imports it lacks only the
+# numpy, safetensors and sentencepiece: of what training/train_lm.py imports it lacks only the
 # `moshi` package. So the corpus is synthesized and tokenized here, and the tokens travel,
 # xz-compressed (about 0.6 KB a sequence), with the moshi wheel and the few data files the trainer
-# reads (compressed, and of the answer clips only their headers: about 1 MB for 60,000 questions). The tree that travels is limited to 64 MiB: run `scripts/gpu_check.sh lighten assets/stages
+# reads (compressed, and of the answer clips only their headers: about 1 MB for 60,000 questions). The tree that travels is limited to 64 MiB: run `scripts/gpu_check.sh lighten training/stages
 # tests assets/kokichi-tiny/mimi.safetensors` first (about 26 MB stay), which leaves room for about
 # 60,000 sequences.
 #
-#   here:  scripts/tiny/gpu_train.sh pack DIR DATA TOKENS.npz...
+#   here:  training/gpu_train.sh pack DIR DATA TOKENS.npz...
 #          DIR: a folder inside the checkout that .git/info/exclude ignores (name it in `carry`);
 #          DATA: the corpus folder the tokens came from (train.jsonl, eval.jsonl, answers.json, the
 #          answer clips, tokenizer.model). The first token file must hold the eval split.
-#   there: scripts/tiny/gpu_train.sh run DIR MINUTES [train_lm.py train options...]
+#   there: training/gpu_train.sh run DIR MINUTES [train_lm.py train options...]
 #          trains on cuda for about MINUTES (train_lm.py --minutes), then leaves the exported LM
 #          (and with --keep-best the best evaluated one) in $OUT as float16, in 15 MB parts (the
 #          device tool brings back files of at most 16 MiB), with the log.
-#   here:  scripts/tiny/gpu_train.sh fetch FILES_AT WORK
+#   here:  training/gpu_train.sh fetch FILES_AT WORK
 #          joins the parts into WORK/export (model.safetensors, lm_config.json), the layout
 #          assemble.py --lm reads, and WORK/best the same way where the run kept one
 #          (--keep-best); the log goes to WORK/gpu.log.
 #
 # SMOKE=0 skips the two-step trial run that goes first.
 # PY (default python3) picks the interpreter; DEVICE (default cuda) the torch device, so that
-# `DEVICE=cpu PY=/var/tmp/kokichi-venv/bin/python scripts/tiny/gpu_train.sh run ...` tries the
+# `DEVICE=cpu PY=/var/tmp/kokichi-venv/bin/python training/gpu_train.sh run ...` tries the
 # whole path here first.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 
 pack() {
@@ -90,13 +90,13 @@ run() {
     # A lent machine's minutes are few: two steps, an evaluation and an export on the first token
     # file go first, so that a failure on this device shows in seconds, not after the whole run.
     if [ "${SMOKE:-1}" = 1 ]; then
-        NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1 "$PY" scripts/tiny/train_lm.py train --device "${DEVICE:-cuda}" --threads 8 \
+        NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1 "$PY" training/train_lm.py train --device "${DEVICE:-cuda}" --threads 8 \
             --data "$work/data" --work "$work/smoke" "$@" --tokens "${tokens[0]}" --steps 2 --save-every 2 --minutes 0 \
             2>&1 | tee "$out/smoke.log"
         [ "${PIPESTATUS[0]}" = 0 ] || { echo "smoke run failed" >&2; return 1; }
     fi
     set +e
-    NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1 "$PY" scripts/tiny/train_lm.py train --device "${DEVICE:-cuda}" --threads 8 \
+    NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1 "$PY" training/train_lm.py train --device "${DEVICE:-cuda}" --threads 8 \
         --data "$work/data" --tokens "${tokens[@]}" --work "$work/run" --minutes "$minutes" "$@" 2>&1 | tee "$out/gpu.log"
     local rc=${PIPESTATUS[0]}
     set -e
@@ -105,7 +105,7 @@ run() {
     local name
     for name in export best; do
         [ -f "$work/run/$name/model.safetensors" ] || continue
-        "$PY" -c 'import sys; from pathlib import Path; sys.path.insert(0, "scripts/tiny"); from assemble import halve
+        "$PY" -c 'import sys; from pathlib import Path; sys.path.insert(0, "training"); from assemble import halve
 halve(Path(sys.argv[1]), Path(sys.argv[2]))' "$work/run/$name/model.safetensors" "$work/$name.f16.safetensors"
         split -b 15M -d "$work/$name.f16.safetensors" "$out/$name.safetensors.part"
         cp "$work/run/$name/lm_config.json" "$out/$name.lm_config.json"

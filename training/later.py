@@ -6,7 +6,7 @@ answer, without synthesizing or encoding anything again.
 
 Why: probe_lm.py --by-voice shows the first answer word right far less often when the answer
 is due 3-4 frames after the question's speech ends than when it is due 7-9. Moving the answers
-is the controlled test of whether that is time to hear. It was not (stop 46: 3 frames later gave
+is the controlled test of whether that is time to hear. It was not (3 frames later gave
 nothing; the short-gap misses are padding written at the answer's frame, see --words-only).
 
 The user stream is left as it is (it holds the question and then its own silence). On the model

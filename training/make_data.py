@@ -9,12 +9,11 @@ The second form adds training questions 16000..47999 to train.jsonl, with voices
 engine first (`--balance`) and a random formant and channel change (`--channel`). A third call,
 `--append --start 48000 --train 24000 --balance --channel`, adds the fresh questions of the
 lm5 stage; further calls with `--start 72000`, `96000` and `120000` add those of the lm6 to
-lm8 stages (the Makefile's `train-tiny`). Each question is drawn from `--seed` and its index, so
+lm8 stages (recipe.py). Each question is drawn from `--seed` and its index, so
 an append with another seed gives other questions at the same indices. `--wide` adds 32 more
-espeak variants to the training voices (voices.ESPEAK_WIDE); the lm15, lm16 and lm22-lm24 stages use it
-(assets/stages/README.md), and lm24 is the shipped LM (stop 33).
+espeak variants to the training voices (voices.ESPEAK_WIDE); the stages from lm15 on use it.
 `--neural` adds Piper's neural voices; `--engines E...` keeps only the training voices of engines
-E (stop 47's part of joe alone: `--append --start 8600 --train 2000 --balance --channel --neural
+E (for example Piper's joe alone: `--append --start 8600 --train 2000 --balance --channel --neural
 --engines piper`).
 
 Writes OUT/questions/{train,eval}/NNNNNN.wav (24 kHz, 16-bit) with OUT/{train,eval}.jsonl

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Trains kokichi-tiny's codec with the reference `moshi` PyTorch classes (Burn's CPU training
-was measured too slow here; see README) and exports it in the checkpoint layout kokichi loads.
+is several times slower on these CPUs; see ../README.md) and exports it in the checkpoint layout kokichi loads.
 
 Losses: multi-scale mel (linear + log) L1, waveform error normalised by the signal's energy,
 RVQ commitment; the codebooks learn by EMA as in Mimi, and half of the time the quantizer is
@@ -16,8 +16,8 @@ level is then never bypassed). Measured with the second command (0.86 s a step a
 2-core machine; the teacher's cosine distance 0.91 -> 0.29): hear_codec.py's recogniser, same
 protocol for every row, phone error rate on 100 held-out questions after 2,000 steps:
   the teacher's own features 25.1%;
-  shipped codec: unquantized latent 66.8%, all six codebooks 69.2%, first codebook 79.5%
-  (stop 12's run);
+  the first codec (recipe.py's `codec`): unquantized latent 66.8%, all six codebooks 69.2%,
+  first codebook 79.5%;
   distilled codec: all six codebooks 48.7%, first codebook 51.8% (59.6% at distillation step 1,000).
 The distilled codes are new codes: its decoder (quantized mel on the model's answers 3.6,
 against 0.58 for the tuned shipped decoder) and every LM stage must be trained again on them.
@@ -40,7 +40,7 @@ from safetensors.torch import save_file  # noqa: E402
 from moshi.models.loaders import get_mimi  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # gen_mimi_fixtures
 from common import FRAME, MIMI, CODEBOOKS, MelLoss, cosine_lr, load_split, read_wav, bf16_fast  # noqa: E402
 from gen_mimi_fixtures import checkpoint_state  # noqa: E402
 from teacher import DIM as TEACHER_DIM, Teacher  # noqa: E402

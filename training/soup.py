@@ -2,8 +2,8 @@
 """Averages the f32 exports of several LM stages of one lineage (a "model soup"): each tensor
 of OUT/model.safetensors is the mean of that tensor in every IN/model.safetensors, and
 OUT/lm_config.json is the first input's. Every stage after lm24 starts from the one before it,
-so their weights stay close enough for a mean to be a model too. Measured in stop 37 (the mean
-of lm27 and lm28, and of lm25-lm28): see assets/stages/README.md; not shipped.
+so their weights stay close enough for a mean to be a model too. The shipped LM is the mean of
+lm29 and lm30 (recipe.py, stage soup30); what the other means measured: ../docs/kokichi-tiny.md.
 
   soup.py --out W/soup/export W/lm27/export W/lm28/export
 """

@@ -41,7 +41,7 @@ learns slowly on this data; a phonetic first codebook would not by itself make t
 That would take a teacher (a pretrained speech model's features to distil, as Mimi did) or
 much longer recognizer and LM training.
 
-The teacher (stop 18, same protocol, codec-tuned8 whose encoder is codec-tuned4's): its
+The teacher (same protocol, against codec-tuned8, whose encoder is codec-tuned4's): its
 features give 25.1% (training voices 21.2%) where this codec's unquantized latent gives 66.8%
 and its six codebooks 69.2%, so a pretrained model hears these synthetic voices far better.
 Distilling it into the first codebook (train_codec.py --distill, figures there) brought the
@@ -63,7 +63,7 @@ import torch.nn.functional as F  # noqa: E402
 from moshi.models.loaders import get_mimi  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # gen_mimi_fixtures
 from common import CODEBOOKS, FRAME, MIMI, MelLoss, cosine_lr, ctc_greedy, load_split, read_wav, bf16_fast  # noqa: E402
 from teacher import DIM as TEACHER_DIM, Teacher  # noqa: E402
 from train_codec import decode_latent, encode_latent, export  # noqa: E402
