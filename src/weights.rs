@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::module::{Param, ParamId};
 use burn::prelude::*;
@@ -136,6 +137,16 @@ impl WeightFile {
         Error::Tensor { path: self.path.clone(), name: name.to_string(), msg: msg.into() }
     }
 
+    /// A weight that is NaN or infinite (or, cast to f16, beyond its range) would make the model
+    /// silently produce garbage; it is an error naming the tensor and a bad element.
+    fn check_finite(&self, name: &str, bad: Option<(usize, f32)>) -> Result<()> {
+        match bad {
+            None => Ok(()),
+            Some((i, v)) if v.is_nan() => Err(self.err(name, format!("holds NaN (element {i})"))),
+            Some((i, _)) => Err(self.err(name, format!("holds an infinite value (element {i}, in {:?})", self.dtype))),
+        }
+    }
+
     /// Takes tensor `name` as host f32 values, checking its shape.
     pub fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let entry = self.entries.get(name).ok_or_else(|| self.err(name, "missing from the file"))?;
@@ -144,16 +155,20 @@ impl WeightFile {
         }
         let bytes = &self.data[entry.start..entry.end];
         let n: usize = shape.iter().product();
-        let values = match entry.dtype {
-            Dtype::F32 => decode(bytes, n, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            Dtype::F16 => decode(bytes, n, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-            Dtype::BF16 => decode(bytes, n, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        let (values, all_finite) = match entry.dtype {
+            Dtype::F32 => decode(bytes, n, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), f32::is_finite),
+            Dtype::F16 => decode(bytes, n, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32(), f32::is_finite),
+            Dtype::BF16 => decode(bytes, n, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32(), f32::is_finite),
             Dtype::F64 => {
-                decode(bytes, n, 8, |b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+                let f = |b: &[u8]| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32;
+                decode(bytes, n, 8, f, f32::is_finite)
             }
             other => None.ok_or_else(|| self.err(name, format!("unsupported dtype {other:?}")))?,
         }
         .ok_or_else(|| self.err(name, "data size does not match its shape and dtype"))?;
+        if !all_finite {
+            self.check_finite(name, first_non_finite(&values, f32::is_finite))?;
+        }
         self.taken.insert(name.to_string());
         Ok(values)
     }
@@ -166,20 +181,19 @@ impl WeightFile {
                 if e.shape == shape && matches!(e.dtype, Dtype::F16 | Dtype::BF16) {
                     let bytes = &self.data[e.start..e.end];
                     let n: usize = shape.iter().product();
-                    if bytes.len() != n * 2 {
-                        return Err(self.err(name, "data size does not match its shape and dtype"));
-                    }
                     let bf16 = e.dtype == Dtype::BF16;
-                    let values: Vec<half::f16> = bytes
-                        .par_chunks_exact(2)
-                        .map(|b| {
-                            if bf16 {
-                                half::f16::from_f32(half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                            } else {
-                                half::f16::from_le_bytes([b[0], b[1]])
-                            }
-                        })
-                        .collect();
+                    let f = |b: &[u8]| {
+                        if bf16 {
+                            half::f16::from_f32(half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                        } else {
+                            half::f16::from_le_bytes([b[0], b[1]])
+                        }
+                    };
+                    let (values, all_finite) = decode(bytes, n, 2, f, half::f16::is_finite)
+                        .ok_or_else(|| self.err(name, "data size does not match its shape and dtype"))?;
+                    if !all_finite {
+                        self.check_finite(name, first_non_finite(&values, half::f16::is_finite))?;
+                    }
                     self.taken.insert(name.to_string());
                     return Ok(HostData::F16(values));
                 }
@@ -241,11 +255,12 @@ impl Weights for WeightFile {
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        let scales = self
+        let scales: Vec<f32> = self
             .raw(&sname, Dtype::F32, &[k.div_ceil(q8::BLOCK), n])?
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
+        self.check_finite(&sname, first_non_finite(&scales, f32::is_finite))?;
         Ok(Some((values, scales)))
     }
 }
@@ -556,11 +571,40 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn decode(bytes: &[u8], n: usize, size: usize, f: impl Fn(&[u8]) -> f32 + Send + Sync) -> Option<Vec<f32>> {
+/// An element that is not finite, with its value as f32.
+fn first_non_finite<T: Copy + Into<f32> + Send + Sync>(
+    values: &[T],
+    finite: impl Fn(T) -> bool + Sync,
+) -> Option<(usize, f32)> {
+    values.par_iter().position_any(|&v| !finite(v)).map(|i| (i, values[i].into()))
+}
+
+/// Decodes `n` values of `size` bytes each with `f`, and says whether all of them are `finite`.
+/// The check rides along in the same pass, where it costs next to nothing; a second pass over
+/// the values would cost a fifth of the decoding (`cargo run --example bench_weight_scan`).
+/// `None` if `bytes` is not `n` values long.
+pub fn decode<T: Copy + Send>(
+    bytes: &[u8],
+    n: usize,
+    size: usize,
+    f: impl Fn(&[u8]) -> T + Send + Sync,
+    finite: impl Fn(T) -> bool + Send + Sync,
+) -> Option<(Vec<T>, bool)> {
     if bytes.len() != n * size {
         return None;
     }
-    Some(bytes.par_chunks_exact(size).map(f).collect())
+    let non_finite = AtomicBool::new(false);
+    let values = bytes
+        .par_chunks_exact(size)
+        .map(|b| {
+            let v = f(b);
+            if !finite(v) {
+                non_finite.store(true, Ordering::Relaxed);
+            }
+            v
+        })
+        .collect();
+    Some((values, !non_finite.into_inner()))
 }
 
 /// Reads an integer tensor (i64, i32, u32, i16, u16, u8) from a safetensors file.
@@ -778,6 +822,37 @@ pub fn export<M: burn::module::Module>(module: &M, slots: &Slots, path: &Path, h
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_weights_are_named() {
+        let dir = std::env::temp_dir().join(format!("kokichi-nonfinite-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string()).unwrap();
+        let path = dir.join("w.safetensors");
+        let bf16 = |v: f32| half::bf16::from_f32(v).to_le_bytes().to_vec();
+        write_tensors(
+            &path,
+            vec![
+                ("ok".into(), vec![2], OutTensor::F32(vec![1.0, -2.0])),
+                ("has_nan".into(), vec![3], OutTensor::F32(vec![0.0, f32::NAN, 1.0])),
+                ("has_inf".into(), vec![2], OutTensor::F16(vec![half::f16::ONE, half::f16::NEG_INFINITY])),
+                ("beyond_f16".into(), vec![1], OutTensor::Raw(Dtype::BF16, bf16(1e6))),
+            ],
+        )
+        .unwrap();
+        let device = Device::flex();
+        let mut f32_file = WeightFile::open(&path, &device, DType::F32).unwrap();
+        assert_eq!(f32_file.host("ok", &[2]).unwrap(), vec![1.0, -2.0]);
+        let nan = f32_file.host("has_nan", &[3]).unwrap_err().to_string();
+        assert!(nan.contains("has_nan") && nan.contains("NaN") && nan.contains("element 1"), "{nan}");
+        let inf = f32_file.host("has_inf", &[2]).unwrap_err().to_string();
+        assert!(inf.contains("has_inf") && inf.contains("infinite"), "{inf}");
+        // 1e6 is a fine bf16 and f32 value, but beyond f16's range.
+        assert_eq!(f32_file.host("beyond_f16", &[1]).unwrap(), vec![999424.0]);
+        let mut f16_file = WeightFile::open(&path, &device, DType::F16).unwrap();
+        let big = f16_file.data("beyond_f16", &[1]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(big.contains("beyond_f16") && big.contains("infinite") && big.contains("F16"), "{big}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn transpose_matches_the_plain_loop() {
