@@ -59,7 +59,7 @@ pub fn start(
     let (playback, played) = mpsc::channel();
     let model_rate = u32::try_from(runtime.sample_rate).map_err(|_| Error::config("sample rate", "out of range"))?;
     let local = &settings.local_audio;
-    let devices = thread::Settings {
+    let devices = thread::DeviceSetup {
         input: local.input_device.clone(),
         output: local.output_device.clone(),
         model_rate,

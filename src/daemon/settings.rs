@@ -24,7 +24,8 @@ use crate::error::{Error, Result};
 use crate::lm::GenConfig;
 use crate::lm::sampling::SamplingOverrides;
 
-/// Every daemon setting. Flags override the file only where given: see [`SettingsFlags`].
+/// Every daemon setting. Build it with [`Settings::layered`] (or `Default` and the fields), not
+/// clap's `from_arg_matches`: flags override the file only where given, see [`SettingsFlags`].
 #[derive(Clone, Debug, Default, PartialEq, Args)]
 pub struct Settings {
     #[command(flatten)]
