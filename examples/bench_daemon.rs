@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use kokichi::backend::{BackendKind, Precision};
-use kokichi::daemon::config::SamplingFile;
-use kokichi::daemon::{self, DaemonConfig};
+use kokichi::daemon::settings::{LocalAudioSettings, NetworkSettings, RuntimeSettings};
+use kokichi::daemon::{self, Settings};
+use kokichi::lm::sampling::SamplingOverrides;
 use tokio_tungstenite::tungstenite::Message;
 
 const FRAME: usize = 1920;
@@ -90,18 +91,27 @@ async fn main() -> Result<()> {
     let seconds: f64 = arg("--seconds").map_or(Ok(6.0), |s| s.parse())?;
     let max_n: usize = arg("--max-sessions").map_or(Ok(64), |s| s.parse())?;
     let frames = (seconds * 12.5) as usize;
-    let cfg = DaemonConfig {
-        model: model.clone(),
-        backend,
-        dtype: Precision::F32,
-        bind: "127.0.0.1:0".parse()?,
-        audio: false,
-        max_sessions: max_n,
-        max_connections_per_peer: max_n,
-        control_socket: std::env::temp_dir().join(format!("kokichi-bench-{}.sock", std::process::id())),
+    let cfg = Settings {
+        runtime: RuntimeSettings {
+            model: model.clone(),
+            backend: backend,
+            dtype: Precision::F32,
+            max_sessions: max_n,
+            ..RuntimeSettings::default()
+        },
+        network: NetworkSettings {
+            bind: "127.0.0.1:0".parse()?,
+            max_connections_per_peer: max_n,
+            ..NetworkSettings::default()
+        },
+        local_audio: LocalAudioSettings {
+            audio: false,
+            control_socket: std::env::temp_dir().join(format!("kokichi-bench-{}.sock", std::process::id())),
+            ..LocalAudioSettings::default()
+        },
         // Moshi's sampling, whatever the model recommends.
-        sampling: vec![SamplingFile { greedy: Some(false), ..SamplingFile::default() }],
-        ..DaemonConfig::default()
+        sampling: vec![SamplingOverrides { greedy: Some(false), ..SamplingOverrides::default() }],
+        ..Settings::default()
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

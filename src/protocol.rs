@@ -2,8 +2,8 @@
 //! work with kokichi: message kinds, and the Ogg/Opus audio they carry (libopus through the
 //! `opus` crate, Ogg through the `ogg` crate).
 //!
-//! Everything here parses untrusted bytes: every path returns an error instead of panicking,
-//! and buffers are bounded. `fuzz/` runs these entry points under libFuzzer.
+//! Everything here parses untrusted bytes: every path returns a [`ProtocolError`] instead of
+//! panicking, and buffers are bounded. `fuzz/` runs these entry points under libFuzzer.
 
 use ogg::reading::{BasePacketReader, PageParser};
 use ogg::writing::{PacketWriteEndInfo, PacketWriter};
@@ -28,6 +28,43 @@ pub const PACKET: usize = 960;
 /// Largest Ogg page: 27-byte header, 255 lacing values, 255 * 255 bytes of data.
 const MAX_PAGE: usize = 27 + 255 + 255 * 255;
 
+/// Why a message or an Ogg/Opus stream was refused: what was wrong, naming the kind or byte.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("empty message")]
+    EmptyMessage,
+    #[error("unknown message kind {0:#04x}")]
+    UnknownKind(u8),
+    #[error("clients do not send handshakes")]
+    ClientHandshake,
+    #[error("payload is not UTF-8")]
+    NotUtf8,
+    #[error("unknown control {0}")]
+    UnknownControl(u8),
+    #[error("control payload of {0} bytes, expected 1")]
+    ControlLength(usize),
+    #[error("metadata is not JSON: {0}")]
+    MetadataNotJson(serde_json::Error),
+    #[error("Ogg data without a complete page")]
+    NoCompletePage,
+    #[error("not an Ogg page (no OggS capture pattern)")]
+    NotOgg,
+    #[error("bad Ogg page: {0}")]
+    BadOggPage(ogg::OggReadError),
+    #[error("unsupported OpusHead")]
+    UnsupportedOpusHead,
+    #[error("{0} channels: only mono or stereo")]
+    Channels(u8),
+    #[error("audio before the OpusHead header")]
+    AudioBeforeHeader,
+    #[error("opus packet: {0}")]
+    OpusPacket(opus::Error),
+    #[error("opus: {0}")]
+    Opus(opus::Error),
+    #[error("ogg: {0}")]
+    OggWrite(std::io::Error),
+}
+
 /// A control message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
@@ -49,11 +86,11 @@ pub enum ClientMessage<'a> {
 }
 
 /// Parses one binary message.
-pub fn parse_message(msg: &[u8]) -> Result<ClientMessage<'_>, String> {
-    fn utf8(p: &[u8]) -> Result<&str, String> {
-        std::str::from_utf8(p).map_err(|_| "payload is not UTF-8".to_string())
+pub fn parse_message(msg: &[u8]) -> Result<ClientMessage<'_>, ProtocolError> {
+    fn utf8(p: &[u8]) -> Result<&str, ProtocolError> {
+        std::str::from_utf8(p).map_err(|_| ProtocolError::NotUtf8)
     }
-    let (&kind, payload) = msg.split_first().ok_or("empty message")?;
+    let (&kind, payload) = msg.split_first().ok_or(ProtocolError::EmptyMessage)?;
     Ok(match kind {
         AUDIO => ClientMessage::Audio(payload),
         TEXT => ClientMessage::Text(utf8(payload)?),
@@ -62,16 +99,16 @@ pub fn parse_message(msg: &[u8]) -> Result<ClientMessage<'_>, String> {
             [1] => ClientMessage::Control(Control::EndTurn),
             [2] => ClientMessage::Control(Control::Pause),
             [3] => ClientMessage::Control(Control::Restart),
-            [b] => return Err(format!("unknown control {b}")),
-            _ => return Err(format!("control payload of {} bytes, expected 1", payload.len())),
+            [b] => return Err(ProtocolError::UnknownControl(*b)),
+            _ => return Err(ProtocolError::ControlLength(payload.len())),
         },
-        METADATA => ClientMessage::Metadata(
-            serde_json::from_str(utf8(payload)?).map_err(|e| format!("metadata is not JSON: {e}"))?,
-        ),
+        METADATA => {
+            ClientMessage::Metadata(serde_json::from_str(utf8(payload)?).map_err(ProtocolError::MetadataNotJson)?)
+        }
         ERROR => ClientMessage::Error(utf8(payload)?),
         PING => ClientMessage::Ping,
-        HANDSHAKE => return Err("clients do not send handshakes".into()),
-        other => return Err(format!("unknown message kind {other:#04x}")),
+        HANDSHAKE => return Err(ProtocolError::ClientHandshake),
+        other => return Err(ProtocolError::UnknownKind(other)),
     })
 }
 
@@ -113,9 +150,9 @@ impl OggOpusReader {
     }
 
     /// Feeds bytes of the Ogg stream; decoded samples are appended to `out`.
-    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), String> {
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), ProtocolError> {
         if self.pending.len() + bytes.len() > 4 * MAX_PAGE {
-            return Err("Ogg data without a complete page".into());
+            return Err(ProtocolError::NoCompletePage);
         }
         let mut buf = std::mem::take(&mut self.pending);
         buf.extend_from_slice(bytes);
@@ -138,16 +175,16 @@ impl OggOpusReader {
     }
 
     /// Parses one complete page at the start of `buf`; returns its length.
-    fn next_page(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
+    fn next_page(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
         if buf.len() < 27 {
             return Ok(None);
         }
         if &buf[..4] != b"OggS" {
-            return Err("not an Ogg page (no OggS capture pattern)".into());
+            return Err(ProtocolError::NotOgg);
         }
         let mut header = [0u8; 27];
         header.copy_from_slice(&buf[..27]);
-        let (mut parser, segments) = PageParser::new(header).map_err(|e| format!("bad Ogg page: {e}"))?;
+        let (mut parser, segments) = PageParser::new(header).map_err(ProtocolError::BadOggPage)?;
         if buf.len() < 27 + segments {
             return Ok(None);
         }
@@ -156,24 +193,23 @@ impl OggOpusReader {
         if buf.len() < end {
             return Ok(None);
         }
-        let page =
-            parser.parse_packet_data(buf[27 + segments..end].to_vec()).map_err(|e| format!("bad Ogg page: {e}"))?;
-        self.packets.push_page(page).map_err(|e| format!("bad Ogg page: {e}"))?;
+        let page = parser.parse_packet_data(buf[27 + segments..end].to_vec()).map_err(ProtocolError::BadOggPage)?;
+        self.packets.push_page(page).map_err(ProtocolError::BadOggPage)?;
         Ok(Some(end))
     }
 
-    fn packet(&mut self, data: &[u8], out: &mut Vec<f32>) -> Result<(), String> {
+    fn packet(&mut self, data: &[u8], out: &mut Vec<f32>) -> Result<(), ProtocolError> {
         if data.starts_with(b"OpusHead") {
             if data.len() < 19 || data[8] != 1 {
-                return Err("unsupported OpusHead".into());
+                return Err(ProtocolError::UnsupportedOpusHead);
             }
             self.channels = match data[9] {
                 1 => 1,
                 2 => 2,
-                n => return Err(format!("{n} channels: only mono or stereo")),
+                n => return Err(ProtocolError::Channels(n)),
             };
             let ch = if self.channels == 1 { opus::Channels::Mono } else { opus::Channels::Stereo };
-            self.decoder = Some(opus::Decoder::new(RATE, ch).map_err(|e| format!("opus: {e}"))?);
+            self.decoder = Some(opus::Decoder::new(RATE, ch).map_err(ProtocolError::Opus)?);
             self.saw_tags = false;
             return Ok(());
         }
@@ -181,8 +217,8 @@ impl OggOpusReader {
             self.saw_tags = true;
             return Ok(());
         }
-        let dec = self.decoder.as_mut().ok_or("audio before the OpusHead header")?;
-        let n = dec.decode_float(data, &mut self.scratch, false).map_err(|e| format!("opus packet: {e}"))?;
+        let dec = self.decoder.as_mut().ok_or(ProtocolError::AudioBeforeHeader)?;
+        let n = dec.decode_float(data, &mut self.scratch, false).map_err(ProtocolError::OpusPacket)?;
         if self.channels == 1 {
             out.extend_from_slice(&self.scratch[..n]);
         } else {
@@ -205,9 +241,9 @@ pub struct OggOpusWriter {
 }
 
 impl OggOpusWriter {
-    pub fn new(serial: u32) -> Result<Self, String> {
-        let encoder = opus::Encoder::new(RATE, opus::Channels::Mono, opus::Application::Voip)
-            .map_err(|e| format!("opus: {e}"))?;
+    pub fn new(serial: u32) -> Result<Self, ProtocolError> {
+        let encoder =
+            opus::Encoder::new(RATE, opus::Channels::Mono, opus::Application::Voip).map_err(ProtocolError::Opus)?;
         Ok(Self {
             encoder,
             ogg: PacketWriter::new(Vec::new()),
@@ -220,15 +256,15 @@ impl OggOpusWriter {
     }
 
     /// Writes one packet as a page of its own and returns the page's bytes.
-    fn page(&mut self, data: Vec<u8>) -> Result<Vec<u8>, String> {
+    fn page(&mut self, data: Vec<u8>) -> Result<Vec<u8>, ProtocolError> {
         self.ogg
             .write_packet(data, self.serial, PacketWriteEndInfo::EndPage, self.granule)
-            .map_err(|e| format!("ogg: {e}"))?;
+            .map_err(ProtocolError::OggWrite)?;
         Ok(std::mem::take(self.ogg.inner_mut()))
     }
 
     /// The OpusHead and OpusTags pages.
-    fn headers(&mut self) -> Result<Vec<u8>, String> {
+    fn headers(&mut self) -> Result<Vec<u8>, ProtocolError> {
         let mut head = b"OpusHead".to_vec();
         head.push(1); // version
         head.push(1); // channels
@@ -248,7 +284,7 @@ impl OggOpusWriter {
     }
 
     /// Encodes `pcm`; returns the complete pages (one per 40 ms packet; the headers first).
-    pub fn push(&mut self, pcm: &[f32]) -> Result<Vec<Vec<u8>>, String> {
+    pub fn push(&mut self, pcm: &[f32]) -> Result<Vec<Vec<u8>>, ProtocolError> {
         let mut pages = Vec::new();
         if !self.headers_sent {
             pages.push(self.headers()?);
@@ -259,7 +295,7 @@ impl OggOpusWriter {
             let n = self
                 .encoder
                 .encode_float(&self.pending[start..start + PACKET], &mut self.packet)
-                .map_err(|e| format!("opus: {e}"))?;
+                .map_err(ProtocolError::Opus)?;
             start += PACKET;
             self.granule += 2 * PACKET as u64; // granule positions count 48 kHz samples
             let data = self.packet[..n].to_vec();
@@ -334,7 +370,8 @@ mod tests {
         assert_eq!(parse_message(&[3, 3]).unwrap(), ClientMessage::Control(Control::Restart));
         assert_eq!(parse_message(&[6]).unwrap(), ClientMessage::Ping);
         assert!(parse_message(&[]).is_err());
-        assert!(parse_message(&[9, 1]).unwrap_err().contains("0x09"));
+        assert!(parse_message(&[9, 1]).unwrap_err().to_string().contains("0x09"));
+        assert!(parse_message(&[3, 7]).unwrap_err().to_string().contains("control 7"));
         assert!(parse_message(&[3]).is_err());
         assert!(parse_message(&[2, 0xff]).is_err());
         assert!(matches!(parse_message(b"\x04{\"a\":1}").unwrap(), ClientMessage::Metadata(_)));

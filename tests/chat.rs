@@ -11,29 +11,39 @@ use std::time::{Duration, Instant};
 use common::fixture;
 use futures_util::{SinkExt, StreamExt};
 use kokichi::backend::{BackendKind, Precision};
-use kokichi::daemon::config::SamplingFile;
-use kokichi::daemon::{self, DaemonConfig};
+use kokichi::daemon::settings::{LocalAudioSettings, NetworkSettings, RuntimeSettings};
+use kokichi::daemon::{self, Settings};
+use kokichi::lm::sampling::SamplingOverrides;
 use kokichi::protocol::{self, OggOpusReader, OggOpusWriter};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-fn config(name: &str) -> DaemonConfig {
-    DaemonConfig {
-        model: fixture("tiny_model").display().to_string(),
-        backend: BackendKind::Cpu,
-        dtype: Precision::F32,
-        bind: "127.0.0.1:0".parse().unwrap(),
-        audio: false,
-        control_socket: std::env::temp_dir().join(format!("kokichi-chat-{name}-{}.sock", std::process::id())),
-        sampling: vec![SamplingFile::greedy()],
-        max_message_bytes: 64 * 1024,
-        max_connections_per_peer: 3,
-        ..DaemonConfig::default()
+fn config(name: &str) -> Settings {
+    Settings {
+        runtime: RuntimeSettings {
+            model: fixture("tiny_model").display().to_string(),
+            backend: BackendKind::Cpu,
+            dtype: Precision::F32,
+            ..RuntimeSettings::default()
+        },
+        network: NetworkSettings {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            max_message_bytes: 64 * 1024,
+            max_connections_per_peer: 3,
+            ..NetworkSettings::default()
+        },
+        local_audio: LocalAudioSettings {
+            audio: false,
+            control_socket: std::env::temp_dir().join(format!("kokichi-chat-{name}-{}.sock", std::process::id())),
+            ..LocalAudioSettings::default()
+        },
+        sampling: vec![SamplingOverrides::greedy()],
+        ..Settings::default()
     }
 }
 
 async fn start(
-    cfg: DaemonConfig,
+    cfg: Settings,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<kokichi::Result<()>>) {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -185,7 +195,7 @@ async fn bad_clients_are_closed_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_origin_and_connection_limits() {
     let mut cfg = config("limits");
-    cfg.token = Some("s3cret-token".into());
+    cfg.network.token = Some("s3cret-token".into());
     let (addr, stop, task) = start(cfg).await;
     // No token: refused before the upgrade.
     assert!(tokio_tungstenite::connect_async(format!("ws://{addr}/api/chat")).await.is_err());
@@ -227,7 +237,7 @@ async fn token_origin_and_connection_limits() {
 fn off_loopback_without_token_does_not_start() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut cfg = config("open");
-    cfg.bind = "0.0.0.0:0".parse().unwrap();
+    cfg.network.bind = "0.0.0.0:0".parse().unwrap();
     let err = rt.block_on(daemon::run(cfg, async {})).unwrap_err().to_string();
     assert!(err.contains("bind") && err.contains("token"), "{err}");
 }

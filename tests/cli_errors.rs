@@ -135,3 +135,37 @@ fn mismatched_config_and_weights_are_named() {
     assert!(!ok);
     assert!(err.contains("model.safetensors") && err.contains("transformer.layers.2"), "{err}");
 }
+
+/// `kokichi serve` checks its settings before loading anything: a bad value, in the settings
+/// file or on the command line, is one line naming the key, and a flag overrides the file.
+#[test]
+fn serve_settings_errors_name_the_key() {
+    let file = |name: &str, text: &str| {
+        let path = tmp(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let bad_type = file("bad_type.toml", "model = \"kokichi-tiny\"\nmax_sessions = \"many\"\n");
+    let (ok, err) = kokichi(&["serve", "--config", &bad_type]);
+    assert!(!ok);
+    assert!(err.contains("bad_type.toml") && err.contains("max_sessions"), "{err}");
+    let misspelt = file("misspelt.toml", "modle = \"kokichi-tiny\"\n");
+    let (ok, err) = kokichi(&["serve", "--config", &misspelt]);
+    assert!(!ok);
+    assert!(err.contains("misspelt.toml") && err.contains("modle"), "{err}");
+    let out_of_range = file("gain.toml", "input_gain = 55.0\n");
+    let (ok, err) = kokichi(&["serve", "--config", &out_of_range]);
+    assert!(!ok);
+    assert!(err.contains("input_gain") && err.contains("dB"), "{err}");
+    // The file's value is fine; the flag's, which wins, is not.
+    let good = file("good.toml", "max_sessions = 2\ninput_gain = 3.0\n");
+    let (ok, err) = kokichi(&["serve", "--config", &good, "--max-sessions", "0"]);
+    assert!(!ok);
+    assert!(err.contains("max_sessions"), "{err}");
+    let (ok, err) = kokichi(&["serve", "--config", &good, "--input-gain", "-70"]);
+    assert!(!ok);
+    assert!(err.contains("input_gain"), "{err}");
+    let (ok, err) = kokichi(&["serve", "--config", &good, "--bind", "nowhere"]);
+    assert!(!ok);
+    assert!(err.contains("bind"), "{err}");
+}

@@ -12,9 +12,10 @@ use burn::tensor::DType;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use kokichi::backend::{BackendKind, Precision};
-use kokichi::daemon::config::SamplingFile;
-use kokichi::daemon::{self, DaemonConfig, TalkMode};
+use kokichi::daemon::settings::{FileSessionSettings, LocalAudioSettings, NetworkSettings, RuntimeSettings};
+use kokichi::daemon::{self, Settings, TalkMode};
 use kokichi::lm::GenConfig;
+use kokichi::lm::sampling::SamplingOverrides;
 use kokichi::session::Engine;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,16 +26,22 @@ fn tmp(name: &str) -> PathBuf {
     common::scratch("daemon", name)
 }
 
-fn config(name: &str) -> DaemonConfig {
-    DaemonConfig {
-        model: fixture("tiny_model").display().to_string(),
-        backend: BackendKind::Cpu,
-        dtype: Precision::F32,
-        bind: "127.0.0.1:0".parse().unwrap(),
-        audio: false,
-        control_socket: tmp(&format!("{name}.sock")),
-        sampling: vec![SamplingFile::greedy()],
-        ..DaemonConfig::default()
+fn config(name: &str) -> Settings {
+    Settings {
+        runtime: RuntimeSettings {
+            model: fixture("tiny_model").display().to_string(),
+            backend: BackendKind::Cpu,
+            dtype: Precision::F32,
+            ..RuntimeSettings::default()
+        },
+        network: NetworkSettings { bind: "127.0.0.1:0".parse().unwrap(), ..NetworkSettings::default() },
+        local_audio: LocalAudioSettings {
+            audio: false,
+            control_socket: tmp(&format!("{name}.sock")),
+            ..LocalAudioSettings::default()
+        },
+        sampling: vec![SamplingOverrides::greedy()],
+        ..Settings::default()
     }
 }
 
@@ -46,7 +53,7 @@ struct Running {
 }
 
 impl Running {
-    async fn start(cfg: DaemonConfig) -> Self {
+    async fn start(cfg: Settings) -> Self {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(daemon::serve(
@@ -163,7 +170,9 @@ async fn the_models_recommended_sampling_is_the_default() {
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     json["sampling"] = serde_json::json!({"greedy": true});
     std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
-    let cfg = DaemonConfig { model: dir.display().to_string(), sampling: Vec::new(), ..config("recommended") };
+    let mut cfg = config("recommended");
+    cfg.runtime.model = dir.display().to_string();
+    cfg.sampling.clear();
     let d = Running::start(cfg).await;
     let pcm = question();
     let (want, want_text) = single_session(&pcm);
@@ -255,7 +264,8 @@ async fn garbage_client_is_closed_while_the_other_keeps_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_daemon_serves_clients_when_no_device_exists() {
     // Local audio requested, but this machine (like CI) has no sound card.
-    let cfg = DaemonConfig { audio: true, ..config("headless") };
+    let mut cfg = config("headless");
+    cfg.local_audio.audio = true;
     let d = Running::start(cfg).await;
     let status = reqwest_status(d.addr).await;
     assert_eq!(status["audio"], "none");
@@ -267,15 +277,15 @@ async fn headless_daemon_serves_clients_when_no_device_exists() {
 
 async fn file_session(name: &str, mode: TalkMode, input: PathBuf) -> Vec<f32> {
     let out = tmp(&format!("{name}.wav"));
-    let cfg = DaemonConfig {
+    let mut cfg = config(name);
+    cfg.file_session = FileSessionSettings {
         input_file: Some(input),
         output_file: Some(out.clone()),
         transcript_file: Some(tmp(&format!("{name}.txt"))),
         fast_file: true,
         exit_when_done: true,
-        mode,
-        ..config(name)
     };
+    cfg.local_audio.mode = mode;
     tokio::time::timeout(Duration::from_secs(60), daemon::run(cfg, std::future::pending()))
         .await
         .expect("file session did not finish")
@@ -299,11 +309,14 @@ async fn push_to_talk_gating_changes_what_the_model_hears() {
     // The file session is the local (microphone) session: gated by push-to-talk.
     let mut cfg = config("gate");
     let out = tmp("gate.wav");
-    cfg.input_file = Some(fixture("speech/question.wav"));
-    cfg.output_file = Some(out.clone());
-    cfg.fast_file = true;
-    cfg.exit_when_done = true;
-    cfg.mode = TalkMode::Ptt;
+    cfg.file_session = FileSessionSettings {
+        input_file: Some(fixture("speech/question.wav")),
+        output_file: Some(out.clone()),
+        fast_file: true,
+        exit_when_done: true,
+        ..FileSessionSettings::default()
+    };
+    cfg.local_audio.mode = TalkMode::Ptt;
     tokio::time::timeout(Duration::from_secs(60), daemon::run(cfg, std::future::pending())).await.unwrap().unwrap();
     let muted = kokichi::audio::read_audio(&out, 24000).unwrap();
     let (silence_answer, _) = single_session(&vec![0.0; question().len()]);

@@ -8,8 +8,9 @@ use std::process::Command;
 
 use common::fixture;
 use kokichi::backend::{BackendKind, Precision};
-use kokichi::daemon::config::SamplingFile;
-use kokichi::daemon::{self, DaemonConfig};
+use kokichi::daemon::settings::{LocalAudioSettings, NetworkSettings, RuntimeSettings};
+use kokichi::daemon::{self, Settings};
+use kokichi::lm::sampling::SamplingOverrides;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moshi_python_client_talks_to_kokichi() {
@@ -18,16 +19,22 @@ async fn moshi_python_client_talks_to_kokichi() {
         std::path::Path::new(&python).exists(),
         "{python} not found: run `make venv` (the reference moshi package)"
     );
-    let cfg = DaemonConfig {
-        model: fixture("tiny_model").display().to_string(),
-        backend: BackendKind::Cpu,
-        dtype: Precision::F32,
-        bind: "127.0.0.1:0".parse().unwrap(),
-        audio: false,
-        control_socket: std::env::temp_dir().join(format!("kokichi-moshi-client-{}.sock", std::process::id())),
+    let cfg = Settings {
+        runtime: RuntimeSettings {
+            model: fixture("tiny_model").display().to_string(),
+            backend: BackendKind::Cpu,
+            dtype: Precision::F32,
+            ..RuntimeSettings::default()
+        },
+        network: NetworkSettings { bind: "127.0.0.1:0".parse().unwrap(), ..NetworkSettings::default() },
+        local_audio: LocalAudioSettings {
+            audio: false,
+            control_socket: std::env::temp_dir().join(format!("kokichi-moshi-client-{}.sock", std::process::id())),
+            ..LocalAudioSettings::default()
+        },
         // Moshi's sampling, whatever the model recommends.
-        sampling: vec![SamplingFile { greedy: Some(false), ..SamplingFile::default() }],
-        ..DaemonConfig::default()
+        sampling: vec![SamplingOverrides { greedy: Some(false), ..SamplingOverrides::default() }],
+        ..Settings::default()
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

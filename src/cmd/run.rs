@@ -18,6 +18,7 @@ use kokichi::weights::{self, OutTensor};
 /// Sampling flags shared by `run` and `serve`. Unset ones keep the model's recommendation (its
 /// `config.json`'s `sampling`; kokichi-tiny: greedy), else Moshi's defaults.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Sampling")]
 pub struct SamplingArgs {
     /// Greedy decoding of text and audio (deterministic).
     #[arg(long, conflicts_with_all = ["temperature", "topk", "text_temperature", "text_topk", "sample"])]

@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use super::server::{App, Incoming, Wire, upgrade};
+use super::socket::{App, Incoming, Wire, WireError, upgrade};
 use crate::protocol::{self, ClientMessage, Control, OggOpusReader, OggOpusWriter};
 
 struct ChatWire {
@@ -27,10 +27,12 @@ impl Wire for ChatWire {
         vec![Message::Binary(protocol::handshake().into()), Message::Binary(meta.into())]
     }
 
-    fn incoming(&mut self, msg: Message, samples: &mut Vec<f32>) -> Result<Incoming, String> {
+    fn incoming(&mut self, msg: Message, samples: &mut Vec<f32>) -> Result<Incoming, WireError> {
         let bytes = match msg {
             Message::Binary(b) => b,
-            Message::Text(_) => return Err("text frames are not part of the protocol: send binary messages".into()),
+            Message::Text(_) => {
+                return Err(WireError::TextMessage("text frames are not part of the protocol: send binary messages"));
+            }
             Message::Close(_) => return Ok(Incoming::Close),
             _ => return Ok(Incoming::Nothing),
         };
@@ -52,7 +54,7 @@ impl Wire for ChatWire {
         }
     }
 
-    fn audio(&mut self, pcm: &[f32]) -> Result<Vec<Message>, String> {
+    fn audio(&mut self, pcm: &[f32]) -> Result<Vec<Message>, WireError> {
         Ok(self
             .writer
             .push(pcm)?

@@ -22,10 +22,10 @@ use std::sync::mpsc;
 
 use cpal::traits::{DeviceTrait, HostTrait};
 
-use super::config::{DaemonConfig, TalkMode};
 use super::io::GainSource;
 use super::metrics::Metrics;
 use super::runtime::{NewSession, Runtime};
+use super::settings::{Settings, TalkMode};
 use crate::error::{Error, Result};
 use crate::lm::GenConfig;
 pub use bridge::{LocalSink, LocalSource};
@@ -49,7 +49,7 @@ impl LocalAudio {
 
 /// Opens the microphone and speaker and adds the local session; `None` without devices.
 pub fn start(
-    config: &DaemonConfig,
+    settings: &Settings,
     sampling: GenConfig,
     runtime: &Runtime,
     metrics: Arc<Metrics>,
@@ -58,31 +58,32 @@ pub fn start(
     let (capture, captured) = mpsc::channel();
     let (playback, played) = mpsc::channel();
     let model_rate = u32::try_from(runtime.sample_rate).map_err(|_| Error::config("sample rate", "out of range"))?;
-    let settings = thread::Settings {
-        input: config.input_device.clone(),
-        output: config.output_device.clone(),
+    let local = &settings.local_audio;
+    let devices = thread::DeviceSetup {
+        input: local.input_device.clone(),
+        output: local.output_device.clone(),
         model_rate,
         frame: runtime.frame_size,
         metrics,
         capture,
         playback,
     };
-    let Some((thread, description)) = thread::spawn(settings)? else {
+    let Some((thread, description)) = thread::spawn(devices)? else {
         return Ok(None);
     };
-    let open_mode = config.mode == TalkMode::Open;
+    let open_mode = local.mode == TalkMode::Open;
     runtime.add(NewSession {
         kind: "local".into(),
         config: sampling,
         source: GainSource::wrap(
-            Box::new(LocalSource::new(captured, model_rate, runtime.frame_size, config.backlog_frames)),
-            config.input_gain,
+            Box::new(LocalSource::new(captured, model_rate, runtime.frame_size, settings.runtime.backlog_frames)),
+            local.input_gain,
         ),
         sink: Box::new(LocalSink::new(played, model_rate, runtime.frame_size)),
         talk: Some(talk.clone()),
     })?;
     tracing::info!(mode = if open_mode { "open" } else { "push-to-talk" }, "local audio: {description}");
-    let hotkey = config.hotkey.as_deref().filter(|h| !h.trim().is_empty());
+    let hotkey = local.hotkey.as_deref().filter(|h| !h.trim().is_empty());
     #[cfg(feature = "hotkey")]
     let hotkey = match hotkey {
         Some(h) if !open_mode => Some(super::hotkey::start(h, talk)?),
@@ -203,12 +204,13 @@ mod tests {
         let options =
             RuntimeOptions { max_sessions: 2, batch_window: Duration::from_millis(5), log_transcripts: false };
         let (runtime, thread) = Runtime::start(engine, metrics.clone(), options).unwrap();
-        let config = DaemonConfig::default();
-        let local = start(&config, GenConfig::greedy(), &runtime, metrics, Arc::new(AtomicBool::new(false))).unwrap();
+        let settings = Settings::default();
+        let local = start(&settings, GenConfig::greedy(), &runtime, metrics, Arc::new(AtomicBool::new(false))).unwrap();
         assert!(local.is_none());
         assert_eq!(runtime.active(), 0, "no local session was added");
         // A device named in the config that is not there is a config error naming the setting.
-        let named = DaemonConfig { input_device: Some("no-such-mic".into()), ..DaemonConfig::default() };
+        let mut named = Settings::default();
+        named.local_audio.input_device = Some("no-such-mic".into());
         match start(
             &named,
             GenConfig::greedy(),

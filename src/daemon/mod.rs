@@ -5,15 +5,17 @@
 //! [`run`] takes the settings and a shutdown future, so tests start and stop it in process.
 
 pub mod chat;
-pub mod config;
 pub mod control;
 #[cfg(feature = "hotkey")]
 pub mod hotkey;
 pub mod io;
 pub mod local_audio;
 pub mod metrics;
+pub mod pcm;
 pub mod runtime;
 pub mod server;
+pub mod settings;
+pub mod socket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,10 +29,10 @@ use crate::backend;
 use crate::error::{Error, Result};
 use crate::model_dir;
 use crate::session::Engine;
-pub use config::{DaemonConfig, TalkMode};
 use io::{AudioSink, FileSink, FileSource, GainSource};
 use metrics::Metrics;
 use runtime::{NewSession, Runtime, RuntimeOptions};
+pub use settings::{Settings, TalkMode};
 
 /// What a started daemon tells its caller.
 #[derive(Clone, Debug)]
@@ -40,24 +42,25 @@ pub struct Ready {
 
 /// Runs the daemon until `shutdown` resolves (or the file-backed session ends with
 /// `exit_when_done`).
-pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    serve(config, shutdown, None).await
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    serve(settings, shutdown, None).await
 }
 
 /// Like [`run`], reporting the bound address once the daemon accepts connections.
 pub async fn serve(
-    config: DaemonConfig,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
     ready: Option<oneshot::Sender<Ready>>,
 ) -> Result<()> {
-    config.validate()?;
-    let config = Arc::new(config);
-    let cfg = config.clone();
+    settings.validate()?;
+    let settings = Arc::new(settings);
+    let cfg = settings.clone();
     let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
-        let files = model_dir::resolve(&cfg.model)?;
-        let device = backend::device(cfg.backend, cfg.dtype)?;
-        tracing::info!(model = %files.source, backend = %cfg.backend, adapter = %backend::adapter_name(&device), "loading model");
-        let engine = Engine::load_as(&files, &device, cfg.dtype)?;
+        let runtime = &cfg.runtime;
+        let files = model_dir::resolve(&runtime.model)?;
+        let device = backend::device(runtime.backend, runtime.dtype)?;
+        tracing::info!(model = %files.source, backend = %runtime.backend, adapter = %backend::adapter_name(&device), "loading model");
+        let engine = Engine::load_as(&files, &device, runtime.dtype)?;
         // On wgpu, kernels compile and autotune on their first use: here, before anyone is
         // listening, not in the first conversation (the CPU backend has nothing to warm).
         if !backend::is_cpu(&device) {
@@ -68,70 +71,72 @@ pub async fn serve(
     })
     .await
     .map_err(|e| Error::Backend(format!("model loading task failed: {e}")))??;
-    let sampling = config.gen_config(engine.sampling);
+    let sampling = settings.gen_config(engine.sampling);
     tracing::info!(text = ?sampling.text, audio = ?sampling.audio, "sampling");
     let engine = Arc::new(engine);
     let metrics = Arc::new(Metrics::default());
-    let open_mode = config.mode == TalkMode::Open;
+    let open_mode = settings.local_audio.mode == TalkMode::Open;
     metrics.publish(|s| {
         s.model = engine.source.clone();
-        s.backend = config.backend.to_string();
+        s.backend = settings.runtime.backend.to_string();
         s.mode = if open_mode { "open".into() } else { "ptt".into() };
     });
     let (runtime, thread) = Runtime::start(
         engine.clone(),
         metrics.clone(),
         RuntimeOptions {
-            max_sessions: config.max_sessions + 1,
-            batch_window: config.batch_window,
-            log_transcripts: config.log_transcripts,
+            max_sessions: settings.runtime.max_sessions + 1,
+            batch_window: settings.runtime.batch_window(),
+            log_transcripts: settings.runtime.log_transcripts,
         },
     )?;
     let talk = Arc::new(AtomicBool::new(open_mode));
     let file_done = Arc::new(Notify::new());
     let mut local = None;
-    if let Some(input) = &config.input_file {
-        let source = FileSource::open(input, engine.sample_rate() as u32, engine.frame_size(), !config.fast_file)?;
+    let file_session = &settings.file_session;
+    if let Some(input) = &file_session.input_file {
+        let source =
+            FileSource::open(input, engine.sample_rate() as u32, engine.frame_size(), !file_session.fast_file)?;
         let sink: Box<dyn AudioSink> = Box::new(DoneSink {
-            inner: config
+            inner: file_session
                 .output_file
                 .as_ref()
-                .map(|o| FileSink::new(o.clone(), config.transcript_file.clone(), engine.sample_rate() as u32)),
+                .map(|o| FileSink::new(o.clone(), file_session.transcript_file.clone(), engine.sample_rate() as u32)),
             done: file_done.clone(),
         });
         runtime.add(NewSession {
             kind: format!("file {}", input.display()),
             config: sampling,
-            source: GainSource::wrap(Box::new(source), config.input_gain),
+            source: GainSource::wrap(Box::new(source), settings.local_audio.input_gain),
             sink,
             // The file stands in for the microphone: push-to-talk gates it the same way.
             talk: Some(talk.clone()),
         })?;
-    } else if config.audio {
-        local = local_audio::start(&config, sampling, &runtime, metrics.clone(), talk.clone())?;
+    } else if settings.local_audio.audio {
+        local = local_audio::start(&settings, sampling, &runtime, metrics.clone(), talk.clone())?;
     } else {
         tracing::info!("local audio disabled: serving WebSocket clients only");
     }
     metrics.publish(|s| {
-        s.audio = match (&local, &config.input_file) {
+        s.audio = match (&local, &file_session.input_file) {
             (_, Some(f)) => format!("file {}", f.display()),
             (Some(l), _) => l.describe(),
             (None, _) => "none".into(),
         }
     });
-    let control = match control::serve(&config.control_socket, talk.clone(), open_mode) {
+    let control = match control::serve(&settings.local_audio.control_socket, talk.clone(), open_mode) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!("push-to-talk control socket unavailable: {e}");
             None
         }
     };
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .map_err(|e| Error::config("bind", format!("{}: {e}", config.bind)))?;
+    let bind = settings.network.bind;
+    let listener =
+        tokio::net::TcpListener::bind(bind).await.map_err(|e| Error::config("bind", format!("{bind}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| Error::config("bind", e.to_string()))?;
-    let app = server::App {
-        config: config.clone(),
+    let app = socket::App {
+        settings: settings.clone(),
         sampling,
         runtime: runtime.clone(),
         metrics: metrics.clone(),
@@ -148,7 +153,7 @@ pub async fn serve(
     if let Some(r) = ready {
         let _ = r.send(Ready { addr });
     }
-    let exit_on_file = config.exit_when_done && config.input_file.is_some();
+    let exit_on_file = file_session.exit_when_done && file_session.input_file.is_some();
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
         _ = file_done.notified(), if exit_on_file => tracing::info!("input file finished"),

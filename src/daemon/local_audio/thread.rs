@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 pub const RETRY: Duration = Duration::from_secs(2);
 
 /// What the audio thread needs.
-pub struct Settings {
+pub struct DeviceSetup {
     pub input: Option<String>,
     pub output: Option<String>,
     /// The model's rate and frame, to size the rings.
@@ -76,7 +76,7 @@ struct Slot {
 /// State owned by the audio thread.
 struct Audio {
     host: cpal::Host,
-    settings: Settings,
+    setup: DeviceSetup,
     events: Sender<Event>,
     slots: [Slot; 2],
     alsa: AlsaLog,
@@ -91,7 +91,7 @@ impl Audio {
     }
 
     fn try_open(&mut self, i: usize) -> std::result::Result<String, OpenError> {
-        let s = &self.settings;
+        let s = &self.setup;
         let slot = &mut self.slots[i];
         let (dir, generation) = (slot.dir, slot.generation + 1);
         let errors = on_error(dir, generation, self.events.clone(), s.metrics.clone());
@@ -174,7 +174,7 @@ impl Drop for AudioThread {
 
 /// Starts the audio thread and opens both devices. `Ok(None)`, said once in the log, when there
 /// is no usable device; an error when a device named in the config does not exist.
-pub fn spawn(settings: Settings) -> Result<Option<(AudioThread, String)>> {
+pub fn spawn(setup: DeviceSetup) -> Result<Option<(AudioThread, String)>> {
     let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Option<String>>>(1);
     let (events, events_rx) = mpsc::channel();
     let to_thread = events.clone();
@@ -183,10 +183,9 @@ pub fn spawn(settings: Settings) -> Result<Option<(AudioThread, String)>> {
         .spawn(move || {
             let slot =
                 |dir, wanted| Slot { dir, wanted, stream: None, name: String::new(), generation: 0, retry_at: None };
-            let slots =
-                [slot(Direction::Input, settings.input.clone()), slot(Direction::Output, settings.output.clone())];
+            let slots = [slot(Direction::Input, setup.input.clone()), slot(Direction::Output, setup.output.clone())];
             let alsa = AlsaLog::capture();
-            let mut audio = Audio { host: cpal::default_host(), settings, events: to_thread, slots, alsa };
+            let mut audio = Audio { host: cpal::default_host(), setup, events: to_thread, slots, alsa };
             let mut descs = Vec::new();
             for i in 0..2 {
                 let setting = audio.slots[i].dir.setting();

@@ -1,0 +1,94 @@
+//! `GET /api/pcm`: raw PCM sessions. Binary messages of little-endian f32 mono 24 kHz samples
+//! in any size (`?format=s16` for 16-bit); one binary message per 80 ms frame comes back, and
+//! each inner-monologue text piece as a text message. A malformed message gets an error text
+//! message and a close, for that client only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::socket::{App, Incoming, Wire, WireError, upgrade};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    F32,
+    S16,
+}
+
+impl Format {
+    fn sample_bytes(self) -> usize {
+        match self {
+            Format::F32 => 4,
+            Format::S16 => 2,
+        }
+    }
+}
+
+/// `/api/pcm`: raw little-endian samples.
+struct PcmWire(Format);
+
+impl Wire for PcmWire {
+    fn incoming(&mut self, msg: Message, samples: &mut Vec<f32>) -> Result<Incoming, WireError> {
+        let sample_bytes = self.0.sample_bytes();
+        match msg {
+            Message::Binary(b) => {
+                if b.len() % sample_bytes != 0 {
+                    return Err(WireError::PartialSamples { bytes: b.len(), sample_bytes });
+                }
+                if self.0 == Format::F32 {
+                    let start = samples.len();
+                    samples.extend(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                    if samples[start..].iter().any(|v| !v.is_finite()) {
+                        return Err(WireError::NonFiniteSamples);
+                    }
+                } else {
+                    samples.extend(b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f32 / 32768.0));
+                }
+                Ok(Incoming::Samples)
+            }
+            Message::Text(_) => Err(WireError::TextMessage("text messages are not accepted on /api/pcm")),
+            Message::Close(_) => Ok(Incoming::Close),
+            _ => Ok(Incoming::Nothing),
+        }
+    }
+
+    fn audio(&mut self, pcm: &[f32]) -> Result<Vec<Message>, WireError> {
+        Ok(vec![Message::Binary(encode(pcm, self.0).into())])
+    }
+
+    fn text(&mut self, piece: &str) -> Message {
+        Message::Text(piece.into())
+    }
+
+    fn error(&mut self, e: &str) -> Message {
+        Message::Text(format!("error: {e}").into())
+    }
+}
+
+pub async fn pcm(
+    ws: WebSocketUpgrade,
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let format = match q.get("format").map(String::as_str) {
+        None | Some("f32") => Format::F32,
+        Some("s16") => Format::S16,
+        Some(other) => {
+            return (StatusCode::BAD_REQUEST, format!("format `{other}`: expected f32 or s16\n")).into_response();
+        }
+    };
+    upgrade(ws, app, peer, headers, q, "pcm", move || Ok(Box::new(PcmWire(format)) as Box<dyn Wire>))
+}
+
+fn encode(pcm: &[f32], format: Format) -> Vec<u8> {
+    match format {
+        Format::F32 => pcm.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Format::S16 => pcm.iter().flat_map(|v| ((v.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes()).collect(),
+    }
+}

@@ -1,0 +1,306 @@
+//! What every WebSocket endpoint shares: the handlers' state ([`App`]), admission (token,
+//! allowed origin, per-peer connection limit, message size), and the session loop that moves
+//! a client's messages to the inference thread and the model's answer back.
+//!
+//! An endpoint only says how its messages map to samples and back, by implementing [`Wire`]
+//! (`/api/pcm` in `pcm.rs`, `/api/chat` in `chat.rs`), and hands it to [`upgrade`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+
+use super::io::{FrameInput, OutMsg, Outbox, QueueSink, QueueSource};
+use super::metrics::Metrics;
+use super::runtime::{NewSession, Runtime};
+use super::settings::{self, Settings};
+use crate::lm::GenConfig;
+use crate::protocol::ProtocolError;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct App {
+    pub settings: Arc<Settings>,
+    /// The sessions' sampling before a client's query string: the user's over the model's.
+    pub sampling: GenConfig,
+    pub runtime: Runtime,
+    pub metrics: Arc<Metrics>,
+    pub peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// Token and origin checks, shared by every endpoint.
+pub fn authorize(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<(), Response> {
+    let network = &app.settings.network;
+    if let Some(token) = &network.token {
+        let bearer =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = query.get("token").map(String::as_str).or(bearer);
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            return Err((StatusCode::UNAUTHORIZED, "missing or wrong token\n").into_response());
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !origin_allowed(origin, host, &network.allowed_origins) {
+            return Err((StatusCode::FORBIDDEN, format!("origin {origin} is not allowed\n")).into_response());
+        }
+    }
+    Ok(())
+}
+
+/// Same-origin requests, loopback pages and the configured allowlist pass.
+pub fn origin_allowed(origin: &str, host: &str, allowed: &[String]) -> bool {
+    if allowed.iter().any(|a| a == "*" || a == origin) {
+        return true;
+    }
+    let rest = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    let Some(rest) = rest else { return false };
+    if rest == host {
+        return true;
+    }
+    let name = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    matches!(name, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts a peer's connection for as long as it lives.
+pub struct PeerSlot {
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    pub fn take(app: &App, ip: IpAddr) -> Option<Self> {
+        let mut peers = app.peers.lock().ok()?;
+        let n = peers.entry(ip).or_insert(0);
+        if *n >= app.settings.network.max_connections_per_peer {
+            return None;
+        }
+        *n += 1;
+        Some(Self { peers: app.peers.clone(), ip })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut peers) = self.peers.lock() {
+            if let Some(n) = peers.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    peers.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// What an incoming message asks for.
+pub enum Incoming {
+    /// Samples were appended.
+    Samples,
+    /// Start the conversation over with a fresh model state.
+    Restart,
+    /// Nothing to do.
+    Nothing,
+    /// The client is leaving.
+    Close,
+}
+
+/// Why a client's message was refused; the client is told, then closed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Moshi's protocol (`/api/chat`): a bad message or Ogg/Opus stream.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A text message where the endpoint takes binary ones; says what to send instead.
+    #[error("{0}")]
+    TextMessage(&'static str),
+    #[error("binary message of {bytes} bytes is not whole {sample_bytes}-byte samples")]
+    PartialSamples { bytes: usize, sample_bytes: usize },
+    #[error("samples must be finite")]
+    NonFiniteSamples,
+}
+
+/// One wire protocol over the WebSocket: how messages map to samples and back.
+pub trait Wire: Send {
+    /// Sent once the session exists.
+    fn greeting(&mut self) -> Vec<Message> {
+        Vec::new()
+    }
+    /// Decodes an incoming message, appending audio to `samples`.
+    fn incoming(&mut self, msg: Message, samples: &mut Vec<f32>) -> Result<Incoming, WireError>;
+    /// Encodes one frame of the model's voice.
+    fn audio(&mut self, pcm: &[f32]) -> Result<Vec<Message>, WireError>;
+    fn text(&mut self, piece: &str) -> Message;
+    fn error(&mut self, e: &str) -> Message;
+}
+
+/// Admission for every WebSocket endpoint: token, origin, sampling parameters, the per-peer
+/// connection limit and the message size limit. `wire` is made once the socket is open.
+pub fn upgrade(
+    ws: WebSocketUpgrade,
+    app: App,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    q: HashMap<String, String>,
+    kind: &'static str,
+    wire: impl FnOnce() -> Result<Box<dyn Wire>, WireError> + Send + 'static,
+) -> Response {
+    if let Err(r) = authorize(&app, &headers, &q) {
+        return r;
+    }
+    let sampling = match settings::client_sampling(app.sampling, &q) {
+        Ok(g) => g,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let Some(slot) = PeerSlot::take(&app, peer.ip()) else {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address\n").into_response();
+    };
+    let max = app.settings.network.max_message_bytes;
+    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| async move {
+        match wire() {
+            Ok(w) => session(socket, app, peer, kind, sampling, w).await,
+            Err(e) => tracing::error!("{kind} session: {e}"),
+        }
+        drop(slot);
+    })
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+}
+
+/// A slow consumer gets this long per message before it is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn session(
+    socket: WebSocket,
+    app: App,
+    peer: SocketAddr,
+    kind: &str,
+    sampling: GenConfig,
+    mut wire: Box<dyn Wire>,
+) {
+    let rt = &app.runtime;
+    let backlog_frames = app.settings.runtime.backlog_frames;
+    let input = FrameInput::new(rt.frame_size, backlog_frames, rt.waker());
+    let outbox = Outbox::new(backlog_frames * 4 + 16);
+    let (mut tx, mut rx) = socket.split();
+    let id = match rt.add(NewSession {
+        kind: format!("{kind} {peer}"),
+        config: sampling,
+        source: Box::new(QueueSource(input.clone())),
+        sink: Box::new(QueueSink(outbox.clone())),
+        talk: None,
+    }) {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = tx.send(wire.error(&e.to_string())).await;
+            let _ = tx.send(close(close_code::AGAIN, "no free session")).await;
+            return;
+        }
+    };
+    tracing::info!(%peer, kind, "client connected");
+    let wire = Arc::new(tokio::sync::Mutex::new(wire));
+    let greeting = wire.lock().await.greeting();
+    let reader = async {
+        let mut samples: Vec<f32> = Vec::new();
+        while let Some(msg) = rx.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => return Some(format!("protocol error: {e}")),
+            };
+            samples.clear();
+            match wire.lock().await.incoming(msg, &mut samples) {
+                Ok(Incoming::Samples) => input.write(&samples),
+                Ok(Incoming::Restart) => rt.reset(id),
+                Ok(Incoming::Nothing) => {}
+                Ok(Incoming::Close) => return None,
+                Err(e) => return Some(e.to_string()),
+            }
+        }
+        None
+    };
+    let writer = async {
+        for m in greeting {
+            if tx.send(m).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            while let Some(m) = outbox.queue.pop() {
+                let msgs = match m {
+                    OutMsg::Audio(pcm) => match wire.lock().await.audio(&pcm) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::error!("encoding audio: {e}");
+                            return;
+                        }
+                    },
+                    OutMsg::Text(t) => vec![wire.lock().await.text(&t)],
+                    OutMsg::Error(e) => vec![wire.lock().await.error(&e)],
+                    OutMsg::Closed(code, reason) => {
+                        let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(close(code, &reason))).await;
+                        return;
+                    }
+                };
+                for msg in msgs {
+                    match tokio::time::timeout(SEND_TIMEOUT, tx.send(msg)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            tracing::warn!(%peer, "client not reading: dropping it");
+                            return;
+                        }
+                    }
+                }
+            }
+            outbox.notify.notified().await;
+        }
+    };
+    let mut writer = std::pin::pin!(writer);
+    tokio::select! {
+        err = reader => {
+            if let Some(e) = err {
+                tracing::warn!(%peer, "closing client: {e}");
+                outbox.queue.push(OutMsg::Error(e));
+                outbox.queue.push(OutMsg::Closed(close_code::POLICY, "malformed message".into()));
+                outbox.notify.notify_one();
+                rt.remove(id);
+                // Let the writer deliver the error and the close.
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+            } else {
+                rt.remove(id);
+            }
+        }
+        _ = &mut writer => {
+            rt.remove(id);
+        }
+    }
+    tracing::info!(%peer, kind, "client disconnected");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        assert!(origin_allowed("http://localhost:8998", "localhost:8998", &[]));
+        assert!(origin_allowed("http://127.0.0.1:3000", "x:1", &[]));
+        assert!(origin_allowed("https://app.example", "x:1", &["https://app.example".into()]));
+        assert!(!origin_allowed("https://evil.example", "localhost:8998", &[]));
+        assert!(origin_allowed("http://host.lan:8998", "host.lan:8998", &[]));
+    }
+}
