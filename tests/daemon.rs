@@ -9,70 +9,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use burn::tensor::DType;
+use common::live::{FRAME, Running, test_settings};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use kokichi::backend::{BackendKind, Precision};
-use kokichi::daemon::settings::{FileSessionSettings, LocalAudioSettings, NetworkSettings, RuntimeSettings};
+use kokichi::daemon::settings::FileSessionSettings;
 use kokichi::daemon::{self, Settings, TalkMode};
 use kokichi::lm::GenConfig;
-use kokichi::lm::sampling::SamplingOverrides;
 use kokichi::session::Engine;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
-
-const FRAME: usize = 1920;
 
 fn tmp(name: &str) -> PathBuf {
     common::scratch("daemon", name)
 }
 
 fn config(name: &str) -> Settings {
-    Settings {
-        runtime: RuntimeSettings {
-            model: fixture("tiny_model").display().to_string(),
-            backend: BackendKind::Cpu,
-            dtype: Precision::F32,
-            ..RuntimeSettings::default()
-        },
-        network: NetworkSettings { bind: "127.0.0.1:0".parse().unwrap(), ..NetworkSettings::default() },
-        local_audio: LocalAudioSettings {
-            audio: false,
-            control_socket: tmp(&format!("{name}.sock")),
-            ..LocalAudioSettings::default()
-        },
-        sampling: vec![SamplingOverrides::greedy()],
-        ..Settings::default()
-    }
-}
-
-/// A running daemon; dropping `stop` shuts it down.
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<kokichi::Result<()>>,
-}
-
-impl Running {
-    async fn start(cfg: Settings) -> Self {
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(daemon::serve(
-            cfg,
-            async move {
-                let _ = stop_rx.await;
-            },
-            Some(ready_tx),
-        ));
-        let ready = ready_rx.await.expect("daemon failed to start");
-        Running { addr: ready.addr, stop: Some(stop), task }
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.task.await.unwrap().unwrap();
-    }
+    test_settings("daemon", name)
 }
 
 fn question() -> Vec<f32> {
@@ -150,7 +101,7 @@ async fn pcm_client_gets_frame_aligned_audio_and_text() {
     assert_eq!(text, want_text);
     assert!(!text.is_empty());
     // The status endpoint reports the session's step times.
-    let status: serde_json::Value = reqwest_status(d.addr).await;
+    let status: serde_json::Value = d.status().await;
     assert!(status["steps"].as_u64().unwrap() >= frames.len() as u64);
     assert!(status["step_ms_avg"].as_f64().unwrap() > 0.0);
     d.shutdown().await;
@@ -190,16 +141,6 @@ async fn the_models_recommended_sampling_is_the_default() {
     d.shutdown().await;
 }
 
-async fn reqwest_status(addr: SocketAddr) -> serde_json::Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /api/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let body = buf.split("\r\n\r\n").nth(1).unwrap();
-    serde_json::from_str(body).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_get_separate_sessions_equal_to_single_runs() {
     let d = Running::start(config("two")).await;
@@ -211,7 +152,7 @@ async fn two_clients_get_separate_sessions_equal_to_single_runs() {
     let ((fa, _), (fb, _)) = tokio::join!(pcm_client(d.addr, &a, ""), pcm_client(d.addr, &b, "format=f32"));
     check_frames("client a", &fa, &want_a);
     check_frames("client b", &fb, &want_b);
-    let status = reqwest_status(d.addr).await;
+    let status = d.status().await;
     assert!(status["steps"].as_u64().unwrap() < (fa.len() + fb.len()) as u64, "sessions were batched together");
     d.shutdown().await;
 }
@@ -253,7 +194,7 @@ async fn garbage_client_is_closed_while_the_other_keeps_up() {
     assert!(error.unwrap().contains("not whole 4-byte samples"));
     assert!(closed && text_closed);
     check_frames("good client", &frames, &want);
-    let status = reqwest_status(d.addr).await;
+    let status = d.status().await;
     for s in status["sessions"].as_array().unwrap() {
         assert_eq!(s["dropped_in"], 0);
         assert_eq!(s["dropped_out"], 0);
@@ -267,7 +208,7 @@ async fn headless_daemon_serves_clients_when_no_device_exists() {
     let mut cfg = config("headless");
     cfg.local_audio.audio = true;
     let d = Running::start(cfg).await;
-    let status = reqwest_status(d.addr).await;
+    let status = d.status().await;
     assert_eq!(status["audio"], "none");
     let pcm = question()[..FRAME * 4].to_vec();
     let (frames, _) = pcm_client(d.addr, &pcm, "").await;

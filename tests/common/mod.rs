@@ -1,6 +1,8 @@
 //! Shared test helpers: one device per backend per test binary, fixture readers, comparisons.
 #![allow(dead_code)]
 
+pub mod live;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
