@@ -81,6 +81,7 @@ pub fn start(
         ),
         sink: Box::new(LocalSink::new(played, model_rate, runtime.frame_size)),
         talk: Some(talk.clone()),
+        remote: false,
     })?;
     tracing::info!(mode = if open_mode { "open" } else { "push-to-talk" }, "local audio: {description}");
     let hotkey = local.hotkey.as_deref().filter(|h| !h.trim().is_empty());
@@ -201,8 +202,12 @@ mod tests {
         let files = crate::model_dir::resolve(dir.to_str().unwrap()).unwrap();
         let engine = Arc::new(Engine::load(&files, &burn::prelude::Device::flex(), burn::tensor::DType::F32).unwrap());
         let metrics = Arc::new(Metrics::default());
-        let options =
-            RuntimeOptions { max_sessions: 2, batch_window: Duration::from_millis(5), log_transcripts: false };
+        let options = RuntimeOptions {
+            max_sessions: 2,
+            batch_window: Duration::from_millis(5),
+            log_transcripts: false,
+            idle_timeout: None,
+        };
         let (runtime, thread) = Runtime::start(engine, metrics.clone(), options).unwrap();
         let settings = Settings::default();
         let local = start(&settings, GenConfig::greedy(), &runtime, metrics, Arc::new(AtomicBool::new(false))).unwrap();

@@ -85,9 +85,10 @@ pub async fn serve(
         engine.clone(),
         metrics.clone(),
         RuntimeOptions {
-            max_sessions: settings.runtime.max_sessions + 1,
+            max_sessions: settings.runtime.max_sessions,
             batch_window: settings.runtime.batch_window(),
             log_transcripts: settings.runtime.log_transcripts,
+            idle_timeout: settings.runtime.idle_timeout(),
         },
     )?;
     let talk = Arc::new(AtomicBool::new(open_mode));
@@ -111,6 +112,7 @@ pub async fn serve(
             sink,
             // The file stands in for the microphone: push-to-talk gates it the same way.
             talk: Some(talk.clone()),
+            remote: false,
         })?;
     } else if settings.local_audio.audio {
         local = local_audio::start(&settings, sampling, &runtime, metrics.clone(), talk.clone())?;

@@ -4,12 +4,19 @@
 //!
 //! Batching: when the first session has a frame, the thread waits at most `batch_window` for
 //! the other active sessions before stepping the ready ones, so sessions that joined at
-//! different times still share a step without adding more than that to anyone's latency.
+//! different times still share a step without adding more than that to anyone's latency. A
+//! session that sent nothing for two frames is idle and not waited for.
+//!
+//! Nothing a client sends can starve the others: a network session is stepped at most at real
+//! time (with a burst of [`BURST_FRAMES`]; what it sends faster waits in its bounded queue,
+//! whose oldest frames are dropped and counted), its restarts are applied at most once per
+//! [`RESTART_INTERVAL`] however many it asks for, a silent one ends after the idle timeout, and
+//! each tick does a bounded amount of control work. Removals and restarts are flags, not queue
+//! entries, so a flood can neither delay nor lose them.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::io::{AudioSink, AudioSource, Poll, Waker};
@@ -26,13 +33,63 @@ pub struct NewSession {
     pub sink: Box<dyn AudioSink>,
     /// Replace the input by silence while this is false (push-to-talk); `None` = always on.
     pub talk: Option<Arc<AtomicBool>>,
+    /// A network client: stepped at most at real time, and ended when idle. The local
+    /// microphone and files are neither (a file may be read faster than real time).
+    pub remote: bool,
 }
 
-enum Command {
-    Add(u64, NewSession),
-    Remove(u64),
-    Reset(u64),
-    Stop,
+/// Frames a network session may get ahead of real time before pacing holds it back.
+pub const BURST_FRAMES: f64 = 3.0;
+/// The shortest time between two restarts of one session; asking more often only postpones the
+/// next one.
+pub const RESTART_INTERVAL: Duration = Duration::from_secs(1);
+/// Sessions started per tick at most, so that a burst of connections cannot stall a step.
+const ADDS_PER_TICK: usize = 2;
+/// Sessions waiting to be started at most; more are refused as busy.
+const ADDS_QUEUED: usize = 16;
+
+/// What the other threads ask of the inference thread, taken at each tick. Sessions to start
+/// queue (boundedly); removals and restarts are one entry per session however many times they
+/// are asked for, so they cannot pile up, and are never refused, so they cannot be lost. One
+/// lock covers all of it, so a session removed before it started is simply never started.
+#[derive(Default)]
+struct Requests {
+    add: VecDeque<(u64, NewSession)>,
+    remove: HashSet<u64>,
+    restart: HashSet<u64>,
+    stop: bool,
+}
+
+/// The requests of one tick.
+struct Taken {
+    add: Vec<(u64, NewSession)>,
+    /// Sessions removed before they started.
+    cancelled: Vec<NewSession>,
+    remove: HashSet<u64>,
+    restart: HashSet<u64>,
+    stop: bool,
+}
+
+impl Requests {
+    fn take(&mut self) -> Taken {
+        let add: Vec<(u64, NewSession)> = self.add.drain(..self.add.len().min(ADDS_PER_TICK)).collect();
+        let mut remove = std::mem::take(&mut self.remove);
+        let mut cancelled = Vec::new();
+        let mut i = 0;
+        while i < self.add.len() {
+            if remove.remove(&self.add[i].0) {
+                if let Some((_, s)) = self.add.remove(i) {
+                    cancelled.push(s);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        if self.stop {
+            cancelled.extend(self.add.drain(..).map(|(_, s)| s));
+        }
+        Taken { add, cancelled, remove, restart: std::mem::take(&mut self.restart), stop: self.stop }
+    }
 }
 
 struct Live {
@@ -45,12 +102,39 @@ struct Live {
     pending: Option<Vec<f32>>,
     ended: bool,
     started: Instant,
+    remote: bool,
+    /// When the source last gave a frame.
+    last_input: Instant,
+    /// Frames the session may take now (real-time pacing of remote sessions).
+    credit: f64,
+    credit_at: Instant,
+    restart_wanted: bool,
+    last_restart: Option<Instant>,
+}
+
+impl Live {
+    /// Whether pacing lets the session take a frame now; refills its credit first.
+    fn may_take_frame(&mut self, frame_time: Duration) -> bool {
+        if !self.remote {
+            return true;
+        }
+        let now = Instant::now();
+        let earned = (now - self.credit_at).as_secs_f64() / frame_time.as_secs_f64();
+        self.credit = (self.credit + earned).min(BURST_FRAMES);
+        self.credit_at = now;
+        self.credit >= 1.0
+    }
+
+    /// Sent a frame within the last two frames' time.
+    fn is_active(&self, frame_time: Duration) -> bool {
+        self.last_input.elapsed() <= 2 * frame_time
+    }
 }
 
 /// Handle to the inference thread.
 #[derive(Clone)]
 pub struct Runtime {
-    commands: SyncSender<Command>,
+    requests: Arc<Mutex<Requests>>,
     waker: Arc<Waker>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
     active: Arc<std::sync::atomic::AtomicUsize>,
@@ -62,9 +146,12 @@ pub struct Runtime {
 /// Settings of the inference loop.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
+    /// Sessions at once, every kind counted.
     pub max_sessions: usize,
     pub batch_window: Duration,
     pub log_transcripts: bool,
+    /// A remote session that sends no audio for this long is ended; `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Runtime {
@@ -74,11 +161,11 @@ impl Runtime {
         metrics: Arc<Metrics>,
         options: RuntimeOptions,
     ) -> Result<(Self, std::thread::JoinHandle<()>)> {
-        let (tx, rx) = sync_channel(64);
         let waker = Arc::new(Waker::default());
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Requests::default()));
         let rt = Runtime {
-            commands: tx,
+            requests: requests.clone(),
             waker: waker.clone(),
             next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             active: active.clone(),
@@ -88,7 +175,7 @@ impl Runtime {
         };
         let handle = std::thread::Builder::new()
             .name("kokichi-inference".into())
-            .spawn(move || Loop::new(engine, metrics, options, waker, active).run(rx))
+            .spawn(move || Loop::new(engine, metrics, options, waker, active, requests).run())
             .map_err(|e| Error::Backend(format!("cannot start the inference thread: {e}")))?;
         Ok((rt, handle))
     }
@@ -107,41 +194,43 @@ impl Runtime {
         if self.active() >= self.max_sessions {
             return Err(Error::input(format!("all {} sessions are in use", self.max_sessions)));
         }
+        let mut requests = self.requests.lock().map_err(|_| Error::input("the daemon is stopping"))?;
+        if requests.stop {
+            return Err(Error::input("the daemon is stopping"));
+        }
+        if requests.add.len() >= ADDS_QUEUED {
+            return Err(Error::input("the daemon is busy, try again"));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
-        match self.commands.try_send(Command::Add(id, session)) {
-            Ok(()) => {
-                self.waker.wake();
-                Ok(id)
-            }
-            Err(e) => {
-                self.active.fetch_sub(1, Ordering::Relaxed);
-                Err(Error::input(match e {
-                    TrySendError::Full(_) => "the daemon is busy, try again".to_string(),
-                    TrySendError::Disconnected(_) => "the daemon is stopping".to_string(),
-                }))
-            }
-        }
+        requests.add.push_back((id, session));
+        drop(requests);
+        self.waker.wake();
+        Ok(id)
     }
 
-    /// Ends a session (its sink is closed).
+    /// Ends a session (its sink is closed). Never lost, however busy the thread is.
     pub fn remove(&self, id: u64) {
-        if self.commands.try_send(Command::Remove(id)).is_ok() {
-            self.waker.wake();
+        if let Ok(mut r) = self.requests.lock() {
+            r.remove.insert(id);
         }
+        self.waker.wake();
     }
 
-    /// Starts a session's conversation over (fresh model state, same sampling settings).
+    /// Starts a session's conversation over (fresh model state, same sampling settings), at
+    /// most once per [`RESTART_INTERVAL`]: requests in between are merged into the next one.
     pub fn reset(&self, id: u64) {
-        if self.commands.try_send(Command::Reset(id)).is_ok() {
-            self.waker.wake();
+        if let Ok(mut r) = self.requests.lock() {
+            r.restart.insert(id);
         }
+        self.waker.wake();
     }
 
     /// Stops the thread after closing every session.
     pub fn stop(&self) {
-        // A blocking send: the stop must not be lost behind a full queue.
-        let _ = self.commands.send(Command::Stop);
+        if let Ok(mut r) = self.requests.lock() {
+            r.stop = true;
+        }
         self.waker.wake();
     }
 }
@@ -152,6 +241,7 @@ struct Loop {
     options: RuntimeOptions,
     waker: Arc<Waker>,
     active: Arc<std::sync::atomic::AtomicUsize>,
+    requests: Arc<Mutex<Requests>>,
     sessions: HashMap<u64, Live>,
     first_ready: Option<Instant>,
     steps: u64,
@@ -165,6 +255,7 @@ impl Loop {
         options: RuntimeOptions,
         waker: Arc<Waker>,
         active: Arc<std::sync::atomic::AtomicUsize>,
+        requests: Arc<Mutex<Requests>>,
     ) -> Self {
         Self {
             engine,
@@ -172,6 +263,7 @@ impl Loop {
             options,
             waker,
             active,
+            requests,
             sessions: HashMap::new(),
             first_ready: None,
             steps: 0,
@@ -179,35 +271,32 @@ impl Loop {
         }
     }
 
-    fn run(mut self, commands: Receiver<Command>) {
+    fn run(mut self) {
         let frame = self.engine.frame_size();
         let frame_time = Duration::from_secs_f64(frame as f64 / self.engine.sample_rate() as f64);
+        let mut scratch = vec![0f32; frame];
         loop {
-            while let Ok(cmd) = commands.try_recv() {
-                match cmd {
-                    Command::Add(id, s) => self.add(id, s),
-                    Command::Remove(id) => self.end(id, "closed"),
-                    Command::Reset(id) => self.reset(id),
-                    Command::Stop => {
-                        let ids: Vec<u64> = self.sessions.keys().copied().collect();
-                        for id in ids {
-                            self.end(id, "daemon shutting down");
-                        }
-                        tracing::info!("inference thread stopped");
-                        return;
-                    }
+            if self.apply_requests() {
+                let ids: Vec<u64> = self.sessions.keys().copied().collect();
+                for id in ids {
+                    self.end(id, "daemon shutting down");
                 }
+                tracing::info!("inference thread stopped");
+                return;
             }
             // Collect frames.
-            let mut scratch = vec![0f32; frame];
             for s in self.sessions.values_mut() {
-                if s.pending.is_none() && !s.ended {
+                if s.pending.is_none() && !s.ended && s.may_take_frame(frame_time) {
                     match s.source.poll_frame(&mut scratch) {
                         Poll::Frame => {
                             if s.talk.as_ref().is_some_and(|t| !t.load(Ordering::Relaxed)) {
                                 scratch.iter_mut().for_each(|v| *v = 0.0);
                             }
                             s.pending = Some(scratch.clone());
+                            s.last_input = Instant::now();
+                            if s.remote {
+                                s.credit -= 1.0;
+                            }
                         }
                         Poll::Ended => s.ended = true,
                         Poll::Pending => {}
@@ -219,6 +308,17 @@ impl Loop {
             for id in finished {
                 self.end(id, "input ended");
             }
+            if let Some(limit) = self.options.idle_timeout {
+                let idle: Vec<u64> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.remote && s.pending.is_none() && s.last_input.elapsed() > limit)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in idle {
+                    self.end(id, &format!("idle: no audio for {} s", limit.as_secs()));
+                }
+            }
             let ready = self.sessions.values().filter(|s| s.pending.is_some()).count();
             if ready == 0 {
                 self.first_ready = None;
@@ -226,7 +326,8 @@ impl Loop {
                 continue;
             }
             let first = *self.first_ready.get_or_insert_with(Instant::now);
-            let waiting = self.sessions.values().filter(|s| s.pending.is_none() && !s.ended).count();
+            let waiting =
+                self.sessions.values().filter(|s| s.pending.is_none() && !s.ended && s.is_active(frame_time)).count();
             if waiting > 0 && first.elapsed() < self.options.batch_window {
                 self.waker
                     .wait(self.options.batch_window.saturating_sub(first.elapsed()).min(Duration::from_millis(5)));
@@ -253,6 +354,12 @@ impl Loop {
                         pending: None,
                         ended: false,
                         started: Instant::now(),
+                        remote: s.remote,
+                        last_input: Instant::now(),
+                        credit: BURST_FRAMES,
+                        credit_at: Instant::now(),
+                        restart_wanted: false,
+                        last_restart: None,
                     },
                 );
             }
@@ -265,8 +372,45 @@ impl Loop {
         self.publish_sessions();
     }
 
-    fn reset(&mut self, id: u64) {
+    /// Takes what was asked for since the last tick: starts at most [`ADDS_PER_TICK`] sessions,
+    /// ends the removed ones, and restarts each session that asked once [`RESTART_INTERVAL`] has
+    /// passed since its last restart. Returns whether the thread is to stop.
+    fn apply_requests(&mut self) -> bool {
+        let taken = match self.requests.lock() {
+            Ok(mut r) => r.take(),
+            Err(_) => return true,
+        };
+        for (id, s) in taken.add {
+            self.add(id, s);
+        }
+        for mut s in taken.cancelled {
+            s.sink.close("closed");
+            self.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        for id in taken.remove {
+            self.end(id, "closed");
+        }
+        for id in taken.restart {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.restart_wanted = true;
+            }
+        }
+        let due: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.restart_wanted && s.last_restart.is_none_or(|t| t.elapsed() >= RESTART_INTERVAL))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.restart(id);
+        }
+        taken.stop
+    }
+
+    fn restart(&mut self, id: u64) {
         if let Some(s) = self.sessions.get_mut(&id) {
+            s.restart_wanted = false;
+            s.last_restart = Some(Instant::now());
             match self.engine.init_session(s.config) {
                 Ok(state) => {
                     s.state = state;

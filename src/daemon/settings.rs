@@ -57,7 +57,7 @@ pub struct RuntimeSettings {
     /// Float type of weights and activations; on the command line, the global `--dtype`.
     #[arg(skip)]
     pub dtype: Precision,
-    /// WebSocket sessions served at once (the local session comes on top).
+    /// Sessions served at once, every kind counted: the local microphone's or file's takes one.
     #[arg(long, required = false)]
     pub max_sessions: usize,
     /// Frames a session may queue before the oldest are dropped.
@@ -66,6 +66,9 @@ pub struct RuntimeSettings {
     /// How long a tick waits for late sessions to join the batch, in milliseconds.
     #[arg(long, required = false)]
     pub batch_window_ms: u64,
+    /// A network session that sends no audio for this many seconds is ended (0: never).
+    #[arg(long, required = false)]
+    pub idle_timeout_s: u64,
     /// Log the inner monologue (off by default).
     #[arg(long, required = false, action = ArgAction::Set, num_args = 0, default_missing_value = "true")]
     pub log_transcripts: bool,
@@ -80,6 +83,7 @@ impl Default for RuntimeSettings {
             max_sessions: 8,
             backlog_frames: 8,
             batch_window_ms: 20,
+            idle_timeout_s: 60,
             log_transcripts: false,
         }
     }
@@ -88,6 +92,10 @@ impl Default for RuntimeSettings {
 impl RuntimeSettings {
     pub fn batch_window(&self) -> Duration {
         Duration::from_millis(self.batch_window_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_s > 0).then(|| Duration::from_secs(self.idle_timeout_s))
     }
 }
 

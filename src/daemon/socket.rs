@@ -203,6 +203,7 @@ async fn session(
         source: Box::new(QueueSource(input.clone())),
         sink: Box::new(QueueSink(outbox.clone())),
         talk: None,
+        remote: true,
     }) {
         Ok(id) => id,
         Err(e) => {
