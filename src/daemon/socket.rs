@@ -307,15 +307,19 @@ async fn session(
         let mut writer = std::pin::pin!(writer);
         tokio::select! {
             refusal = reader => {
-                rt.remove(id);
-                drop(slot);
                 if let Some(Refusal { error, code, reason }) = refusal {
                     tracing::warn!(%peer, "closing client: {error}");
+                    // Queued before the removal, whose own close would come first otherwise.
                     outbox.queue.push(OutMsg::Error(error));
                     outbox.queue.push(OutMsg::Closed(code, reason.into()));
                     outbox.notify.notify_one();
+                    rt.remove(id);
+                    drop(slot);
                     // Let the writer deliver the error and the close.
                     let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+                } else {
+                    rt.remove(id);
+                    drop(slot);
                 }
             }
             _ = &mut writer => {
