@@ -733,6 +733,58 @@ mod tests {
     }
 
     #[test]
+    fn token_sources_in_order() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("kokichi-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "from-the-file\nignored\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let env = || Some("from-the-env".to_string());
+        let t = |s: &str| Some(s.to_string());
+        assert_eq!(resolve_token((t("flag-token"), None), env(), (t("file-token"), None)).unwrap(), t("flag-token"));
+        assert_eq!(resolve_token((None, Some(file.clone())), env(), (None, None)).unwrap(), t("from-the-file"));
+        assert_eq!(resolve_token((None, None), env(), (t("file-token"), None)).unwrap(), t("from-the-env"));
+        assert_eq!(resolve_token((None, None), Some(String::new()), (t("file-token"), None)).unwrap(), t("file-token"));
+        assert_eq!(resolve_token((None, None), None, (None, Some(file.clone()))).unwrap(), t("from-the-file"));
+        assert_eq!(resolve_token((None, None), None, (None, None)).unwrap(), None);
+        let err = resolve_token((t("flag-token"), Some(file.clone())), None, (None, None)).unwrap_err().to_string();
+        assert!(err.contains("token_file") && err.contains("both"), "{err}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = read_token_file(&file).unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()) && err.contains("640"), "{err}");
+        std::fs::write(&file, "  \n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = read_token_file(&file).unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()) && err.contains("empty"), "{err}");
+        let err = read_token_file(&dir.join("missing")).unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn network_limits_are_checked() {
+        let c = parse("allowed_hosts = [\"kokichi.lan\"]\nheader_timeout_secs = 5\nmax_connections = 64\n").unwrap();
+        assert_eq!(c.network.allowed_hosts, vec!["kokichi.lan".to_string()]);
+        assert_eq!((c.network.header_timeout_secs, c.network.max_connections), (5, 64));
+        c.validate().unwrap();
+        let mut c = Settings::default();
+        c.network.ping_timeout_secs = c.network.ping_interval_secs;
+        assert!(c.validate().unwrap_err().to_string().contains("ping_timeout_secs"));
+        let mut c = Settings::default();
+        c.network.header_timeout_secs = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("header_timeout_secs"));
+        let mut c = Settings::default();
+        c.network.allowed_hosts = vec!["http://x/".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("allowed_hosts"));
+        // Off loopback, a token file counts as a token.
+        let mut c = Settings::default();
+        c.network.bind = parse_bind("0.0.0.0:8998").unwrap();
+        c.network.token_file = Some("/run/secrets/kokichi".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let mut c = Settings::default();
         c.sampling.push(SamplingOverrides { audio_temperature: Some(-1.0), ..SamplingOverrides::default() });
