@@ -9,6 +9,7 @@ pub mod control;
 #[cfg(feature = "hotkey")]
 pub mod hotkey;
 pub mod io;
+pub mod listen;
 pub mod local_audio;
 pub mod metrics;
 pub mod pcm;
@@ -52,6 +53,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
     ready: Option<oneshot::Sender<Ready>>,
 ) -> Result<()> {
+    let mut settings = settings;
+    settings.network.load_token_file()?;
     settings.validate()?;
     let settings = Arc::new(settings);
     let cfg = settings.clone();
@@ -146,11 +149,7 @@ pub async fn serve(
     };
     let stop_http = Arc::new(Notify::new());
     let stop = stop_http.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, server::router(app).into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { stop.notified().await })
-            .await
-    });
+    let http = tokio::spawn(listen::serve(listener, app, async move { stop.notified().await }));
     tracing::info!(%addr, "kokichi listening");
     if let Some(r) = ready {
         let _ = r.send(Ready { addr });
@@ -168,10 +167,8 @@ pub async fn serve(
     }
     drop(local);
     stop_http.notify_one();
-    match tokio::time::timeout(Duration::from_secs(3), http).await {
-        Ok(Ok(Err(e))) => tracing::warn!("http server: {e}"),
-        Err(_) => tracing::warn!("http connections did not close in time"),
-        _ => {}
+    if tokio::time::timeout(Duration::from_secs(3), http).await.is_err() {
+        tracing::warn!("http connections did not close in time");
     }
     drop(control);
     Ok(())

@@ -109,15 +109,37 @@ pub struct NetworkSettings {
     #[arg(long, required = false, value_parser = parse_bind)]
     #[serde(deserialize_with = "deserialize_bind")]
     pub bind: SocketAddr,
-    /// Token clients must send (`?token=` or `Authorization: Bearer`).
+    /// Token clients must send (`?token=` or `Authorization: Bearer`). Visible in `ps` when
+    /// given as a flag: prefer `--token-file` or `KOKICHI_TOKEN`.
     #[arg(long)]
     pub token: Option<String>,
+    /// File holding the token (its first line; readable by its owner only). The first of
+    /// `--token`/`--token-file`, `KOKICHI_TOKEN`, then the file's `token`/`token_file` is used.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// `Host` names accepted besides loopback ones (`localhost`, `127.0.0.1`, `[::1]`), as `name`
+    /// (any port) or `name:port`; `*` accepts any. Off loopback, empty accepts any.
+    #[arg(long, required = false, value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Browser origins allowed to open WebSockets, besides the daemon's own page.
     #[arg(long, required = false, value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// WebSocket connections one address may hold open at once.
     #[arg(long, required = false)]
     pub max_connections_per_peer: usize,
+    /// Connections (HTTP and WebSocket) served at once; lowered to fit the open-file limit. More
+    /// are answered 503.
+    #[arg(long, required = false)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers, idle keep-alive time included.
+    #[arg(long, required = false)]
+    pub header_timeout_secs: u64,
+    /// Seconds between the daemon's WebSocket pings.
+    #[arg(long, required = false)]
+    pub ping_interval_secs: u64,
+    /// Seconds a WebSocket client may send nothing, not even a pong, before it is closed.
+    #[arg(long, required = false)]
+    pub ping_timeout_secs: u64,
     /// Largest WebSocket message a client may send, in bytes (at least 4096).
     #[arg(long, required = false)]
     pub max_message_bytes: usize,
@@ -128,11 +150,93 @@ impl Default for NetworkSettings {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8998)),
             token: None,
+            token_file: None,
+            allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             max_connections_per_peer: 4,
+            max_connections: 256,
+            header_timeout_secs: 10,
+            ping_interval_secs: 10,
+            ping_timeout_secs: 30,
             max_message_bytes: 1 << 20,
         }
     }
+}
+
+/// The environment variable that may hold the token, so it stays out of `ps`.
+pub const TOKEN_ENV: &str = "KOKICHI_TOKEN";
+
+impl NetworkSettings {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_secs(self.ping_timeout_secs)
+    }
+
+    /// Reads `token_file` into `token` (once; `token_file` is then cleared). Setting both is an
+    /// error.
+    pub fn load_token_file(&mut self) -> Result<()> {
+        if let Some(path) = self.token_file.take() {
+            if self.token.is_some() {
+                return Err(Error::config("token_file", "set either token or token_file, not both"));
+            }
+            self.token = Some(read_token_file(&path)?);
+        }
+        Ok(())
+    }
+}
+
+/// The token in `path`: its first line, trimmed. The file must not be readable by group or
+/// others, and must not be empty.
+pub fn read_token_file(path: &Path) -> Result<String> {
+    let bad = |msg: String| Error::File { path: path.to_path_buf(), msg };
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(bad("token file is not a regular file".into()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(bad(format!("token file is readable by other users (mode {mode:o}): chmod 600 it")));
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(bad("token file is empty".into()));
+    }
+    Ok(token.to_string())
+}
+
+/// The token from the first source that sets one: the command line, `KOKICHI_TOKEN` (`env`),
+/// then the settings file. Each source is a (`token`, `token_file`) pair; a source setting both
+/// is an error.
+fn resolve_token(
+    flags: (Option<String>, Option<PathBuf>),
+    env: Option<String>,
+    file: (Option<String>, Option<PathBuf>),
+) -> Result<Option<String>> {
+    let from = |(token, token_file): (Option<String>, Option<PathBuf>), source: &str| match (token, token_file) {
+        (Some(_), Some(_)) => Err(Error::config("token_file", format!("{source} sets both token and token_file"))),
+        (Some(t), None) => Ok(Some(t)),
+        (None, Some(p)) => read_token_file(&p).map(Some),
+        (None, None) => Ok(None),
+    };
+    if let Some(t) = from(flags, "the command line")? {
+        return Ok(Some(t));
+    }
+    if let Some(t) = env.filter(|t| !t.is_empty()) {
+        return Ok(Some(t.trim().to_string()));
+    }
+    from(file, "the settings file")
 }
 
 /// How the local microphone reaches the model.
@@ -258,8 +362,11 @@ impl Settings {
     /// Defaults, then the settings file, then the command line, validated.
     pub fn layered(file: Option<&Path>, command_line: CommandLine) -> Result<Self> {
         let mut s = Self::defaults_and_file(file)?;
+        let file_token = (s.network.token.take(), s.network.token_file.take());
         s.update_from_arg_matches(&command_line.flags.0)
             .map_err(|e| Error::config("command line", e.to_string().trim().to_string()))?;
+        let flag_token = (s.network.token.take(), s.network.token_file.take());
+        s.network.token = resolve_token(flag_token, std::env::var(TOKEN_ENV).ok(), file_token)?;
         if let Some(b) = command_line.backend {
             s.runtime.backend = b;
         }
@@ -311,11 +418,12 @@ impl Settings {
     pub fn validate(&self) -> Result<()> {
         let (runtime, network, local_audio, file_session) =
             (&self.runtime, &self.network, &self.local_audio, &self.file_session);
-        if !network.bind.ip().is_loopback() && network.token.as_deref().is_none_or(str::is_empty) {
+        let has_token = network.token.as_deref().is_some_and(|t| !t.is_empty()) || network.token_file.is_some();
+        if !network.bind.ip().is_loopback() && !has_token {
             return Err(Error::config(
                 "bind",
                 format!(
-                    "{} is reachable from other machines: set a token (--token or `token` in the config)",
+                    "{} is reachable from other machines: set a token (--token-file, {TOKEN_ENV}, or `token_file` in the config)",
                     network.bind
                 ),
             ));
@@ -329,10 +437,22 @@ impl Settings {
             ("max_sessions", runtime.max_sessions),
             ("max_connections_per_peer", network.max_connections_per_peer),
             ("backlog_frames", runtime.backlog_frames),
+            ("max_connections", network.max_connections),
+            ("header_timeout_secs", network.header_timeout_secs as usize),
+            ("ping_interval_secs", network.ping_interval_secs as usize),
         ] {
             if v == 0 {
                 return Err(Error::config(name, "must be at least 1"));
             }
+        }
+        if network.ping_timeout_secs <= network.ping_interval_secs {
+            return Err(Error::config("ping_timeout_secs", "must be longer than ping_interval_secs"));
+        }
+        if network.token.is_some() && network.token_file.is_some() {
+            return Err(Error::config("token_file", "set either token or token_file, not both"));
+        }
+        if let Some(h) = network.allowed_hosts.iter().find(|h| h.is_empty() || h.contains(['/', ' '])) {
+            return Err(Error::config("allowed_hosts", format!("`{h}` is not a host name or host:port")));
         }
         if !crate::audio::gain_db_ok(local_audio.input_gain) {
             return Err(Error::config(
@@ -617,6 +737,58 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("bind") && err.contains("token"), "{err}");
         c.network.token = Some("correct-horse".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn token_sources_in_order() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("kokichi-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "from-the-file\nignored\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let env = || Some("from-the-env".to_string());
+        let t = |s: &str| Some(s.to_string());
+        assert_eq!(resolve_token((t("flag-token"), None), env(), (t("file-token"), None)).unwrap(), t("flag-token"));
+        assert_eq!(resolve_token((None, Some(file.clone())), env(), (None, None)).unwrap(), t("from-the-file"));
+        assert_eq!(resolve_token((None, None), env(), (t("file-token"), None)).unwrap(), t("from-the-env"));
+        assert_eq!(resolve_token((None, None), Some(String::new()), (t("file-token"), None)).unwrap(), t("file-token"));
+        assert_eq!(resolve_token((None, None), None, (None, Some(file.clone()))).unwrap(), t("from-the-file"));
+        assert_eq!(resolve_token((None, None), None, (None, None)).unwrap(), None);
+        let err = resolve_token((t("flag-token"), Some(file.clone())), None, (None, None)).unwrap_err().to_string();
+        assert!(err.contains("token_file") && err.contains("both"), "{err}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = read_token_file(&file).unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()) && err.contains("640"), "{err}");
+        std::fs::write(&file, "  \n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = read_token_file(&file).unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()) && err.contains("empty"), "{err}");
+        let err = read_token_file(&dir.join("missing")).unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn network_limits_are_checked() {
+        let c = parse("allowed_hosts = [\"kokichi.lan\"]\nheader_timeout_secs = 5\nmax_connections = 64\n").unwrap();
+        assert_eq!(c.network.allowed_hosts, vec!["kokichi.lan".to_string()]);
+        assert_eq!((c.network.header_timeout_secs, c.network.max_connections), (5, 64));
+        c.validate().unwrap();
+        let mut c = Settings::default();
+        c.network.ping_timeout_secs = c.network.ping_interval_secs;
+        assert!(c.validate().unwrap_err().to_string().contains("ping_timeout_secs"));
+        let mut c = Settings::default();
+        c.network.header_timeout_secs = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("header_timeout_secs"));
+        let mut c = Settings::default();
+        c.network.allowed_hosts = vec!["http://x/".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("allowed_hosts"));
+        // Off loopback, a token file counts as a token.
+        let mut c = Settings::default();
+        c.network.bind = parse_bind("0.0.0.0:8998").unwrap();
+        c.network.token_file = Some("/run/secrets/kokichi".into());
         c.validate().unwrap();
     }
 

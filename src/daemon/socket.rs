@@ -90,6 +90,11 @@ impl PeerSlot {
         *n += 1;
         Some(Self { peers: app.peers.clone(), ip })
     }
+
+    /// Whether `ip` has a connection to spare.
+    pub fn available(app: &App, ip: IpAddr) -> bool {
+        app.peers.lock().is_ok_and(|p| p.get(&ip).copied().unwrap_or(0) < app.settings.network.max_connections_per_peer)
+    }
 }
 
 impl Drop for PeerSlot {
@@ -170,10 +175,9 @@ pub fn upgrade(
     let max = app.settings.network.max_message_bytes;
     ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| async move {
         match wire() {
-            Ok(w) => session(socket, app, peer, kind, sampling, w).await,
+            Ok(w) => session(socket, app, peer, kind, sampling, w, slot).await,
             Err(e) => tracing::error!("{kind} session: {e}"),
         }
-        drop(slot);
     })
 }
 
@@ -184,6 +188,15 @@ fn close(code: u16, reason: &str) -> Message {
 /// A slow consumer gets this long per message before it is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why the reader stopped before the client left: what the client is told, and the close code.
+struct Refusal {
+    error: String,
+    code: u16,
+    reason: &'static str,
+}
+
+/// Runs one client's session. The per-peer `slot` is given back as soon as the session ends,
+/// before the close handshake completes, so a client that reconnects once closed finds it free.
 async fn session(
     socket: WebSocket,
     app: App,
@@ -191,6 +204,7 @@ async fn session(
     kind: &str,
     sampling: GenConfig,
     mut wire: Box<dyn Wire>,
+    slot: PeerSlot,
 ) {
     let rt = &app.runtime;
     let backlog_frames = app.settings.runtime.backlog_frames;
@@ -215,12 +229,21 @@ async fn session(
     tracing::info!(%peer, kind, "client connected");
     let wire = Arc::new(tokio::sync::Mutex::new(wire));
     let greeting = wire.lock().await.greeting();
+    let network = &app.settings.network;
+    let (ping_interval, ping_timeout) = (network.ping_interval(), network.ping_timeout());
+    let malformed = |error: String| Some(Refusal { error, code: close_code::POLICY, reason: "malformed message" });
     let reader = async {
         let mut samples: Vec<f32> = Vec::new();
-        while let Some(msg) = rx.next().await {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => return Some(format!("protocol error: {e}")),
+        loop {
+            // Anything the client sends, a pong included, shows it is still there.
+            let msg = match tokio::time::timeout(ping_timeout, rx.next()).await {
+                Err(_) => {
+                    let error = format!("nothing received for {} s, not even a pong", ping_timeout.as_secs());
+                    return Some(Refusal { error, code: close_code::ERROR, reason: "ping timeout" });
+                }
+                Ok(None) => return None,
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return malformed(format!("protocol error: {e}")),
             };
             samples.clear();
             match wire.lock().await.incoming(msg, &mut samples) {
@@ -228,10 +251,9 @@ async fn session(
                 Ok(Incoming::Restart) => rt.reset(id),
                 Ok(Incoming::Nothing) => {}
                 Ok(Incoming::Close) => return None,
-                Err(e) => return Some(e.to_string()),
+                Err(e) => return malformed(e.to_string()),
             }
         }
-        None
     };
     let writer = async {
         for m in greeting {
@@ -239,6 +261,8 @@ async fn session(
                 return;
             }
         }
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while let Some(m) = outbox.queue.pop() {
                 let msgs = match m {
@@ -267,28 +291,46 @@ async fn session(
                     }
                 }
             }
-            outbox.notify.notified().await;
-        }
-    };
-    let mut writer = std::pin::pin!(writer);
-    tokio::select! {
-        err = reader => {
-            if let Some(e) = err {
-                tracing::warn!(%peer, "closing client: {e}");
-                outbox.queue.push(OutMsg::Error(e));
-                outbox.queue.push(OutMsg::Closed(close_code::POLICY, "malformed message".into()));
-                outbox.notify.notify_one();
-                rt.remove(id);
-                // Let the writer deliver the error and the close.
-                let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
-            } else {
-                rt.remove(id);
+            tokio::select! {
+                _ = outbox.notify.notified() => {}
+                _ = ping.tick() => match tokio::time::timeout(SEND_TIMEOUT, tx.send(Message::Ping(Default::default()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::warn!(%peer, "client not reading: dropping it");
+                        return;
+                    }
+                },
             }
         }
-        _ = &mut writer => {
-            rt.remove(id);
+    };
+    {
+        let mut writer = std::pin::pin!(writer);
+        tokio::select! {
+            refusal = reader => {
+                if let Some(Refusal { error, code, reason }) = refusal {
+                    tracing::warn!(%peer, "closing client: {error}");
+                    // Queued before the removal, whose own close would come first otherwise.
+                    outbox.queue.push(OutMsg::Error(error));
+                    outbox.queue.push(OutMsg::Closed(code, reason.into()));
+                    outbox.notify.notify_one();
+                    rt.remove(id);
+                    drop(slot);
+                    // Let the writer deliver the error and the close.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+                } else {
+                    rt.remove(id);
+                    drop(slot);
+                }
+            }
+            _ = &mut writer => {
+                rt.remove(id);
+                drop(slot);
+            }
         }
     }
+    // Answer the client's close (or send ours), so that it sees a clean end.
+    let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
     tracing::info!(%peer, kind, "client disconnected");
 }
 
