@@ -126,7 +126,7 @@ async fn a_silent_session_is_not_waited_for_and_ends() {
     // A long batch window: waiting for the silent session at every step would cost the victim
     // 300 ms a frame, far behind real time.
     settings.runtime.batch_window_ms = 300;
-    settings.runtime.idle_timeout_s = 3;
+    settings.runtime.idle_timeout_secs = 3;
     let d = Running::start(settings).await;
     let mut silent = connect(d.addr, "/api/pcm").await;
     // One frame makes it a session that has spoken, then nothing.

@@ -68,7 +68,7 @@ pub struct RuntimeSettings {
     pub batch_window_ms: u64,
     /// A network session that sends no audio for this many seconds is ended (0: never).
     #[arg(long, required = false)]
-    pub idle_timeout_s: u64,
+    pub idle_timeout_secs: u64,
     /// Log the inner monologue (off by default).
     #[arg(long, required = false, action = ArgAction::Set, num_args = 0, default_missing_value = "true")]
     pub log_transcripts: bool,
@@ -83,7 +83,7 @@ impl Default for RuntimeSettings {
             max_sessions: 8,
             backlog_frames: 8,
             batch_window_ms: 20,
-            idle_timeout_s: 60,
+            idle_timeout_secs: 60,
             log_transcripts: false,
         }
     }
@@ -95,7 +95,7 @@ impl RuntimeSettings {
     }
 
     pub fn idle_timeout(&self) -> Option<Duration> {
-        (self.idle_timeout_s > 0).then(|| Duration::from_secs(self.idle_timeout_s))
+        (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
     }
 }
 
