@@ -160,3 +160,21 @@ pub async fn chat(
         }) as Box<dyn Wire>)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_budget_caps_each_message_and_refills_at_twice_real_time() {
+        let mut b = DecodeBudget::new(8, 1920);
+        // A message gets at most the backlog and one frame, however full the bucket.
+        assert_eq!(b.allowance(), 9 * 1920);
+        // The bucket holds 2 s: drained, it refills at twice real time.
+        b.spend(48_000);
+        assert!(b.allowance() < 1000);
+        b.last -= Duration::from_millis(100);
+        let a = b.allowance();
+        assert!((4700..6000).contains(&a), "{a}");
+    }
+}
