@@ -304,7 +304,7 @@ async fn session(
     let mut warnings = WarnLimit::default();
     let reader = async {
         let mut samples: Vec<f32> = Vec::new();
-        let mut undropped = 0usize;
+        let mut unreported = 0usize;
         let mut last_notice: Option<Instant> = None;
         while let Some(msg) = rx.next().await {
             let msg = match msg {
@@ -335,11 +335,11 @@ async fn session(
             samples.shrink_to(KEPT_SAMPLES);
             if dropped > 0 {
                 input.count_dropped(dropped.div_ceil(rt.frame_size) as u64);
-                undropped += dropped;
+                unreported += dropped;
                 if last_notice.is_none_or(|t| t.elapsed() >= DROP_NOTICE_EVERY) {
                     last_notice = Some(Instant::now());
-                    let ms = undropped as u64 * 1000 / crate::protocol::RATE as u64;
-                    undropped = 0;
+                    let ms = unreported as u64 * 1000 / crate::protocol::RATE as u64;
+                    unreported = 0;
                     let text = format!("{ms} ms of audio dropped: more than the session's decode budget");
                     session_warn(&mut warnings, peer, format_args!("{text}"));
                     outbox.queue.push(OutMsg::Warning(text));
