@@ -1,9 +1,11 @@
 //! Moshi's WebSocket protocol (`/api/chat`), byte for byte, so Moshi's web UI and Python client
 //! work with kokichi: message kinds, and the Ogg/Opus audio they carry (libopus through the
-//! `opus` crate, Ogg through the `ogg` crate).
+//! `opus` crate; Ogg pages are read here, so that the reader's state has bounds of its own, and
+//! written through the `ogg` crate).
 //!
 //! Everything here parses untrusted bytes: every path returns a [`ProtocolError`] instead of
-//! panicking, and buffers are bounded. `fuzz/` runs these entry points under libFuzzer.
+//! panicking, and buffers are bounded, decoded audio included. `fuzz/` runs these entry points
+//! under libFuzzer (`chat_messages`, `chat_decode`).
 
 use ogg::writing::{PacketWriteEndInfo, PacketWriter};
 
