@@ -2,9 +2,17 @@
 //! Handshake `0x00` + protocol and model versions once the session is ready, Ogg/Opus audio
 //! (`0x01`) both ways, text pieces (`0x02`), control (`0x03`: start, endTurn, pause,
 //! restart), metadata (`0x04`), errors (`0x05`) and pings (`0x06`).
+//!
+//! Opus decompresses (an empty packet conceals a lost one; two bytes may decode to 120 ms), so
+//! decoded audio has a budget ([`DecodeBudget`]): per message, no more than the session's
+//! backlog of frames (more would be dropped by its queue anyway), and per session, at most
+//! [`DECODE_RATE`] times real time after a burst of [`DECODE_BURST`]. What is over the budget is
+//! not decoded; it is counted in the session's `dropped_in`, and the client gets a `0x05`
+//! warning.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
@@ -14,8 +22,44 @@ use axum::response::Response;
 use super::socket::{App, Incoming, Wire, WireError, upgrade};
 use crate::protocol::{self, ClientMessage, Control, OggOpusReader, OggOpusWriter};
 
+/// A session decodes at most this many times real time on average...
+pub const DECODE_RATE: f64 = 2.0;
+/// ...after a burst of this much audio (or the per-message cap, if larger).
+pub const DECODE_BURST: Duration = Duration::from_secs(2);
+
+/// How many samples a session may decode: per message, and as a token bucket over time.
+struct DecodeBudget {
+    per_message: usize,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl DecodeBudget {
+    /// A budget for a session queueing at most `backlog_frames` frames of `frame` samples.
+    fn new(backlog_frames: usize, frame: usize) -> Self {
+        let per_message = (backlog_frames + 1).saturating_mul(frame);
+        let capacity = (per_message as f64).max(DECODE_BURST.as_secs_f64() * protocol::RATE as f64);
+        Self { per_message, capacity, tokens: capacity, last: Instant::now() }
+    }
+
+    /// Samples the next message may decode.
+    fn allowance(&mut self) -> usize {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * protocol::RATE as f64 * DECODE_RATE;
+        self.tokens = (self.tokens + refill).min(self.capacity);
+        self.last = now;
+        (self.tokens as usize).min(self.per_message)
+    }
+
+    fn spend(&mut self, samples: usize) {
+        self.tokens = (self.tokens - samples as f64).max(0.0);
+    }
+}
+
 struct ChatWire {
     reader: OggOpusReader,
+    budget: DecodeBudget,
     writer: OggOpusWriter,
     metadata: String,
 }
@@ -38,7 +82,11 @@ impl Wire for ChatWire {
         };
         match protocol::parse_message(&bytes)? {
             ClientMessage::Audio(ogg) => {
-                self.reader.push(ogg, samples)?;
+                let start = samples.len();
+                let allowance = self.budget.allowance();
+                let result = self.reader.push_limited(ogg, samples, allowance);
+                self.budget.spend(samples.len() - start);
+                result?;
                 Ok(Incoming::Samples)
             }
             ClientMessage::Control(Control::Restart) => Ok(Incoming::Restart),
@@ -46,10 +94,7 @@ impl Wire for ChatWire {
                 tracing::debug!(?c, "control message");
                 Ok(Incoming::Nothing)
             }
-            ClientMessage::Error(e) => {
-                tracing::warn!("client reported an error: {e}");
-                Ok(Incoming::Nothing)
-            }
+            ClientMessage::Error(e) => Ok(Incoming::Report(e.to_string())),
             ClientMessage::Text(_) | ClientMessage::Metadata(_) | ClientMessage::Ping => Ok(Incoming::Nothing),
         }
     }
@@ -79,6 +124,15 @@ impl Wire for ChatWire {
         m.extend_from_slice(e.as_bytes());
         Message::Binary(m.into())
     }
+
+    /// Moshi's protocol has no warning kind: an error message (`0x05`) saying "warning".
+    fn warning(&mut self, w: &str) -> Option<Message> {
+        Some(self.error(&format!("warning: {w}")))
+    }
+
+    fn take_dropped(&mut self) -> usize {
+        self.reader.take_dropped()
+    }
 }
 
 pub async fn chat(
@@ -96,8 +150,31 @@ pub async fn chat(
         "frame_rate": 12.5,
     })
     .to_string();
+    let budget = DecodeBudget::new(app.settings.runtime.backlog_frames, app.runtime.frame_size);
     upgrade(ws, app, peer, headers, q, "chat", move || {
-        Ok(Box::new(ChatWire { reader: OggOpusReader::new(), writer: OggOpusWriter::new(rand::random())?, metadata })
-            as Box<dyn Wire>)
+        Ok(Box::new(ChatWire {
+            reader: OggOpusReader::new(),
+            budget,
+            writer: OggOpusWriter::new(rand::random())?,
+            metadata,
+        }) as Box<dyn Wire>)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_budget_caps_each_message_and_refills_at_twice_real_time() {
+        let mut b = DecodeBudget::new(8, 1920);
+        // A message gets at most the backlog and one frame, however full the bucket.
+        assert_eq!(b.allowance(), 9 * 1920);
+        // The bucket holds 2 s: drained, it refills at twice real time.
+        b.spend(48_000);
+        assert!(b.allowance() < 1000);
+        b.last -= Duration::from_millis(100);
+        let a = b.allowance();
+        assert!((4700..6000).contains(&a), "{a}");
+    }
 }

@@ -133,6 +133,11 @@ impl<T> Bounded<T> {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Counts `n` items dropped before they reached the queue.
+    pub fn count_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
     }
@@ -175,6 +180,12 @@ impl FrameInput {
         }
     }
 
+    /// Counts `frames` frames the session's wire dropped before they were written here (they
+    /// show in the session's `dropped_in`, like those the queue drops).
+    pub fn count_dropped(&self, frames: u64) {
+        self.frames.count_dropped(frames);
+    }
+
     /// No more input: the session ends after the queued frames.
     pub fn finish(&self) {
         self.frames.close();
@@ -212,6 +223,8 @@ impl AudioSource for QueueSource {
 pub enum OutMsg {
     Audio(Vec<f32>),
     Text(String),
+    /// A warning for the client (audio was dropped); the session goes on.
+    Warning(String),
     /// An error to report to the client before closing.
     Error(String),
     /// Close the connection with this WebSocket close code and reason.

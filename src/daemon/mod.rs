@@ -5,6 +5,7 @@
 //! [`run`] takes the settings and a shutdown future, so tests start and stop it in process.
 
 pub mod chat;
+pub mod client_text;
 pub mod control;
 #[cfg(feature = "hotkey")]
 pub mod hotkey;

@@ -67,6 +67,10 @@ impl Wire for PcmWire {
     fn error(&mut self, e: &str) -> Message {
         Message::Text(format!("error: {e}").into())
     }
+
+    fn warning(&mut self, w: &str) -> Option<Message> {
+        Some(Message::Text(format!("warning: {w}").into()))
+    }
 }
 
 pub async fn pcm(

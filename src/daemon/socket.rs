@@ -8,13 +8,14 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 
+use super::client_text::{Verdict, WarnLimit, escaped};
 use super::io::{FrameInput, OutMsg, Outbox, QueueSink, QueueSource};
 use super::metrics::Metrics;
 use super::runtime::{NewSession, Runtime};
@@ -118,6 +119,8 @@ pub enum Incoming {
     Restart,
     /// Nothing to do.
     Nothing,
+    /// The client reported an error of its own (logged, rate-limited, escaped).
+    Report(String),
     /// The client is leaving.
     Close,
 }
@@ -135,6 +138,19 @@ pub enum WireError {
     PartialSamples { bytes: usize, sample_bytes: usize },
     #[error("samples must be finite")]
     NonFiniteSamples,
+    /// Over `max_message_bytes`: closed with 1009 (message too big).
+    #[error("message of {bytes} bytes is over the limit of {max} bytes")]
+    TooBig { bytes: usize, max: usize },
+}
+
+impl WireError {
+    /// The close code ending a session refused for this error.
+    fn close_code(&self) -> u16 {
+        match self {
+            WireError::TooBig { .. } => close_code::SIZE,
+            _ => close_code::POLICY,
+        }
+    }
 }
 
 /// One wire protocol over the WebSocket: how messages map to samples and back.
@@ -149,7 +165,26 @@ pub trait Wire: Send {
     fn audio(&mut self, pcm: &[f32]) -> Result<Vec<Message>, WireError>;
     fn text(&mut self, piece: &str) -> Message;
     fn error(&mut self, e: &str) -> Message;
+    /// A warning the session goes on after (audio was dropped); `None`: the wire has none.
+    fn warning(&mut self, _w: &str) -> Option<Message> {
+        None
+    }
+    /// Samples of decoded audio dropped since the last call (over the wire's decode budget).
+    fn take_dropped(&mut self) -> usize {
+        0
+    }
 }
+
+/// The WebSocket layer reads messages up to this many times `max_message_bytes` whole, so that
+/// one over the limit (checked by the session) is answered with close 1009, not a TCP reset; a
+/// larger one is refused at its header and closed with 1009, the rest unread.
+const READ_LIMIT_FACTOR: usize = 2;
+
+/// The samples buffer a session keeps between messages (a larger one is freed).
+const KEPT_SAMPLES: usize = 1 << 16;
+
+/// At most one dropped-audio warning per this long is sent to a client (the counts add up).
+const DROP_NOTICE_EVERY: Duration = Duration::from_secs(1);
 
 /// Admission for every WebSocket endpoint: token, origin, sampling parameters, the per-peer
 /// connection limit and the message size limit. `wire` is made once the socket is open.
@@ -173,10 +208,11 @@ pub fn upgrade(
         return (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address\n").into_response();
     };
     let max = app.settings.network.max_message_bytes;
-    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| async move {
+    let read_limit = max.saturating_mul(READ_LIMIT_FACTOR);
+    ws.max_message_size(read_limit).max_frame_size(read_limit).on_upgrade(move |socket| async move {
         match wire() {
             Ok(w) => session(socket, app, peer, kind, sampling, w, slot).await,
-            Err(e) => tracing::error!("{kind} session: {e}"),
+            Err(e) => tracing::error!("{kind} session: {}", escaped(&e.to_string())),
         }
     })
 }
@@ -185,15 +221,67 @@ fn close(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: reason.into() }))
 }
 
+/// Why a session's reader stopped early: told to the client, then closed with `code`.
+struct Refusal {
+    message: String,
+    code: u16,
+    /// The close frame's reason.
+    reason: &'static str,
+    /// Whether the connection may still be read (not after a receive error).
+    drain: bool,
+}
+
+impl From<WireError> for Refusal {
+    fn from(e: WireError) -> Self {
+        let code = e.close_code();
+        let reason = if code == close_code::SIZE { "message too big" } else { "malformed message" };
+        Self { code, reason, message: e.to_string(), drain: true }
+    }
+}
+
+/// A refused client gets this long to read its error and close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A receive error: an over-long message (refused at its header) is a [`WireError::TooBig`].
+fn receive_error(e: axum::Error, max: usize) -> Refusal {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        // Reading on would buffer the rest of the message.
+        Some(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => {
+            Refusal { drain: false, ..WireError::TooBig { bytes: *size, max }.into() }
+        }
+        _ => Refusal {
+            message: format!("protocol error: {inner}"),
+            code: close_code::PROTOCOL,
+            reason: "malformed message",
+            drain: false,
+        },
+    }
+}
+
+fn message_len(msg: &Message) -> usize {
+    match msg {
+        Message::Binary(b) => b.len(),
+        Message::Text(t) => t.len(),
+        Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
+    }
+}
+
+/// Logs a per-session warning unless the session is over its budget ([`WarnLimit`]).
+fn session_warn(limit: &mut WarnLimit, peer: SocketAddr, warning: std::fmt::Arguments<'_>) {
+    match limit.check(Instant::now()) {
+        Verdict::Log { suppressed: 0 } => tracing::warn!(%peer, "{warning}"),
+        Verdict::Log { suppressed } => {
+            tracing::warn!(%peer, suppressed, "{warning} (and {suppressed} warnings suppressed before this one)")
+        }
+        Verdict::Suppress => {}
+    }
+}
+
 /// A slow consumer gets this long per message before it is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why the reader stopped before the client left: what the client is told, and the close code.
-struct Refusal {
-    error: String,
-    code: u16,
-    reason: &'static str,
-}
 
 /// Runs one client's session. The per-peer `slot` is given back as soon as the session ends,
 /// before the close handshake completes, so a client that reconnects once closed finds it free.
@@ -231,27 +319,57 @@ async fn session(
     let greeting = wire.lock().await.greeting();
     let network = &app.settings.network;
     let (ping_interval, ping_timeout) = (network.ping_interval(), network.ping_timeout());
-    let malformed = |error: String| Some(Refusal { error, code: close_code::POLICY, reason: "malformed message" });
+    let max_bytes = network.max_message_bytes;
+    let mut warnings = WarnLimit::default();
     let reader = async {
         let mut samples: Vec<f32> = Vec::new();
+        let mut unreported = 0usize;
+        let mut last_notice: Option<Instant> = None;
         loop {
             // Anything the client sends, a pong included, shows it is still there.
             let msg = match tokio::time::timeout(ping_timeout, rx.next()).await {
                 Err(_) => {
-                    let error = format!("nothing received for {} s, not even a pong", ping_timeout.as_secs());
-                    return Some(Refusal { error, code: close_code::ERROR, reason: "ping timeout" });
+                    let message = format!("nothing received for {} s, not even a pong", ping_timeout.as_secs());
+                    return Some(Refusal { message, code: close_code::ERROR, reason: "ping timeout", drain: false });
                 }
                 Ok(None) => return None,
                 Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return malformed(format!("protocol error: {e}")),
+                Ok(Some(Err(e))) => return Some(receive_error(e, max_bytes)),
             };
+            let bytes = message_len(&msg);
+            if bytes > max_bytes {
+                return Some(WireError::TooBig { bytes, max: max_bytes }.into());
+            }
             samples.clear();
-            match wire.lock().await.incoming(msg, &mut samples) {
+            let (result, dropped) = {
+                let mut w = wire.lock().await;
+                let result = w.incoming(msg, &mut samples);
+                (result, w.take_dropped())
+            };
+            match result {
                 Ok(Incoming::Samples) => input.write(&samples),
                 Ok(Incoming::Restart) => rt.reset(id),
                 Ok(Incoming::Nothing) => {}
+                Ok(Incoming::Report(text)) => {
+                    session_warn(&mut warnings, peer, format_args!("client reported an error: {}", escaped(&text)))
+                }
                 Ok(Incoming::Close) => return None,
-                Err(e) => return malformed(e.to_string()),
+                Err(e) => return Some(e.into()),
+            }
+            // Decoded audio is not kept between messages beyond a small buffer.
+            samples.shrink_to(KEPT_SAMPLES);
+            if dropped > 0 {
+                input.count_dropped(dropped.div_ceil(rt.frame_size) as u64);
+                unreported += dropped;
+                if last_notice.is_none_or(|t| t.elapsed() >= DROP_NOTICE_EVERY) {
+                    last_notice = Some(Instant::now());
+                    let ms = unreported as u64 * 1000 / crate::protocol::RATE as u64;
+                    unreported = 0;
+                    let text = format!("{ms} ms of audio dropped: more than the session's decode budget");
+                    session_warn(&mut warnings, peer, format_args!("{text}"));
+                    outbox.queue.push(OutMsg::Warning(text));
+                    outbox.notify.notify_one();
+                }
             }
         }
     };
@@ -275,6 +393,7 @@ async fn session(
                     },
                     OutMsg::Text(t) => vec![wire.lock().await.text(&t)],
                     OutMsg::Error(e) => vec![wire.lock().await.error(&e)],
+                    OutMsg::Warning(w) => wire.lock().await.warning(&w).into_iter().collect(),
                     OutMsg::Closed(code, reason) => {
                         let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(close(code, &reason))).await;
                         return;
@@ -306,28 +425,39 @@ async fn session(
     };
     {
         let mut writer = std::pin::pin!(writer);
-        tokio::select! {
-            refusal = reader => {
-                if let Some(Refusal { error, code, reason }) = refusal {
-                    tracing::warn!(%peer, "closing client: {error}");
-                    // Queued before the removal, whose own close would come first otherwise.
-                    outbox.queue.push(OutMsg::Error(error));
-                    outbox.queue.push(OutMsg::Closed(code, reason.into()));
-                    outbox.notify.notify_one();
-                    rt.remove(id);
-                    drop(slot);
-                    // Let the writer deliver the error and the close.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
-                } else {
-                    rt.remove(id);
-                    drop(slot);
+        let refused = tokio::select! {
+            err = reader => err,
+            _ = &mut writer => None,
+        };
+        if let Some(Refusal { message, code, reason, drain }) = refused {
+            tracing::warn!(%peer, "closing client: {}", escaped(&message));
+            // Queued before the session is removed, so they come before the runtime's own close.
+            outbox.queue.push(OutMsg::Error(message));
+            outbox.queue.push(OutMsg::Closed(code, reason.into()));
+            outbox.notify.notify_one();
+            rt.remove(id);
+            drop(slot);
+            // Let the writer deliver the error and the close, reading (and discarding) what the
+            // client sends meanwhile: a socket closed with unread data resets the connection, and
+            // the client may never see the close frame.
+            let deliver = async {
+                let discard = async { while drain && matches!(rx.next().await, Some(Ok(_))) {} };
+                tokio::select! {
+                    _ = &mut writer => {
+                        while drain && matches!(rx.next().now_or_never(), Some(Some(Ok(_)))) {}
+                    }
+                    _ = discard => (&mut writer).await,
                 }
-            }
-            _ = &mut writer => {
-                rt.remove(id);
-                drop(slot);
-            }
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, deliver).await;
+        } else {
+            rt.remove(id);
+            drop(slot);
         }
+    }
+    let suppressed = warnings.take_suppressed();
+    if suppressed > 0 {
+        tracing::warn!(%peer, suppressed, "{suppressed} more warnings for this client were suppressed");
     }
     // Answer the client's close (or send ours), so that it sees a clean end.
     let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
