@@ -101,7 +101,7 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     let files = model_dir::resolve(&a.model)?;
     let gen_config = overrides.over(files.sampling);
     let device = backend::device(backend_kind, dtype)?;
-    tracing::info!(backend = %backend_kind, adapter = %backend::adapter_name(&device), model = %files.source, "loading");
+    tracing::info!(backend = %backend::kind_of(&device), adapter = %backend::adapter_name(&device), model = %files.source, "loading");
     let t0 = Instant::now();
     let engine = Engine::load_as(&files, &device, dtype)?;
     tracing::info!(ms = t0.elapsed().as_millis() as u64, "model loaded");
