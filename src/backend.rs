@@ -198,6 +198,11 @@ pub fn is_cpu(device: &Device) -> bool {
     *device == Device::flex()
 }
 
+/// The backend `device` belongs to (what `auto` resolved to).
+pub fn kind_of(device: &Device) -> BackendKind {
+    if is_cpu(device) { BackendKind::Cpu } else { BackendKind::Wgpu }
+}
+
 /// A human-readable name of the device's adapter, for logs.
 pub fn adapter_name(device: &Device) -> String {
     match device.identity() {

@@ -5,6 +5,9 @@
 //! [`SessionState`]. Stepping several sessions merges their states into one batch for the
 //! model calls and splits them again, so sessions that started at different times still run
 //! together. Sessions whose delays are still filling get silence for that frame.
+//!
+//! A session may also ask for the model's own vectors of each frame ([`Taps`]): Mimi's latent
+//! before quantization and the LM's temporal output. They cost a read-back each, only when asked.
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -35,6 +38,29 @@ pub struct SessionState {
     dec: DecState,
     /// Frames stepped so far.
     pub frames: u64,
+    /// Latents this session's steps report.
+    pub taps: Taps,
+}
+
+/// Which latents a session's steps report in [`FrameOut::latents`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Taps {
+    /// Mimi's encoder output before quantization.
+    pub mimi: bool,
+    /// The LM's temporal transformer output.
+    pub lm: bool,
+}
+
+/// One frame's latents, those asked for with [`SessionState::taps`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FrameLatents {
+    /// Mimi's encoder output for this frame before quantization, `[C]` (C:
+    /// [`Mimi::latent_dim`]), 12.5 per second.
+    pub mimi: Option<Vec<f32>>,
+    /// The temporal transformer's output at this step after its final norm, `[d_model]`: what
+    /// the text head and the depth transformer read. Present from the first frame on (the model
+    /// runs while its delays fill; only its tokens wait).
+    pub lm: Option<Vec<f32>>,
 }
 
 /// What one session produced in one step.
@@ -46,6 +72,8 @@ pub struct FrameOut {
     pub text: Option<i64>,
     /// The generated audio codes of this frame, if generated.
     pub audio: Option<Vec<i64>>,
+    /// The latents asked for with [`SessionState::taps`].
+    pub latents: FrameLatents,
 }
 
 impl Engine {
@@ -101,6 +129,7 @@ impl Engine {
             lm: self.lm.init_state(&[config])?,
             dec: self.mimi.init_dec_state(1)?,
             frames: 0,
+            taps: Taps::default(),
         })
     }
 
@@ -162,13 +191,26 @@ impl Engine {
     ) -> Result<Vec<FrameOut>> {
         let b = sessions.len();
         let frame = self.frame_size();
-        let codes = self.mimi.encode_step(enc, self.mimi.pcm_tensor(pcm.to_vec(), [b, frame]))?;
+        let taps: Vec<Taps> = sessions.iter().map(|s| s.taps).collect();
+        let mut outs: Vec<FrameOut> = (0..b)
+            .map(|_| FrameOut { pcm: vec![0.0; frame], text: None, audio: None, latents: FrameLatents::default() })
+            .collect();
+        let latent = self.mimi.encode_chunk_latent(enc, self.mimi.pcm_tensor(pcm.to_vec(), [b, frame]))?;
+        if taps.iter().any(|t| t.mimi) {
+            let values = backend::read_floats(latent.clone())?;
+            spread(&values, &taps, |t| t.mimi, &mut outs, |o, v| o.latents.mimi = Some(v));
+        }
+        let codes = self.mimi.quantize(latent);
         let q = codes.dims()[1];
         let codes = backend::read_ints(codes)?;
         let dep_q = self.lm.config.dep_q;
-        let mut outs: Vec<FrameOut> =
-            (0..b).map(|_| FrameOut { pcm: vec![0.0; frame], text: None, audio: None }).collect();
-        let Some(step) = self.lm.step(lm, &codes, q)? else {
+        lm.set_keep_hidden(taps.iter().any(|t| t.lm));
+        let step = self.lm.step(lm, &codes, q)?;
+        if let Some(hidden) = lm.take_hidden() {
+            let values = backend::read_floats(hidden)?;
+            spread(&values, &taps, |t| t.lm, &mut outs, |o, v| o.latents.lm = Some(v));
+        }
+        let Some(step) = step else {
             return Ok(outs);
         };
         let is_ready: Vec<bool> = step.text.iter().map(|&t| t != UNGENERATED_TOKEN).collect();
@@ -200,4 +242,20 @@ fn ready_decoders<'a>(
     ready: &'a [bool],
 ) -> impl Iterator<Item = &'a mut DecState> {
     sessions.iter_mut().zip(ready).filter(|(_, ready)| **ready).map(|(s, _)| &mut s.dec)
+}
+
+/// Gives each session that asked (`wants`) its row of `values` (`[B, width]`, row-major).
+fn spread(
+    values: &[f32],
+    taps: &[Taps],
+    wants: impl Fn(&Taps) -> bool,
+    outs: &mut [FrameOut],
+    put: impl Fn(&mut FrameOut, Vec<f32>),
+) {
+    let width = values.len() / taps.len().max(1);
+    for (r, (t, out)) in taps.iter().zip(outs.iter_mut()).enumerate() {
+        if wants(t) {
+            put(out, values[r * width..(r + 1) * width].to_vec());
+        }
+    }
 }

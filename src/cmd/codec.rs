@@ -76,7 +76,7 @@ fn load_mimi(
     let (cfg, cfg_codebooks) = load_config(config)?;
     let n = codebooks.or(cfg_codebooks).unwrap_or(8.min(cfg.quantizer.n_q));
     let device = backend::device(backend_kind, dtype)?;
-    tracing::info!(backend = %backend_kind, adapter = %backend::adapter_name(&device), "device ready");
+    tracing::info!(backend = %backend::kind_of(&device), adapter = %backend::adapter_name(&device), "device ready");
     let t0 = Instant::now();
     let mimi = Mimi::load(path, cfg, n, &device, dtype.dtype())?;
     tracing::info!(ms = t0.elapsed().as_millis() as u64, codebooks = n, "mimi loaded");

@@ -12,7 +12,7 @@ use kokichi::audio;
 use kokichi::backend::{self, BackendKind, Precision};
 use kokichi::lm::sampling::SamplingOverrides;
 use kokichi::model_dir;
-use kokichi::session::Engine;
+use kokichi::session::{Engine, Taps};
 use kokichi::weights::{self, OutTensor};
 
 /// Sampling flags shared by `run` and `serve`. Unset ones keep the model's recommendation (its
@@ -85,6 +85,10 @@ pub struct RunArgs {
     /// Write the produced tokens `[1, 1 + dep_q, T]` (text first) here.
     #[arg(long)]
     pub dump_tokens: Option<PathBuf>,
+    /// Write each frame's latents here (f32): `mimi` `[T, C]`, Mimi's encoder output before
+    /// quantization, and `lm` `[T, d_model]`, the temporal transformer's output.
+    #[arg(long)]
+    pub dump_latents: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -97,7 +101,7 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     let files = model_dir::resolve(&a.model)?;
     let gen_config = overrides.over(files.sampling);
     let device = backend::device(backend_kind, dtype)?;
-    tracing::info!(backend = %backend_kind, adapter = %backend::adapter_name(&device), model = %files.source, "loading");
+    tracing::info!(backend = %backend::kind_of(&device), adapter = %backend::adapter_name(&device), model = %files.source, "loading");
     let t0 = Instant::now();
     let engine = Engine::load_as(&files, &device, dtype)?;
     tracing::info!(ms = t0.elapsed().as_millis() as u64, "model loaded");
@@ -111,6 +115,10 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     let frames = input_len.div_ceil(frame);
     pcm.resize(frames * frame, 0.0);
     let mut session = engine.init_session(gen_config)?;
+    if a.dump_latents.is_some() {
+        session.taps = Taps { mimi: true, lm: true };
+    }
+    let (mut mimi_latents, mut lm_latents) = (Vec::new(), Vec::new());
     let mut out_pcm = Vec::with_capacity(pcm.len());
     let mut transcript = String::new();
     let dep_q = engine.lm.config.dep_q;
@@ -119,6 +127,8 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     for chunk in pcm.chunks_exact(frame) {
         let out = engine.step(&mut [&mut session], chunk)?.pop().context("no output for the frame")?;
         out_pcm.extend_from_slice(&out.pcm);
+        mimi_latents.extend(out.latents.mimi.unwrap_or_default());
+        lm_latents.extend(out.latents.lm.unwrap_or_default());
         if let (Some(t), Some(a)) = (out.text, &out.audio) {
             if let Some(p) = engine.text_piece(t) {
                 transcript.push_str(&p);
@@ -152,6 +162,16 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
             }
         }
         weights::write_tensors(p, vec![("tokens".into(), vec![1, k, t], OutTensor::I64(flat))])?;
+    }
+    if let Some(p) = &a.dump_latents {
+        let (c, d) = (engine.mimi.latent_dim(), engine.lm.config.dim);
+        weights::write_tensors(
+            p,
+            vec![
+                ("mimi".into(), vec![mimi_latents.len() / c, c], OutTensor::F32(mimi_latents)),
+                ("lm".into(), vec![lm_latents.len() / d, d], OutTensor::F32(lm_latents)),
+            ],
+        )?;
     }
     Ok(())
 }

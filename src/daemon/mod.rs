@@ -63,7 +63,7 @@ pub async fn serve(
         let runtime = &cfg.runtime;
         let files = model_dir::resolve(&runtime.model)?;
         let device = backend::device(runtime.backend, runtime.dtype)?;
-        tracing::info!(model = %files.source, backend = %runtime.backend, adapter = %backend::adapter_name(&device), "loading model");
+        tracing::info!(model = %files.source, backend = %backend::kind_of(&device), adapter = %backend::adapter_name(&device), "loading model");
         let engine = Engine::load_as(&files, &device, runtime.dtype)?;
         // On wgpu, kernels compile and autotune on their first use: here, before anyone is
         // listening, not in the first conversation (the CPU backend has nothing to warm).
@@ -82,7 +82,7 @@ pub async fn serve(
     let open_mode = settings.local_audio.mode == TalkMode::Open;
     metrics.publish(|s| {
         s.model = engine.source.clone();
-        s.backend = settings.runtime.backend.to_string();
+        s.backend = backend::kind_of(&engine.lm.device()).to_string();
         s.mode = if open_mode { "open".into() } else { "ptt".into() };
     });
     let (runtime, thread) = Runtime::start(

@@ -49,9 +49,27 @@ pub struct LmState {
     depformer: TransformerState,
     rows: Vec<GenRow>,
     picking: Picking,
+    /// Keep each step's temporal output ([`LmState::take_hidden`]).
+    keep_hidden: bool,
+    hidden: Option<Tensor<2>>,
 }
 
 impl LmState {
+    /// Whether the steps keep the temporal transformer's output for [`LmState::take_hidden`]
+    /// (the `lm` latent tap; reading it back costs a device sync, so it is off by default).
+    pub fn set_keep_hidden(&mut self, keep: bool) {
+        self.keep_hidden = keep;
+        if !keep {
+            self.hidden = None;
+        }
+    }
+
+    /// The last step's temporal transformer output after its final norm, `[B, dim]`: what the
+    /// text head and the depth transformer read. `None` unless kept.
+    pub fn take_hidden(&mut self) -> Option<Tensor<2>> {
+        self.hidden.take()
+    }
+
     /// Where the steps pick their tokens (unless set, [`Picking::for_device`] of the model's).
     pub fn set_picking(&mut self, picking: Picking) {
         self.picking = picking;
@@ -71,6 +89,8 @@ impl Batched for LmState {
             depformer: TransformerState::empty(),
             rows: Vec::new(),
             picking: Picking::Host,
+            keep_hidden: false,
+            hidden: None,
         }
     }
 
@@ -80,6 +100,7 @@ impl Batched for LmState {
 
     fn merge(parts: Vec<LmState>) -> LmState {
         let picking = parts.first().map_or(Picking::Host, |p| p.picking);
+        let keep_hidden = parts.iter().any(|p| p.keep_hidden);
         let mut tr = Vec::with_capacity(parts.len());
         let mut dep = Vec::with_capacity(parts.len());
         let mut rows = Vec::new();
@@ -88,7 +109,14 @@ impl Batched for LmState {
             dep.push(p.depformer);
             rows.extend(p.rows);
         }
-        LmState { transformer: TransformerState::merge(tr), depformer: TransformerState::merge(dep), rows, picking }
+        LmState {
+            transformer: TransformerState::merge(tr),
+            depformer: TransformerState::merge(dep),
+            rows,
+            picking,
+            keep_hidden,
+            hidden: None,
+        }
     }
 
     fn split(self) -> Vec<LmState> {
@@ -98,7 +126,14 @@ impl Batched for LmState {
             .into_iter()
             .zip(self.depformer.split())
             .zip(self.rows)
-            .map(|((t, d), r)| LmState { transformer: t, depformer: d, rows: vec![r], picking })
+            .map(|((t, d), r)| LmState {
+                transformer: t,
+                depformer: d,
+                rows: vec![r],
+                picking,
+                keep_hidden: false,
+                hidden: None,
+            })
             .collect()
     }
 }
@@ -131,6 +166,8 @@ impl LmModel {
             depformer: self.init_depformer_state(configs.len())?,
             rows,
             picking: Picking::for_device(&self.device()),
+            keep_hidden: false,
+            hidden: None,
         })
     }
 
@@ -230,6 +267,9 @@ impl LmModel {
         let c = &self.config;
         let b = state.rows.len();
         let (out, text_logits) = self.forward_text(input, b, 1, Some(&mut state.transformer))?;
+        if state.keep_hidden {
+            state.hidden = Some(out.clone().reshape([b, c.dim]));
+        }
         let mut scratch = Vec::new();
         let mut draws: Vec<Draw> =
             state.rows.iter_mut().map(|row| Draw { params: row.config.text, rng: &mut row.text_rng }).collect();
@@ -331,6 +371,9 @@ impl LmModel {
             Some(&self.out_norm),
         )?;
         let h = h.ok_or_else(|| Error::input("the temporal step lost its output norm"))?;
+        if state.keep_hidden {
+            state.hidden = Some(h.clone().reshape([b, c.dim]));
+        }
         let logits = matvec::partials(Input::Rows(h.clone()), self.text_linear.weight());
         picked = kpick::pick(logits, &params, &draws[0], 0, picked);
 

@@ -446,6 +446,13 @@ impl Mimi {
 
     /// Streaming encoding of whole frames `[B, n * frame]` to codes `[B, Q, n]`.
     pub fn encode_chunk(&self, state: &mut EncState, pcm: Tensor<2>) -> Result<Tensor<3, Int>> {
+        let emb = self.encode_chunk_latent(state, pcm)?;
+        Ok(self.quantizer.encode(emb, self.num_codebooks))
+    }
+
+    /// Streaming encoding of whole frames `[B, n * frame]` to the unquantized latents
+    /// `[B, C, n]` the quantizer takes (the codec's own representation before its codes).
+    pub fn encode_chunk_latent(&self, state: &mut EncState, pcm: Tensor<2>) -> Result<Tensor<3>> {
         let [b, t] = pcm.dims();
         let frame = self.frame_size();
         if t == 0 || t % frame != 0 {
@@ -456,8 +463,17 @@ impl Mimi {
         if b != state.batch {
             return Err(Error::input(format!("encoder state holds {} streams, input has {b}", state.batch)));
         }
-        let emb = self.encode_latent(pcm.reshape([b, 1, t]), Some(state))?;
-        Ok(self.quantizer.encode(emb, self.num_codebooks))
+        self.encode_latent(pcm.reshape([b, 1, t]), Some(state))
+    }
+
+    /// Quantizes latents `[B, C, n]` (from [`Mimi::encode_chunk_latent`]) to codes `[B, Q, n]`.
+    pub fn quantize(&self, latent: Tensor<3>) -> Tensor<3, Int> {
+        self.quantizer.encode(latent, self.num_codebooks)
+    }
+
+    /// Latent width `C` of [`Mimi::encode_chunk_latent`].
+    pub fn latent_dim(&self) -> usize {
+        self.config.quantizer.input_dimension
     }
 
     /// Streaming encoding of one frame `[B, frame]` to codes `[B, Q]`.

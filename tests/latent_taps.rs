@@ -1,0 +1,117 @@
+//! Latent taps (`Session` step output) against the model's own intermediate tensors, on every
+//! backend: the `mimi` tap equals the codec's latent from a whole-signal pass (`Mimi::trace`),
+//! and the `lm` tap equals the temporal output of a plain step on host picking (on wgpu, the
+//! session steps through the fused kernels instead). A session that asks for nothing gets
+//! nothing, also when it shares a batch with one that asks.
+
+mod common;
+
+use burn::tensor::DType;
+use common::*;
+use kokichi::lm::{GenConfig, Picking};
+use kokichi::session::{Engine, Taps};
+
+const FRAMES: usize = 10;
+/// Frames within the fixture codec's transformer context (10 positions at 25 Hz).
+const CONTEXT_FRAMES: usize = 4;
+
+fn question(frame: usize) -> Vec<f32> {
+    let mut pcm = kokichi::audio::read_audio(&fixture("speech/question.wav"), 24000).expect("read the question");
+    pcm.resize(FRAMES * frame, 0.0);
+    pcm
+}
+
+#[test]
+fn taps_are_the_models_own_intermediates() {
+    let files = kokichi::model_dir::resolve(fixture("tiny_model").to_str().unwrap_or_default()).expect("fixture");
+    for (kind, device) in devices() {
+        let engine = Engine::load(&files, &device, DType::F32).expect("load");
+        let frame = engine.frame_size();
+        let pcm = question(frame);
+        let (c, d) = (engine.mimi.latent_dim(), engine.lm.config.dim);
+
+        // Two sessions in one batch, only the first tapping.
+        let mut tapped = engine.init_session(GenConfig::greedy()).expect("session");
+        tapped.taps = Taps { mimi: true, lm: true };
+        let mut plain = engine.init_session(GenConfig::greedy()).expect("session");
+        let (mut mimi, mut lm) = (Vec::new(), Vec::new());
+        for chunk in pcm.chunks_exact(frame) {
+            let both: Vec<f32> = chunk.iter().chain(chunk).copied().collect();
+            let outs = engine.step(&mut [&mut tapped, &mut plain], &both).expect("step");
+            let latents = &outs[0].latents;
+            mimi.extend(latents.mimi.clone().expect("the mimi tap"));
+            lm.extend(latents.lm.clone().expect("the lm tap"));
+            assert_eq!(outs[1].latents, Default::default(), "{kind}: an untapped session got latents");
+            assert_eq!(outs[0].pcm, outs[1].pcm, "{kind}: tapping changed the output");
+        }
+        assert_eq!((mimi.len(), lm.len()), (FRAMES * c, FRAMES * d), "{kind}: tap sizes");
+
+        // Mimi: the whole-signal latent [1, C, T], as [T, C], over the frames within the
+        // codec transformer's context (past it, streaming and whole-signal passes differ, as
+        // in the reference).
+        let trace = engine.mimi.trace(engine.mimi.pcm_tensor(pcm.clone(), [1, FRAMES * frame])).expect("trace");
+        let whole = floats(trace.latent.reshape([c, FRAMES]).transpose());
+        let within = CONTEXT_FRAMES * c;
+        assert_close(&format!("{kind} mimi tap"), &mimi[..within], &whole[..within], 1e-4);
+
+        // Every frame: a streaming encoder and an LM state of their own, the LM on host picking
+        // (plain Burn ops; the session's steps on wgpu go through the fused kernels).
+        let mut enc = engine.mimi.init_enc_state(1).expect("encoder");
+        let mut state = engine.lm.init_state(&[GenConfig::greedy()]).expect("lm state");
+        state.set_picking(Picking::Host);
+        state.set_keep_hidden(true);
+        let (mut want_mimi, mut want_lm) = (Vec::new(), Vec::new());
+        for chunk in pcm.chunks_exact(frame) {
+            let pcm = engine.mimi.pcm_tensor(chunk.to_vec(), [1, frame]);
+            let latent = engine.mimi.encode_chunk_latent(&mut enc, pcm).expect("encode");
+            want_mimi.extend(floats(latent.clone()));
+            let codes = engine.mimi.quantize(latent);
+            let q = codes.dims()[1];
+            engine.lm.step(&mut state, &ints(codes), q).expect("lm step");
+            want_lm.extend(floats(state.take_hidden().expect("kept hidden state")));
+        }
+        assert_close(&format!("{kind} mimi tap, streaming"), &mimi, &want_mimi, 1e-5);
+        assert_close(&format!("{kind} lm tap"), &lm, &want_lm, 1e-4);
+    }
+}
+
+#[test]
+fn run_dumps_the_latents_of_every_frame() {
+    let dir = scratch("latent_taps", "run");
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let latents = dir.join("latents.safetensors");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_kokichi"))
+        .args(["--backend", "cpu", "run", "--greedy", "--model"])
+        .arg(fixture("tiny_model"))
+        .arg("--input")
+        .arg(fixture("speech/question.wav"))
+        .arg("--output")
+        .arg(dir.join("answer.wav"))
+        .arg("--dump-latents")
+        .arg(&latents)
+        .status()
+        .expect("run kokichi");
+    assert!(status.success());
+    let got = Expected::open(latents);
+
+    // The same frames through the library, on the same backend.
+    let files = kokichi::model_dir::resolve(fixture("tiny_model").to_str().unwrap_or_default()).expect("fixture");
+    let engine = Engine::load(&files, &burn::prelude::Device::flex(), DType::F32).expect("load");
+    let frame = engine.frame_size();
+    let mut pcm = kokichi::audio::read_audio(&fixture("speech/question.wav"), 24000).expect("read the question");
+    let frames = pcm.len().div_ceil(frame);
+    pcm.resize(frames * frame, 0.0);
+    let mut session = engine.init_session(GenConfig::greedy()).expect("session");
+    session.taps = Taps { mimi: true, lm: true };
+    let (mut mimi, mut lm) = (Vec::new(), Vec::new());
+    for chunk in pcm.chunks_exact(frame) {
+        let out = engine.step(&mut [&mut session], chunk).expect("step").remove(0);
+        mimi.extend(out.latents.mimi.expect("mimi tap"));
+        lm.extend(out.latents.lm.expect("lm tap"));
+    }
+    assert_eq!(got.shape("mimi"), vec![frames, engine.mimi.latent_dim()]);
+    assert_eq!(got.shape("lm"), vec![frames, engine.lm.config.dim]);
+    assert_eq!(got.f32("mimi"), mimi);
+    assert_eq!(got.f32("lm"), lm);
+    std::fs::remove_dir_all(&dir).ok();
+}
