@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod error;
 #[path = "../kernels/mod.rs"]
 pub mod kernels;
+pub mod latent_frame;
 pub mod lm;
 pub mod mimi;
 pub mod model_dir;

@@ -115,3 +115,83 @@ fn run_dumps_the_latents_of_every_frame() {
     assert_eq!(got.f32("lm"), lm);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `/api/pcm?latents=mimi,lm`: every frame's taps arrive as tagged messages, equal to the
+/// library's; a client that does not ask gets none, and an unknown tap name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_streams_the_taps_a_client_asks_for() {
+    use common::live::{FRAME, Running, raw_http, test_settings};
+    use futures_util::{SinkExt, StreamExt};
+    use kokichi::latent_frame::{self, Tap};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let d = Running::start(test_settings("latent_taps", "daemon")).await;
+    let frames = 12;
+    let pcm = question(FRAME);
+    let pcm = &pcm[..frames.min(FRAMES) * FRAME];
+    let frames = pcm.len() / FRAME;
+
+    let stream = |query: &'static str| {
+        let addr = d.addr;
+        let pcm = pcm.to_vec();
+        async move {
+            let (ws, _) =
+                tokio_tungstenite::connect_async(format!("ws://{addr}/api/pcm?{query}")).await.expect("connect");
+            let (mut tx, mut rx) = ws.split();
+            let send = async {
+                for chunk in pcm.chunks(FRAME) {
+                    let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    tx.send(Message::Binary(bytes.into())).await.expect("send");
+                    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+                }
+                tx
+            };
+            let recv = async {
+                let (mut audio, mut latents) = (0, Vec::new());
+                while audio < frames {
+                    match tokio::time::timeout(std::time::Duration::from_secs(10), rx.next()).await {
+                        Ok(Some(Ok(Message::Binary(b)))) if b.starts_with(latent_frame::PCM_TAG) => {
+                            latents.push(latent_frame::decode(&b[4..]).expect("a latent message"));
+                        }
+                        Ok(Some(Ok(Message::Binary(_)))) => audio += 1,
+                        Ok(Some(Ok(_))) => {}
+                        other => panic!("the stream ended early: {other:?}"),
+                    }
+                }
+                latents
+            };
+            let (mut tx, latents) = tokio::join!(send, recv);
+            let _ = tx.close().await;
+            latents
+        }
+    };
+    let (tapped, untapped) = tokio::join!(stream("latents=mimi,lm"), stream(""));
+    assert!(untapped.is_empty(), "a client that did not ask got {} latent messages", untapped.len());
+
+    // The library's taps for the same frames.
+    let files = kokichi::model_dir::resolve(fixture("tiny_model").to_str().unwrap_or_default()).expect("fixture");
+    let engine = Engine::load(&files, &burn::prelude::Device::flex(), DType::F32).expect("load");
+    let mut session = engine.init_session(GenConfig::greedy()).expect("session");
+    session.taps = Taps { mimi: true, lm: true };
+    for (f, chunk) in pcm.chunks_exact(FRAME).enumerate() {
+        let out = engine.step(&mut [&mut session], chunk).expect("step").remove(0);
+        for (tap, want) in [(Tap::Mimi, out.latents.mimi), (Tap::Lm, out.latents.lm)] {
+            let want = want.expect("library tap");
+            let got = tapped
+                .iter()
+                .find(|l| l.tap == tap && l.frame == f as u64)
+                .unwrap_or_else(|| panic!("no {} latent for frame {f}", tap.name()));
+            assert_eq!(got.shape, vec![want.len()]);
+            assert_eq!(got.values, want, "{} latent of frame {f}", tap.name());
+        }
+    }
+
+    let refused = raw_http(
+        d.addr,
+        "GET /api/pcm?latents=mimi,gist HTTP/1.1\r\nHost: localhost\r\nConnection: close, Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400") && refused.contains("gist"), "{refused}");
+    d.shutdown().await;
+}

@@ -20,6 +20,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::socket::{App, Incoming, Wire, WireError, upgrade};
+use crate::latent_frame::{self, Tap};
 use crate::protocol::{self, ClientMessage, Control, OggOpusReader, OggOpusWriter};
 
 /// A session decodes at most this many times real time on average...
@@ -116,6 +117,12 @@ impl Wire for ChatWire {
     fn text(&mut self, piece: &str) -> Message {
         let mut m = vec![protocol::TEXT];
         m.extend_from_slice(piece.as_bytes());
+        Message::Binary(m.into())
+    }
+
+    fn latents(&mut self, tap: Tap, frame: u64, values: &[f32]) -> Message {
+        let mut m = vec![latent_frame::CHAT_KIND];
+        latent_frame::encode(tap, frame, values, &mut m);
         Message::Binary(m.into())
     }
 

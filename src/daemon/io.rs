@@ -14,6 +14,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
+use crate::latent_frame::Tap;
+use crate::session::FrameLatents;
 
 /// What a source has to offer right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,8 @@ pub trait AudioSource: Send {
 pub trait AudioSink: Send {
     /// One frame of the model's voice, with the text piece produced in the same step.
     fn push(&mut self, pcm: &[f32], text: Option<&str>);
+    /// The latents of frame `frame` (counting from 0), for a session that asked for them.
+    fn latents(&mut self, _frame: u64, _latents: &FrameLatents) {}
     /// The session is over (client gone, source ended, shutdown). Flush and release.
     fn close(&mut self, reason: &str);
     /// Messages waiting to be delivered.
@@ -223,6 +227,8 @@ impl AudioSource for QueueSource {
 pub enum OutMsg {
     Audio(Vec<f32>),
     Text(String),
+    /// One tap's vector of one frame.
+    Latents(Tap, u64, Vec<f32>),
     /// A warning for the client (audio was dropped); the session goes on.
     Warning(String),
     /// An error to report to the client before closing.
@@ -252,6 +258,15 @@ impl AudioSink for QueueSink {
             self.0.queue.push(OutMsg::Text(t.to_string()));
         }
         self.0.queue.push(OutMsg::Audio(pcm.to_vec()));
+        self.0.notify.notify_one();
+    }
+
+    fn latents(&mut self, frame: u64, latents: &FrameLatents) {
+        for (tap, values) in [(Tap::Mimi, &latents.mimi), (Tap::Lm, &latents.lm)] {
+            if let Some(v) = values {
+                self.0.queue.push(OutMsg::Latents(tap, frame, v.clone()));
+            }
+        }
         self.0.notify.notify_one();
     }
 

@@ -82,6 +82,7 @@ pub fn start(
         sink: Box::new(LocalSink::new(played, model_rate, runtime.frame_size)),
         talk: Some(talk.clone()),
         remote: false,
+        taps: Default::default(),
     })?;
     tracing::info!(mode = if open_mode { "open" } else { "push-to-talk" }, "local audio: {description}");
     let hotkey = local.hotkey.as_deref().filter(|h| !h.trim().is_empty());

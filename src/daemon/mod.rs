@@ -117,6 +117,7 @@ pub async fn serve(
             // The file stands in for the microphone: push-to-talk gates it the same way.
             talk: Some(talk.clone()),
             remote: false,
+            taps: Default::default(),
         })?;
     } else if settings.local_audio.audio {
         local = local_audio::start(&settings, sampling, &runtime, metrics.clone(), talk.clone())?;

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::socket::{App, Incoming, Wire, WireError, upgrade};
+use crate::latent_frame::{self, Tap};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Format {
@@ -62,6 +63,12 @@ impl Wire for PcmWire {
 
     fn text(&mut self, piece: &str) -> Message {
         Message::Text(piece.into())
+    }
+
+    fn latents(&mut self, tap: Tap, frame: u64, values: &[f32]) -> Message {
+        let mut m = latent_frame::PCM_TAG.to_vec();
+        latent_frame::encode(tap, frame, values, &mut m);
+        Message::Binary(m.into())
     }
 
     fn error(&mut self, e: &str) -> Message {

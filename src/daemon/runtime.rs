@@ -23,7 +23,7 @@ use super::io::{AudioSink, AudioSource, Poll, Waker};
 use super::metrics::{Metrics, SessionStatus};
 use crate::error::{Error, Result};
 use crate::lm::GenConfig;
-use crate::session::{Engine, SessionState};
+use crate::session::{Engine, SessionState, Taps};
 
 /// A session to start.
 pub struct NewSession {
@@ -36,6 +36,8 @@ pub struct NewSession {
     /// A network client: stepped at most at real time, and ended when idle. The local
     /// microphone and files are neither (a file may be read faster than real time).
     pub remote: bool,
+    /// Latents the session's sink gets each frame.
+    pub taps: Taps,
 }
 
 /// Frames a network session may get ahead of real time before pacing holds it back.
@@ -340,7 +342,8 @@ impl Loop {
 
     fn add(&mut self, id: u64, s: NewSession) {
         match self.engine.init_session(s.config) {
-            Ok(state) => {
+            Ok(mut state) => {
+                state.taps = s.taps;
                 tracing::info!(id, kind = %s.kind, "session started");
                 self.sessions.insert(
                     id,
@@ -412,7 +415,8 @@ impl Loop {
             s.restart_wanted = false;
             s.last_restart = Some(Instant::now());
             match self.engine.init_session(s.config) {
-                Ok(state) => {
+                Ok(mut state) => {
+                    state.taps = s.state.taps;
                     s.state = state;
                     s.pending = None;
                     tracing::info!(id, "session restarted");
@@ -477,6 +481,10 @@ impl Loop {
                             if let Some(p) = &piece {
                                 tracing::info!(id, text = %p, "transcript");
                             }
+                        }
+                        // A frame's latents come before its audio.
+                        if out.latents != Default::default() {
+                            s.sink.latents(s.state.frames.saturating_sub(1), &out.latents);
                         }
                         s.sink.push(&out.pcm, piece.as_deref());
                     }

@@ -20,8 +20,10 @@ use super::io::{FrameInput, OutMsg, Outbox, QueueSink, QueueSource};
 use super::metrics::Metrics;
 use super::runtime::{NewSession, Runtime};
 use super::settings::{self, Settings};
+use crate::latent_frame::{self, Tap};
 use crate::lm::GenConfig;
 use crate::protocol::ProtocolError;
+use crate::session::Taps;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -164,6 +166,8 @@ pub trait Wire: Send {
     /// Encodes one frame of the model's voice.
     fn audio(&mut self, pcm: &[f32]) -> Result<Vec<Message>, WireError>;
     fn text(&mut self, piece: &str) -> Message;
+    /// One tap's vector of one frame ([`latent_frame`]).
+    fn latents(&mut self, tap: Tap, frame: u64, values: &[f32]) -> Message;
     fn error(&mut self, e: &str) -> Message;
     /// A warning the session goes on after (audio was dropped); `None`: the wire has none.
     fn warning(&mut self, _w: &str) -> Option<Message> {
@@ -204,6 +208,10 @@ pub fn upgrade(
         Ok(g) => g,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
+    let taps = match q.get("latents").map(|l| latent_frame::parse_taps(l)).transpose() {
+        Ok(t) => t.unwrap_or_default(),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("latents: {e}\n")).into_response(),
+    };
     let Some(slot) = PeerSlot::take(&app, peer.ip()) else {
         return (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address\n").into_response();
     };
@@ -211,7 +219,7 @@ pub fn upgrade(
     let read_limit = max.saturating_mul(READ_LIMIT_FACTOR);
     ws.max_message_size(read_limit).max_frame_size(read_limit).on_upgrade(move |socket| async move {
         match wire() {
-            Ok(w) => session(socket, app, peer, kind, sampling, w, slot).await,
+            Ok(w) => session(socket, app, peer, kind, Opened { sampling, taps }, w, slot).await,
             Err(e) => tracing::error!("{kind} session: {}", escaped(&e.to_string())),
         }
     })
@@ -283,6 +291,12 @@ fn session_warn(limit: &mut WarnLimit, peer: SocketAddr, warning: std::fmt::Argu
 /// A slow consumer gets this long per message before it is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a client asked for when it connected.
+struct Opened {
+    sampling: GenConfig,
+    taps: Taps,
+}
+
 /// Runs one client's session. The per-peer `slot` is given back as soon as the session ends,
 /// before the close handshake completes, so a client that reconnects once closed finds it free.
 async fn session(
@@ -290,10 +304,11 @@ async fn session(
     app: App,
     peer: SocketAddr,
     kind: &str,
-    sampling: GenConfig,
+    opened: Opened,
     mut wire: Box<dyn Wire>,
     slot: PeerSlot,
 ) {
+    let Opened { sampling, taps } = opened;
     let rt = &app.runtime;
     let backlog_frames = app.settings.runtime.backlog_frames;
     let input = FrameInput::new(rt.frame_size, backlog_frames, rt.waker());
@@ -306,6 +321,7 @@ async fn session(
         sink: Box::new(QueueSink(outbox.clone())),
         talk: None,
         remote: true,
+        taps,
     }) {
         Ok(id) => id,
         Err(e) => {
@@ -392,6 +408,7 @@ async fn session(
                         }
                     },
                     OutMsg::Text(t) => vec![wire.lock().await.text(&t)],
+                    OutMsg::Latents(tap, frame, values) => vec![wire.lock().await.latents(tap, frame, &values)],
                     OutMsg::Error(e) => vec![wire.lock().await.error(&e)],
                     OutMsg::Warning(w) => wire.lock().await.warning(&w).into_iter().collect(),
                     OutMsg::Closed(code, reason) => {
