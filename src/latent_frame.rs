@@ -1,7 +1,7 @@
 //! The wire format of latent taps: one frame's vector of one tap, as the daemon streams it to a
 //! client that asked (`?latents=mimi,lm`; see `docs/protocol.md`).
 //!
-//! Body, all little-endian: tap id (u8: 0 `mimi`, 1 `lm`), frame index (u64, counting from 0 at
+//! Body, all little-endian: tap id (u8: 0 `mimi`, 1 `lm`, 2 `logits`), frame index (u64, counting from 0 at
 //! the session's start or restart), dtype (u8: 0 = f32), rank (u8), each dimension (u32), then the
 //! values.
 //! On `/api/pcm` the body follows the four bytes [`PCM_TAG`] (such a message has an odd length,
@@ -25,6 +25,9 @@ pub enum Tap {
     Mimi = 0,
     /// The LM's temporal transformer output.
     Lm = 1,
+    /// The text head's top logits, `[2, k]`: the token ids (as f32, exact below 2^24), then
+    /// their logits.
+    Logits = 2,
 }
 
 impl Tap {
@@ -32,6 +35,7 @@ impl Tap {
         match self {
             Tap::Mimi => "mimi",
             Tap::Lm => "lm",
+            Tap::Logits => "logits",
         }
     }
 }
@@ -39,8 +43,10 @@ impl Tap {
 /// A malformed latent list or message.
 #[derive(Debug, Error, PartialEq)]
 pub enum LatentError {
-    #[error("unknown latent tap `{0}` (known: mimi, lm)")]
+    #[error("unknown latent tap `{0}` (known: mimi, lm, logits or logits:K)")]
     UnknownTap(String),
+    #[error("`logits:{0}`: K must be 1 to {MAX_TOP_LOGITS}")]
+    TopK(String),
     #[error("latent message of {0} bytes is shorter than its header")]
     Short(usize),
     #[error("latent message: tap id {0} is unknown")]
@@ -51,27 +57,41 @@ pub enum LatentError {
     Size { got: usize, shape: Vec<usize> },
 }
 
-/// Parses a comma-separated tap list (`mimi,lm`); empty entries are ignored.
+/// Logits a `logits` tap reports without a count.
+pub const DEFAULT_TOP_LOGITS: usize = 10;
+/// The most logits a `logits:K` tap may ask for.
+pub const MAX_TOP_LOGITS: usize = 1000;
+
+/// Parses a comma-separated tap list (`mimi,lm,logits:20`); empty entries are ignored.
 pub fn parse_taps(list: &str) -> Result<Taps, LatentError> {
     let mut taps = Taps::default();
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name {
             "mimi" => taps.mimi = true,
             "lm" => taps.lm = true,
-            other => return Err(LatentError::UnknownTap(other.chars().take(40).collect())),
+            "logits" => taps.logits = DEFAULT_TOP_LOGITS,
+            other => match other.strip_prefix("logits:") {
+                Some(k) => {
+                    let short = || LatentError::TopK(k.chars().take(20).collect());
+                    taps.logits = k.parse().ok().filter(|k| (1..=MAX_TOP_LOGITS).contains(k)).ok_or_else(short)?;
+                }
+                None => return Err(LatentError::UnknownTap(other.chars().take(40).collect())),
+            },
         }
     }
     Ok(taps)
 }
 
-/// Appends the body of one tap's frame `[values.len()]` to `out`.
-pub fn encode(tap: Tap, frame: u64, values: &[f32], out: &mut Vec<u8>) {
-    out.reserve(15 + 4 * values.len());
+/// Appends the body of one tap's frame of `shape` to `out`.
+pub fn encode(tap: Tap, frame: u64, shape: &[usize], values: &[f32], out: &mut Vec<u8>) {
+    out.reserve(11 + 4 * shape.len() + 4 * values.len());
     out.push(tap as u8);
     out.extend_from_slice(&frame.to_le_bytes());
     out.push(F32);
-    out.push(1);
-    out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+    out.push(shape.len() as u8);
+    for &d in shape {
+        out.extend_from_slice(&(d as u32).to_le_bytes());
+    }
     for v in values {
         out.extend_from_slice(&v.to_le_bytes());
     }
@@ -93,6 +113,7 @@ pub fn decode(body: &[u8]) -> Result<LatentFrame, LatentError> {
     let tap = match head[0] {
         0 => Tap::Mimi,
         1 => Tap::Lm,
+        2 => Tap::Logits,
         other => return Err(LatentError::TapId(other)),
     };
     let mut frame = [0u8; 8];
@@ -119,7 +140,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_bad_ones_are_named() {
         let mut body = Vec::new();
-        encode(Tap::Lm, 42, &[1.0, -2.5, 3.25], &mut body);
+        encode(Tap::Lm, 42, &[3], &[1.0, -2.5, 3.25], &mut body);
         assert_eq!(body.len(), 15 + 12);
         let f = decode(&body).map_err(|e| e.to_string());
         assert_eq!(f, Ok(LatentFrame { tap: Tap::Lm, frame: 42, shape: vec![3], values: vec![1.0, -2.5, 3.25] }));
@@ -134,8 +155,12 @@ mod tests {
 
     #[test]
     fn tap_lists() {
-        assert_eq!(parse_taps("mimi, lm"), Ok(Taps { mimi: true, lm: true }));
-        assert_eq!(parse_taps("lm"), Ok(Taps { mimi: false, lm: true }));
+        assert_eq!(parse_taps("mimi, lm"), Ok(Taps { mimi: true, lm: true, logits: 0 }));
+        assert_eq!(parse_taps("lm"), Ok(Taps { mimi: false, lm: true, logits: 0 }));
+        assert_eq!(parse_taps("logits"), Ok(Taps { logits: DEFAULT_TOP_LOGITS, ..Taps::default() }));
+        assert_eq!(parse_taps("logits:3,lm"), Ok(Taps { lm: true, logits: 3, ..Taps::default() }));
+        assert_eq!(parse_taps("logits:0"), Err(LatentError::TopK("0".into())));
+        assert_eq!(parse_taps("logits:many"), Err(LatentError::TopK("many".into())));
         assert_eq!(parse_taps(""), Ok(Taps::default()));
         assert_eq!(parse_taps("mimi,latent"), Err(LatentError::UnknownTap("latent".into())));
     }

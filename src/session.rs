@@ -49,6 +49,8 @@ pub struct Taps {
     pub mimi: bool,
     /// The LM's temporal transformer output.
     pub lm: bool,
+    /// The text head's `logits` most likely tokens (0: none).
+    pub logits: usize,
 }
 
 /// One frame's latents, those asked for with [`SessionState::taps`].
@@ -61,6 +63,31 @@ pub struct FrameLatents {
     /// the text head and the depth transformer read. Present from the first frame on (the model
     /// runs while its delays fill; only its tokens wait).
     pub lm: Option<Vec<f32>>,
+    /// The text head's most likely tokens at this step before sampling, most likely first.
+    pub logits: Option<TopLogits>,
+}
+
+/// The highest text logits of one step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopLogits {
+    pub ids: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl TopLogits {
+    /// The `k` largest of `logits`, largest first (lower id first on ties).
+    pub fn of(logits: &[f32], k: usize) -> Self {
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        let by_value = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        let k = k.min(order.len());
+        if k > 0 && k < order.len() {
+            order.select_nth_unstable_by(k - 1, by_value);
+        }
+        order.truncate(k);
+        order.sort_by(by_value);
+        let values = order.iter().map(|&i| logits[i as usize]).collect();
+        Self { ids: order, values }
+    }
 }
 
 /// What one session produced in one step.
@@ -205,10 +232,20 @@ impl Engine {
         let codes = backend::read_ints(codes)?;
         let dep_q = self.lm.config.dep_q;
         lm.set_keep_hidden(taps.iter().any(|t| t.lm));
+        lm.set_keep_text_logits(taps.iter().any(|t| t.logits > 0));
         let step = self.lm.step(lm, &codes, q)?;
         if let Some(hidden) = lm.take_hidden() {
             let values = backend::read_floats(hidden)?;
             spread(&values, &taps, |t| t.lm, &mut outs, |o, v| o.latents.lm = Some(v));
+        }
+        if let Some(logits) = lm.take_text_logits() {
+            let values = backend::read_floats(logits)?;
+            let width = values.len() / b.max(1);
+            for (r, (t, out)) in taps.iter().zip(outs.iter_mut()).enumerate() {
+                if t.logits > 0 {
+                    out.latents.logits = Some(TopLogits::of(&values[r * width..(r + 1) * width], t.logits));
+                }
+            }
         }
         let Some(step) = step else {
             return Ok(outs);

@@ -9,7 +9,7 @@ mod common;
 use burn::tensor::DType;
 use common::*;
 use kokichi::lm::{GenConfig, Picking};
-use kokichi::session::{Engine, Taps};
+use kokichi::session::{Engine, Taps, TopLogits};
 
 const FRAMES: usize = 10;
 /// Frames within the fixture codec's transformer context (10 positions at 25 Hz).
@@ -32,15 +32,16 @@ fn taps_are_the_models_own_intermediates() {
 
         // Two sessions in one batch, only the first tapping.
         let mut tapped = engine.init_session(GenConfig::greedy()).expect("session");
-        tapped.taps = Taps { mimi: true, lm: true };
+        tapped.taps = Taps { mimi: true, lm: true, logits: 5 };
         let mut plain = engine.init_session(GenConfig::greedy()).expect("session");
-        let (mut mimi, mut lm) = (Vec::new(), Vec::new());
+        let (mut mimi, mut lm, mut top) = (Vec::new(), Vec::new(), Vec::new());
         for chunk in pcm.chunks_exact(frame) {
             let both: Vec<f32> = chunk.iter().chain(chunk).copied().collect();
             let outs = engine.step(&mut [&mut tapped, &mut plain], &both).expect("step");
             let latents = &outs[0].latents;
             mimi.extend(latents.mimi.clone().expect("the mimi tap"));
             lm.extend(latents.lm.clone().expect("the lm tap"));
+            top.push(latents.logits.clone().expect("the logits tap"));
             assert_eq!(outs[1].latents, Default::default(), "{kind}: an untapped session got latents");
             assert_eq!(outs[0].pcm, outs[1].pcm, "{kind}: tapping changed the output");
         }
@@ -60,7 +61,8 @@ fn taps_are_the_models_own_intermediates() {
         let mut state = engine.lm.init_state(&[GenConfig::greedy()]).expect("lm state");
         state.set_picking(Picking::Host);
         state.set_keep_hidden(true);
-        let (mut want_mimi, mut want_lm) = (Vec::new(), Vec::new());
+        state.set_keep_text_logits(true);
+        let (mut want_mimi, mut want_lm, mut want_top) = (Vec::new(), Vec::new(), Vec::new());
         for chunk in pcm.chunks_exact(frame) {
             let pcm = engine.mimi.pcm_tensor(chunk.to_vec(), [1, frame]);
             let latent = engine.mimi.encode_chunk_latent(&mut enc, pcm).expect("encode");
@@ -69,9 +71,14 @@ fn taps_are_the_models_own_intermediates() {
             let q = codes.dims()[1];
             engine.lm.step(&mut state, &ints(codes), q).expect("lm step");
             want_lm.extend(floats(state.take_hidden().expect("kept hidden state")));
+            want_top.push(TopLogits::of(&floats(state.take_text_logits().expect("kept logits")), 5));
         }
         assert_close(&format!("{kind} mimi tap, streaming"), &mimi, &want_mimi, 1e-5);
         assert_close(&format!("{kind} lm tap"), &lm, &want_lm, 1e-4);
+        for (f, (got, want)) in top.iter().zip(&want_top).enumerate() {
+            assert_eq!(got.ids, want.ids, "{kind} logits tap, frame {f}");
+            assert_close(&format!("{kind} logits tap, frame {f}"), &got.values, &want.values, 1e-4);
+        }
     }
 }
 
@@ -102,17 +109,23 @@ fn run_dumps_the_latents_of_every_frame() {
     let frames = pcm.len().div_ceil(frame);
     pcm.resize(frames * frame, 0.0);
     let mut session = engine.init_session(GenConfig::greedy()).expect("session");
-    session.taps = Taps { mimi: true, lm: true };
-    let (mut mimi, mut lm) = (Vec::new(), Vec::new());
+    session.taps = Taps { mimi: true, lm: true, logits: 10 };
+    let (mut mimi, mut lm, mut ids, mut values) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for chunk in pcm.chunks_exact(frame) {
         let out = engine.step(&mut [&mut session], chunk).expect("step").remove(0);
         mimi.extend(out.latents.mimi.expect("mimi tap"));
         lm.extend(out.latents.lm.expect("lm tap"));
+        let top = out.latents.logits.expect("logits tap");
+        ids.extend(top.ids.iter().map(|&i| i64::from(i)));
+        values.extend(top.values);
     }
     assert_eq!(got.shape("mimi"), vec![frames, engine.mimi.latent_dim()]);
     assert_eq!(got.shape("lm"), vec![frames, engine.lm.config.dim]);
     assert_eq!(got.f32("mimi"), mimi);
     assert_eq!(got.f32("lm"), lm);
+    assert_eq!(got.shape("logits_ids"), vec![frames, 10]);
+    assert_eq!(got.i64("logits_ids"), ids);
+    assert_eq!(got.f32("logits"), values);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -165,23 +178,26 @@ async fn the_daemon_streams_the_taps_a_client_asks_for() {
             latents
         }
     };
-    let (tapped, untapped) = tokio::join!(stream("latents=mimi,lm"), stream(""));
+    let (tapped, untapped) = tokio::join!(stream("latents=mimi,lm,logits:5"), stream(""));
     assert!(untapped.is_empty(), "a client that did not ask got {} latent messages", untapped.len());
 
     // The library's taps for the same frames.
     let files = kokichi::model_dir::resolve(fixture("tiny_model").to_str().unwrap_or_default()).expect("fixture");
     let engine = Engine::load(&files, &burn::prelude::Device::flex(), DType::F32).expect("load");
     let mut session = engine.init_session(GenConfig::greedy()).expect("session");
-    session.taps = Taps { mimi: true, lm: true };
+    session.taps = Taps { mimi: true, lm: true, logits: 5 };
     for (f, chunk) in pcm.chunks_exact(FRAME).enumerate() {
         let out = engine.step(&mut [&mut session], chunk).expect("step").remove(0);
-        for (tap, want) in [(Tap::Mimi, out.latents.mimi), (Tap::Lm, out.latents.lm)] {
+        let top = out.latents.logits.expect("library logits tap");
+        let top = top.ids.iter().map(|&i| i as f32).chain(top.values).collect();
+        for (tap, want) in [(Tap::Mimi, out.latents.mimi), (Tap::Lm, out.latents.lm), (Tap::Logits, Some(top))] {
             let want = want.expect("library tap");
             let got = tapped
                 .iter()
                 .find(|l| l.tap == tap && l.frame == f as u64)
                 .unwrap_or_else(|| panic!("no {} latent for frame {f}", tap.name()));
-            assert_eq!(got.shape, vec![want.len()]);
+            let shape = if tap == Tap::Logits { vec![2, want.len() / 2] } else { vec![want.len()] };
+            assert_eq!(got.shape, shape);
             assert_eq!(got.values, want, "{} latent of frame {f}", tap.name());
         }
     }

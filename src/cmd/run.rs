@@ -10,6 +10,7 @@ use clap::Args;
 
 use kokichi::audio;
 use kokichi::backend::{self, BackendKind, Precision};
+use kokichi::latent_frame::DEFAULT_TOP_LOGITS;
 use kokichi::lm::sampling::SamplingOverrides;
 use kokichi::model_dir;
 use kokichi::session::{Engine, Taps};
@@ -85,8 +86,9 @@ pub struct RunArgs {
     /// Write the produced tokens `[1, 1 + dep_q, T]` (text first) here.
     #[arg(long)]
     pub dump_tokens: Option<PathBuf>,
-    /// Write each frame's latents here (f32): `mimi` `[T, C]`, Mimi's encoder output before
-    /// quantization, and `lm` `[T, d_model]`, the temporal transformer's output.
+    /// Write each frame's latents here: `mimi` `[T, C]`, Mimi's encoder output before
+    /// quantization, `lm` `[T, d_model]`, the temporal transformer's output, and the text head's
+    /// 10 highest logits, `logits_ids` `[T, 10]` (i64) and `logits` `[T, 10]`.
     #[arg(long)]
     pub dump_latents: Option<PathBuf>,
     #[command(flatten)]
@@ -116,9 +118,10 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     pcm.resize(frames * frame, 0.0);
     let mut session = engine.init_session(gen_config)?;
     if a.dump_latents.is_some() {
-        session.taps = Taps { mimi: true, lm: true };
+        session.taps = Taps { mimi: true, lm: true, logits: DEFAULT_TOP_LOGITS };
     }
     let (mut mimi_latents, mut lm_latents) = (Vec::new(), Vec::new());
+    let (mut top_ids, mut top_logits) = (Vec::new(), Vec::new());
     let mut out_pcm = Vec::with_capacity(pcm.len());
     let mut transcript = String::new();
     let dep_q = engine.lm.config.dep_q;
@@ -129,6 +132,10 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
         out_pcm.extend_from_slice(&out.pcm);
         mimi_latents.extend(out.latents.mimi.unwrap_or_default());
         lm_latents.extend(out.latents.lm.unwrap_or_default());
+        if let Some(top) = out.latents.logits {
+            top_ids.extend(top.ids.iter().map(|&i| i64::from(i)));
+            top_logits.extend(top.values);
+        }
         if let (Some(t), Some(a)) = (out.text, &out.audio) {
             if let Some(p) = engine.text_piece(t) {
                 transcript.push_str(&p);
@@ -164,12 +171,14 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
         weights::write_tensors(p, vec![("tokens".into(), vec![1, k, t], OutTensor::I64(flat))])?;
     }
     if let Some(p) = &a.dump_latents {
-        let (c, d) = (engine.mimi.latent_dim(), engine.lm.config.dim);
+        let (c, d, k) = (engine.mimi.latent_dim(), engine.lm.config.dim, DEFAULT_TOP_LOGITS);
         weights::write_tensors(
             p,
             vec![
                 ("mimi".into(), vec![mimi_latents.len() / c, c], OutTensor::F32(mimi_latents)),
                 ("lm".into(), vec![lm_latents.len() / d, d], OutTensor::F32(lm_latents)),
+                ("logits_ids".into(), vec![top_ids.len() / k, k], OutTensor::I64(top_ids)),
+                ("logits".into(), vec![top_logits.len() / k, k], OutTensor::F32(top_logits)),
             ],
         )?;
     }

@@ -120,9 +120,9 @@ impl Wire for ChatWire {
         Message::Binary(m.into())
     }
 
-    fn latents(&mut self, tap: Tap, frame: u64, values: &[f32]) -> Message {
+    fn latents(&mut self, tap: Tap, frame: u64, shape: &[usize], values: &[f32]) -> Message {
         let mut m = vec![latent_frame::CHAT_KIND];
-        latent_frame::encode(tap, frame, values, &mut m);
+        latent_frame::encode(tap, frame, shape, values, &mut m);
         Message::Binary(m.into())
     }
 

@@ -227,8 +227,8 @@ impl AudioSource for QueueSource {
 pub enum OutMsg {
     Audio(Vec<f32>),
     Text(String),
-    /// One tap's vector of one frame.
-    Latents(Tap, u64, Vec<f32>),
+    /// One tap's values of one frame: tap, frame index, shape, values.
+    Latents(Tap, u64, Vec<usize>, Vec<f32>),
     /// A warning for the client (audio was dropped); the session goes on.
     Warning(String),
     /// An error to report to the client before closing.
@@ -264,8 +264,13 @@ impl AudioSink for QueueSink {
     fn latents(&mut self, frame: u64, latents: &FrameLatents) {
         for (tap, values) in [(Tap::Mimi, &latents.mimi), (Tap::Lm, &latents.lm)] {
             if let Some(v) = values {
-                self.0.queue.push(OutMsg::Latents(tap, frame, v.clone()));
+                self.0.queue.push(OutMsg::Latents(tap, frame, vec![v.len()], v.clone()));
             }
+        }
+        if let Some(top) = &latents.logits {
+            let k = top.ids.len();
+            let values = top.ids.iter().map(|&i| i as f32).chain(top.values.iter().copied()).collect();
+            self.0.queue.push(OutMsg::Latents(Tap::Logits, frame, vec![2, k], values));
         }
         self.0.notify.notify_one();
     }

@@ -65,9 +65,9 @@ impl Wire for PcmWire {
         Message::Text(piece.into())
     }
 
-    fn latents(&mut self, tap: Tap, frame: u64, values: &[f32]) -> Message {
+    fn latents(&mut self, tap: Tap, frame: u64, shape: &[usize], values: &[f32]) -> Message {
         let mut m = latent_frame::PCM_TAG.to_vec();
-        latent_frame::encode(tap, frame, values, &mut m);
+        latent_frame::encode(tap, frame, shape, values, &mut m);
         Message::Binary(m.into())
     }
 

@@ -167,7 +167,7 @@ pub trait Wire: Send {
     fn audio(&mut self, pcm: &[f32]) -> Result<Vec<Message>, WireError>;
     fn text(&mut self, piece: &str) -> Message;
     /// One tap's vector of one frame ([`latent_frame`]).
-    fn latents(&mut self, tap: Tap, frame: u64, values: &[f32]) -> Message;
+    fn latents(&mut self, tap: Tap, frame: u64, shape: &[usize], values: &[f32]) -> Message;
     fn error(&mut self, e: &str) -> Message;
     /// A warning the session goes on after (audio was dropped); `None`: the wire has none.
     fn warning(&mut self, _w: &str) -> Option<Message> {
@@ -408,7 +408,9 @@ async fn session(
                         }
                     },
                     OutMsg::Text(t) => vec![wire.lock().await.text(&t)],
-                    OutMsg::Latents(tap, frame, values) => vec![wire.lock().await.latents(tap, frame, &values)],
+                    OutMsg::Latents(tap, frame, shape, values) => {
+                        vec![wire.lock().await.latents(tap, frame, &shape, &values)]
+                    }
                     OutMsg::Error(e) => vec![wire.lock().await.error(&e)],
                     OutMsg::Warning(w) => wire.lock().await.warning(&w).into_iter().collect(),
                     OutMsg::Closed(code, reason) => {

@@ -12,6 +12,7 @@
 //! backend, on the host).
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use rand::RngCore;
 use rand::rngs::StdRng;
 
@@ -52,9 +53,26 @@ pub struct LmState {
     /// Keep each step's temporal output ([`LmState::take_hidden`]).
     keep_hidden: bool,
     hidden: Option<Tensor<2>>,
+    /// Keep each step's text logits ([`LmState::take_text_logits`]).
+    keep_text_logits: bool,
+    text_logits: Option<Tensor<2>>,
 }
 
 impl LmState {
+    /// Whether the steps keep the text head's logits for [`LmState::take_text_logits`].
+    pub fn set_keep_text_logits(&mut self, keep: bool) {
+        self.keep_text_logits = keep;
+        if !keep {
+            self.text_logits = None;
+        }
+    }
+
+    /// The last step's text logits before sampling, `[B, text vocabulary]` in f32. `None`
+    /// unless kept.
+    pub fn take_text_logits(&mut self) -> Option<Tensor<2>> {
+        self.text_logits.take()
+    }
+
     /// Whether the steps keep the temporal transformer's output for [`LmState::take_hidden`]
     /// (the `lm` latent tap; reading it back costs a device sync, so it is off by default).
     pub fn set_keep_hidden(&mut self, keep: bool) {
@@ -91,6 +109,8 @@ impl Batched for LmState {
             picking: Picking::Host,
             keep_hidden: false,
             hidden: None,
+            keep_text_logits: false,
+            text_logits: None,
         }
     }
 
@@ -101,6 +121,7 @@ impl Batched for LmState {
     fn merge(parts: Vec<LmState>) -> LmState {
         let picking = parts.first().map_or(Picking::Host, |p| p.picking);
         let keep_hidden = parts.iter().any(|p| p.keep_hidden);
+        let keep_text_logits = parts.iter().any(|p| p.keep_text_logits);
         let mut tr = Vec::with_capacity(parts.len());
         let mut dep = Vec::with_capacity(parts.len());
         let mut rows = Vec::new();
@@ -116,6 +137,8 @@ impl Batched for LmState {
             picking,
             keep_hidden,
             hidden: None,
+            keep_text_logits,
+            text_logits: None,
         }
     }
 
@@ -133,6 +156,8 @@ impl Batched for LmState {
                 picking,
                 keep_hidden: false,
                 hidden: None,
+                keep_text_logits: false,
+                text_logits: None,
             })
             .collect()
     }
@@ -168,6 +193,8 @@ impl LmModel {
             picking: Picking::for_device(&self.device()),
             keep_hidden: false,
             hidden: None,
+            keep_text_logits: false,
+            text_logits: None,
         })
     }
 
@@ -269,6 +296,9 @@ impl LmModel {
         let (out, text_logits) = self.forward_text(input, b, 1, Some(&mut state.transformer))?;
         if state.keep_hidden {
             state.hidden = Some(out.clone().reshape([b, c.dim]));
+        }
+        if state.keep_text_logits {
+            state.text_logits = Some(text_logits.clone().reshape([b, c.text_out()]).cast(DType::F32));
         }
         let mut scratch = Vec::new();
         let mut draws: Vec<Draw> =
@@ -375,6 +405,9 @@ impl LmModel {
             state.hidden = Some(h.clone().reshape([b, c.dim]));
         }
         let logits = matvec::partials(Input::Rows(h.clone()), self.text_linear.weight());
+        if state.keep_text_logits {
+            state.text_logits = Some(matvec::sum_parts(logits.clone(), DType::F32));
+        }
         picked = kpick::pick(logits, &params, &draws[0], 0, picked);
 
         // Depth transformer: each codebook from the token just picked, on the device.
