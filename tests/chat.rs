@@ -8,38 +8,18 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::fixture;
+use common::live::test_settings;
 use futures_util::{SinkExt, StreamExt};
-use kokichi::backend::{BackendKind, Precision};
-use kokichi::daemon::settings::{LocalAudioSettings, NetworkSettings, RuntimeSettings};
 use kokichi::daemon::{self, Settings};
-use kokichi::lm::sampling::SamplingOverrides;
 use kokichi::protocol::{self, OggOpusReader, OggOpusWriter};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn config(name: &str) -> Settings {
-    Settings {
-        runtime: RuntimeSettings {
-            model: fixture("tiny_model").display().to_string(),
-            backend: BackendKind::Cpu,
-            dtype: Precision::F32,
-            ..RuntimeSettings::default()
-        },
-        network: NetworkSettings {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            max_message_bytes: 64 * 1024,
-            max_connections_per_peer: 3,
-            ..NetworkSettings::default()
-        },
-        local_audio: LocalAudioSettings {
-            audio: false,
-            control_socket: std::env::temp_dir().join(format!("kokichi-chat-{name}-{}.sock", std::process::id())),
-            ..LocalAudioSettings::default()
-        },
-        sampling: vec![SamplingOverrides::greedy()],
-        ..Settings::default()
-    }
+    let mut settings = test_settings("chat", name);
+    settings.network.max_message_bytes = 64 * 1024;
+    settings.network.max_connections_per_peer = 3;
+    settings
 }
 
 async fn start(
