@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use kokichi::backend;
 use kokichi::kernels;
-use kokichi::lm::{GenConfig, LmConfig, LmModel};
+use kokichi::lm::{LmConfig, LmModel};
 use kokichi::mimi::{Mimi, MimiConfig};
 
 /// The switch is process-wide: one test at a time flips it.
@@ -32,21 +32,6 @@ fn codec_run(mimi: &Mimi, frames: usize) -> (Vec<i64>, Vec<f32>) {
         audio.extend(backend::read_floats(out).unwrap());
     }
     (codes, audio)
-}
-
-/// Greedy steps of two streams of `lm`: the text and audio tokens of each step.
-fn lm_run(lm: &LmModel, steps: usize) -> Vec<(Vec<i64>, Vec<i64>)> {
-    let configs = [GenConfig::greedy(), GenConfig::greedy()];
-    let mut state = lm.init_state(&configs).unwrap();
-    let user = lm.config.user_streams();
-    let mut out = Vec::new();
-    for i in 0..steps {
-        let codes: Vec<i64> = (0..2 * user).map(|k| ((i * 7 + k * 13) % lm.config.card) as i64).collect();
-        if let Some(o) = lm.step(&mut state, &codes, user).unwrap() {
-            out.push((o.text, o.audio));
-        }
-    }
-    out
 }
 
 #[test]
@@ -73,9 +58,9 @@ fn lm_steps_through_the_kernels_pick_the_references_tokens() {
         for (name, cfg) in [("tiny", LmConfig::tiny()), ("kokichi-tiny", LmConfig::kokichi_tiny(300))] {
             let lm = LmModel::random(cfg, &device, 5).unwrap().0;
             kernels::set_enabled(true);
-            let fused = lm_run(&lm, 12);
+            let fused = greedy_tokens(&lm, 12);
             kernels::set_enabled(false);
-            let plain = lm_run(&lm, 12);
+            let plain = greedy_tokens(&lm, 12);
             kernels::set_enabled(true);
             assert!(fused.len() >= 8, "{kind} {name}: {} steps gave tokens", fused.len());
             assert_eq!(fused, plain, "{kind} {name}: tokens");

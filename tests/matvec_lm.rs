@@ -9,23 +9,9 @@ use burn::tensor::DType;
 use common::*;
 use kokichi::backend::{self, BackendKind};
 use kokichi::kernels::matvec;
-use kokichi::lm::{GenConfig, LmConfig, LmModel};
+use kokichi::lm::{LmConfig, LmModel};
 
 /// 16 greedy steps of two streams: the text and audio tokens of each step.
-fn tokens(lm: &LmModel) -> Vec<(Vec<i64>, Vec<i64>)> {
-    let configs = [GenConfig::greedy(), GenConfig::greedy()];
-    let mut state = lm.init_state(&configs).unwrap();
-    let user = lm.config.user_streams();
-    let mut out = Vec::new();
-    for i in 0..16 {
-        let codes: Vec<i64> = (0..2 * user).map(|k| ((i * 5 + k * 11) % lm.config.card) as i64).collect();
-        if let Some(o) = lm.step(&mut state, &codes, user).unwrap() {
-            out.push((o.text, o.audio));
-        }
-    }
-    out
-}
-
 #[test]
 fn an_lm_through_the_kernel_picks_burns_tokens() {
     for (kind, device) in devices() {
@@ -36,11 +22,11 @@ fn an_lm_through_the_kernel_picks_burns_tokens() {
 
         matvec::set_enabled(false);
         assert!(!matvec::uses_kernel(&x, &head), "{kind}: switched off");
-        let plain = tokens(&lm);
+        let plain = greedy_tokens(&lm, 16);
         matvec::set_enabled(true);
         matvec::set_min_weights(1);
         assert_eq!(matvec::uses_kernel(&x, &head), kind == BackendKind::Wgpu, "{kind}: threshold 1");
-        let through = tokens(&lm);
+        let through = greedy_tokens(&lm, 16);
         matvec::set_min_weights(matvec::MIN_WEIGHTS);
 
         assert_eq!(through.len(), plain.len(), "{kind}");

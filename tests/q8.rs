@@ -11,7 +11,7 @@ use burn::tensor::DType;
 use common::*;
 use kokichi::backend::Precision;
 use kokichi::kernels;
-use kokichi::lm::{GenConfig, LmConfig, LmModel};
+use kokichi::lm::{LmConfig, LmModel};
 use kokichi::weights::{HostData, RandomWeights, Slots, Weights};
 
 /// The switch is process-wide: one test at a time flips it.
@@ -28,20 +28,6 @@ fn in_8_bits(lm: &LmModel) -> bool {
     ms.iter().all(|m| m.q8.is_some() || float_ok(m)) && ms.iter().filter(|m| m.q8.is_some()).count() > ms.len() / 2
 }
 
-fn lm_run(lm: &LmModel, steps: usize) -> Vec<(Vec<i64>, Vec<i64>)> {
-    let configs = [GenConfig::greedy(), GenConfig::greedy()];
-    let mut state = lm.init_state(&configs).unwrap();
-    let user = lm.config.user_streams();
-    let mut out = Vec::new();
-    for i in 0..steps {
-        let codes: Vec<i64> = (0..2 * user).map(|k| ((i * 7 + k * 13) % lm.config.card) as i64).collect();
-        if let Some(o) = lm.step(&mut state, &codes, user).unwrap() {
-            out.push((o.text, o.audio));
-        }
-    }
-    out
-}
-
 #[test]
 fn an_8_bit_lm_through_the_kernels_picks_the_references_tokens() {
     let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
@@ -53,9 +39,9 @@ fn an_8_bit_lm_through_the_kernels_picks_the_references_tokens() {
         let lm = LmModel::build(&mut w, LmConfig::kokichi_tiny(300)).unwrap();
         assert!(in_8_bits(&lm), "{kind}: every matrix in 8 bits");
         kernels::set_enabled(true);
-        let fused = lm_run(&lm, 10);
+        let fused = greedy_tokens(&lm, 10);
         kernels::set_enabled(false);
-        let plain = lm_run(&lm, 10);
+        let plain = greedy_tokens(&lm, 10);
         kernels::set_enabled(true);
         assert!(fused.len() >= 6, "{kind}: {} steps gave tokens", fused.len());
         assert_eq!(fused, plain, "{kind}: tokens");
@@ -123,5 +109,5 @@ fn a_quantized_folder_loads_as_it_was_quantized() {
     let written = LmModel::load_as(&quantized.lm, quantized.lm_config.clone(), &device, Precision::F32).unwrap();
     assert!(in_8_bits(&written), "the written folder loads in 8 bits");
     assert_eq!(written.resident_bytes(), at_load.resident_bytes());
-    assert_eq!(lm_run(&written, 8), lm_run(&at_load, 8), "the same tokens");
+    assert_eq!(greedy_tokens(&written, 8), greedy_tokens(&at_load, 8), "the same tokens");
 }

@@ -103,3 +103,19 @@ pub fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 pub fn ints<const D: usize>(t: Tensor<D, Int>) -> Vec<i64> {
     backend::read_ints(t).expect("read")
 }
+
+/// Greedy steps of two streams of `lm` on made-up user codes: the text and audio tokens of each
+/// step that produced some.
+pub fn greedy_tokens(lm: &kokichi::lm::LmModel, steps: usize) -> Vec<(Vec<i64>, Vec<i64>)> {
+    let configs = [kokichi::lm::GenConfig::greedy(), kokichi::lm::GenConfig::greedy()];
+    let mut state = lm.init_state(&configs).expect("lm state");
+    let user = lm.config.user_streams();
+    let mut out = Vec::new();
+    for i in 0..steps {
+        let codes: Vec<i64> = (0..2 * user).map(|k| ((i * 7 + k * 13) % lm.config.card) as i64).collect();
+        if let Some(o) = lm.step(&mut state, &codes, user).expect("lm step") {
+            out.push((o.text, o.audio));
+        }
+    }
+    out
+}
