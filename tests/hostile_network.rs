@@ -128,7 +128,13 @@ async fn a_silent_websocket_is_closed_by_the_ping_timeout() {
     let (mut silent, head) = send(addr, &upgrade("/api/pcm", &format!("localhost:{}", addr.port()), None)).await;
     assert_eq!(code(&head), 101, "{head}");
     let upgraded = Instant::now();
-    let sessions = d.status().await["sessions"].as_array().map_or(0, Vec::len);
+    // Sessions start at the inference thread's next tick: wait for both to show.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut sessions = 0;
+    while sessions < 2 && Instant::now() < deadline {
+        sessions = d.status().await["sessions"].as_array().map_or(0, Vec::len);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(sessions, 2, "the victim's session and the silent one");
     let closed = closed_within(&mut silent, Duration::from_secs(10)).await;
     let took = upgraded.elapsed();
