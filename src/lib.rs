@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cost;
 pub mod daemon;
 pub mod error;
+pub mod gist;
 #[path = "../kernels/mod.rs"]
 pub mod kernels;
 pub mod latent_frame;
