@@ -39,13 +39,18 @@ pub struct Rope {
     pub interleave: bool,
 }
 
-/// Where a stream's ring stands: positions written before this call, its capacity, and how far
-/// back a query may see (`None`: the whole ring).
+/// Where a stream's ring stands: positions written before this call, its capacity, how far back
+/// a query may see (`None`: the whole ring), and how many first positions are pinned.
+///
+/// Pinned positions (a session's prefix latents) keep slots `0..pinned` for good and stay
+/// visible to every later query whatever the context; the other positions cycle through slots
+/// `pinned..capacity`. With `pinned = 0` this is the reference's ring.
 #[derive(Clone, Copy, Debug)]
 pub struct Ring {
     pub written: usize,
     pub capacity: usize,
     pub context: Option<usize>,
+    pub pinned: usize,
 }
 
 impl Ring {
@@ -54,8 +59,17 @@ impl Ring {
         if i >= end {
             return -1;
         }
+        if i < self.pinned {
+            return i as i64;
+        }
+        let cycle = self.capacity - self.pinned;
         let last = end - 1;
-        (i + self.capacity * ((last - i) / self.capacity)) as i64
+        (i + cycle * ((last - i) / cycle)) as i64
+    }
+
+    /// The slot position `p` is written to.
+    pub fn slot_of(&self, p: usize) -> usize {
+        if p < self.pinned { p } else { self.pinned + (p - self.pinned) % (self.capacity - self.pinned) }
     }
 }
 
@@ -126,7 +140,15 @@ pub fn attend(
         v.into_dispatch(),
         w.clone().into_dispatch(),
         out.into_dispatch(),
-        [row0 as u32, t as u32, ring.written as u32, ring.context.unwrap_or(0) as u32, heads as u32, cap as u32],
+        [
+            row0 as u32,
+            t as u32,
+            ring.written as u32,
+            ring.context.unwrap_or(0) as u32,
+            heads as u32,
+            cap as u32,
+            ring.pinned as u32,
+        ],
         mode,
         project,
     );
@@ -160,7 +182,7 @@ pub fn uses_kernel(
     hd.is_power_of_two()
         && (32..=256).contains(&hd)
         && t >= 1
-        && t <= cap
+        && t + ring.pinned <= cap
         && t * cap <= MAX_SCORES
         && cap == ring.capacity
         && qkv.dims()[2] == 3 * d
@@ -215,14 +237,14 @@ pub fn reference(
     }
     let (mut ck, mut cv) = (k_ring, v_ring);
     for i in 0..t {
-        let slot = (ring.written + i) % cap;
+        let slot = ring.slot_of(ring.written + i);
         ck = ck.slice_assign([0..1, 0..heads, slot..slot + 1, 0..hd], k.clone().narrow(2, i, 1));
         cv = cv.slice_assign([0..1, 0..heads, slot..slot + 1, 0..hd], v.clone().narrow(2, i, 1));
     }
     let end = ring.written + t;
     let k_pos: Vec<i64> = (0..cap).map(|i| ring.slot_position(i, end)).collect();
     let q_pos: Vec<i64> = (0..t).map(|i| (ring.written + i) as i64).collect();
-    let bias = mask_bias(&q_pos, &k_pos, ring.context, &device, dtype);
+    let bias = mask_bias(&q_pos, &k_pos, ring.context, ring.pinned, &device, dtype);
     let scores = q.matmul(ck.clone().swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt()) + bias;
     let attn = softmax(scores, 3).matmul(cv.clone());
     let rows_out = attn.swap_dims(1, 2).reshape([t, d]);
@@ -264,12 +286,20 @@ fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>, interleave: bool) -> T
 }
 
 /// Additive mask `[1, 1, T, K]`: 0 where query `q_pos[i]` may see key `k_pos[j]`, -inf elsewhere.
-pub fn mask_bias(q_pos: &[i64], k_pos: &[i64], context: Option<usize>, device: &Device, dtype: DType) -> Tensor<4> {
+/// Keys at positions below `pinned` are visible to every later query, whatever the context.
+pub fn mask_bias(
+    q_pos: &[i64],
+    k_pos: &[i64],
+    context: Option<usize>,
+    pinned: usize,
+    device: &Device,
+    dtype: DType,
+) -> Tensor<4> {
     let mut bias = Vec::with_capacity(q_pos.len() * k_pos.len());
     for &q in q_pos {
         for &k in k_pos {
             let delta = q - k;
-            let visible = k >= 0 && delta >= 0 && context.is_none_or(|c| delta < c as i64);
+            let visible = k >= 0 && delta >= 0 && (k < pinned as i64 || context.is_none_or(|c| delta < c as i64));
             bias.push(if visible { 0.0 } else { f32::NEG_INFINITY });
         }
     }
@@ -281,7 +311,7 @@ pub fn mask_bias(q_pos: &[i64], k_pos: &[i64], context: Option<usize>, device: &
 pub trait AttentionBackend: Backend {
     /// `(out, k, v)` of [`attend`]; `cos`, `sin` are stand-ins when `rope_mode` is 0 (1:
     /// interleaved pairs, 2: halves), `w_out` when not `project`. `sizes`: first row, positions,
-    /// positions written before, context (0: none), heads, ring capacity.
+    /// positions written before, context (0: none), heads, ring capacity, pinned positions.
     #[allow(clippy::too_many_arguments)]
     fn attend_step(
         qkv: FloatTensor<Self>,
@@ -291,7 +321,7 @@ pub trait AttentionBackend: Backend {
         v: FloatTensor<Self>,
         w_out: FloatTensor<Self>,
         out: FloatTensor<Self>,
-        sizes: [u32; 6],
+        sizes: [u32; 7],
         rope_mode: u32,
         project: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
@@ -306,7 +336,7 @@ impl AttentionBackend for Cube {
         v: FloatTensor<Self>,
         w_out: FloatTensor<Self>,
         out: FloatTensor<Self>,
-        sizes: [u32; 6],
+        sizes: [u32; 7],
         rope_mode: u32,
         project: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
@@ -345,6 +375,7 @@ mod cube {
         written: u32,
         context: u32,
         cap: u32,
+        pinned: u32,
         scale: f32,
         #[comptime] hd: usize,
         #[comptime] rope_mode: u32,
@@ -364,6 +395,9 @@ mod cube {
         let written = written as usize;
         let context = context as usize;
         let cap = cap as usize;
+        let pinned = pinned as usize;
+        // Slots `pinned..cap` cycle; the first `pinned` hold positions `0..pinned` for good.
+        let cycle = cap - pinned;
         let half = hd / 2;
 
         let mut qs = Shared::<[f32]>::new_slice(max_t * hd);
@@ -429,7 +463,11 @@ mod cube {
 
         // The new keys and values into their slots.
         for t in 0..t_len {
-            let slot = (written + t) % cap;
+            let p = written + t;
+            let mut slot = p;
+            if p >= pinned {
+                slot = pinned + (p - pinned) % cycle;
+            }
             let at = (head * cap + slot) * hd + u;
             k_ring[at] = F::cast_from(ks[t * hd + u]);
             v_ring[at] = F::cast_from(vs[t * hd + u]);
@@ -445,8 +483,11 @@ mod cube {
             while i < cap {
                 let mut s = f32::new(-3.0e38);
                 if i < end {
-                    let p = i + cap * ((last - i) / cap);
-                    if p <= q_pos && (context == 0 || q_pos - p < context) {
+                    let mut p = i;
+                    if i >= pinned {
+                        p = i + cycle * ((last - i) / cycle);
+                    }
+                    if p <= q_pos && (i < pinned || context == 0 || q_pos - p < context) {
                         let mut dot = 0.0f32;
                         if p >= written {
                             let tk = p - written;
@@ -507,7 +548,10 @@ mod cube {
             for i in 0..cap {
                 let w = sc[t * cap_max + i];
                 if w > 0.0f32 {
-                    let p = i + cap * ((last - i) / cap);
+                    let mut p = i;
+                    if i >= pinned {
+                        p = i + cycle * ((last - i) / cycle);
+                    }
                     let vv = if p >= written {
                         vs[(p - written) * hd + u]
                     } else {
@@ -548,11 +592,11 @@ mod cube {
         v: CubeTensor,
         w_out: CubeTensor,
         out: CubeTensor,
-        sizes: [u32; 6],
+        sizes: [u32; 7],
         rope_mode: u32,
         project: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        let [row0, t, written, context, heads, cap] = sizes;
+        let [row0, t, written, context, heads, cap, pinned] = sizes;
         let qkv = into_contiguous(qkv);
         let cos = into_contiguous(cos);
         let sin = into_contiguous(sin);
@@ -593,6 +637,7 @@ mod cube {
             written,
             context,
             cap,
+            pinned,
             1.0 / (hd as f32).sqrt(),
             hd,
             rope_mode,

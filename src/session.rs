@@ -14,6 +14,7 @@ use burn::tensor::DType;
 
 use crate::backend::{self, Precision};
 use crate::error::{Error, Result};
+use crate::gist::Gist;
 use crate::lm::model::UNGENERATED_TOKEN;
 use crate::lm::{GenConfig, LmModel, LmState};
 use crate::mimi::{DecState, EncState, Mimi};
@@ -151,9 +152,19 @@ impl Engine {
 
     /// A fresh conversation.
     pub fn init_session(&self, config: GenConfig) -> Result<SessionState> {
+        self.init_session_with(config, None)
+    }
+
+    /// A fresh conversation, prompted by `gist` when given ([`crate::gist`]): its prefix
+    /// latents run through the LM now, once, and stay in its attention cache.
+    pub fn init_session_with(&self, config: GenConfig, gist: Option<&Gist>) -> Result<SessionState> {
+        let lm = match gist {
+            Some(g) => self.lm.init_state_with_gist(config, g)?,
+            None => self.lm.init_state(&[config])?,
+        };
         Ok(SessionState {
             enc: self.mimi.init_enc_state(1)?,
-            lm: self.lm.init_state(&[config])?,
+            lm,
             dec: self.mimi.init_dec_state(1)?,
             frames: 0,
             taps: Taps::default(),

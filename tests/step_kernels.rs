@@ -219,20 +219,23 @@ fn residual_and_norm_match_the_reference() {
     }
 }
 
-/// Two streams at different positions of rings that fill, wrap and look back `context`.
+/// Two streams at different positions of rings that fill, wrap and look back `context`, some
+/// with pinned first positions (a prefix that stays visible past the context).
 #[test]
 fn attention_steps_match_the_reference() {
     for (kind, device) in devices() {
         for dtype in dtypes(&device) {
-            for (heads, hd, cap, context, t, rope_mode, project) in [
-                (2, 32, 8, None, 1, 0, false),
-                (4, 64, 10, Some(6), 1, 1, false),
-                (2, 64, 12, Some(12), 2, 2, true),
-                (8, 32, 5, None, 1, 1, true),
+            for (heads, hd, cap, context, t, rope_mode, project, pinned) in [
+                (2, 32, 8, None, 1, 0, false, 0),
+                (4, 64, 10, Some(6), 1, 1, false, 0),
+                (2, 64, 12, Some(12), 2, 2, true, 0),
+                (8, 32, 5, None, 1, 1, true, 0),
+                (4, 64, 10, Some(6), 1, 1, false, 3),
+                (2, 64, 12, Some(9), 2, 2, true, 3),
             ] {
                 let d = heads * hd;
                 let what = format!(
-                    "{kind} {dtype:?} heads {heads} x {hd} ring {cap} ctx {context:?} t {t} rope {rope_mode} project {project}"
+                    "{kind} {dtype:?} heads {heads} x {hd} ring {cap} ctx {context:?} t {t} rope {rope_mode} project {project} pinned {pinned}"
                 );
                 let rings = |seed: u32| t3(&device, [heads, cap, hd], seed, 1.0, dtype).reshape([1, heads, cap, hd]);
                 let (mut kk, mut vk) = ([rings(31), rings(32)], [rings(33), rings(34)]);
@@ -262,7 +265,7 @@ fn attention_steps_match_the_reference() {
                     };
                     let (mut out_k, mut out_r) = (target(), target());
                     for s in 0..2 {
-                        let ring = Ring { written: written[s], capacity: cap, context };
+                        let ring = Ring { written: written[s], capacity: cap, context, pinned };
                         let take = |t: &Tensor<4>| t.clone();
                         assert_eq!(
                             attention::uses_kernel(&qkv, t, &kk[s], &vk[s], rope.as_ref(), ring, &out_k),

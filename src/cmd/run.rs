@@ -10,6 +10,7 @@ use clap::Args;
 
 use kokichi::audio;
 use kokichi::backend::{self, BackendKind, Precision};
+use kokichi::gist::Gist;
 use kokichi::latent_frame::DEFAULT_TOP_LOGITS;
 use kokichi::lm::sampling::SamplingOverrides;
 use kokichi::model_dir;
@@ -91,6 +92,10 @@ pub struct RunArgs {
     /// 10 highest logits, `logits_ids` `[T, 10]` (i64) and `logits` `[T, 10]`.
     #[arg(long)]
     pub dump_latents: Option<PathBuf>,
+    /// Start the session prompted by these prefix latents (`[K, d_model]` safetensors, tensor
+    /// `gist`; see `kokichi gist train`).
+    #[arg(long)]
+    pub gist: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -116,7 +121,19 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     let input_len = pcm.len();
     let frames = input_len.div_ceil(frame);
     pcm.resize(frames * frame, 0.0);
-    let mut session = engine.init_session(gen_config)?;
+    let gist = match &a.gist {
+        Some(path) => {
+            let g = Gist::read(path)?;
+            g.check_width(engine.lm.config.dim, path)?;
+            Some(g)
+        }
+        None => None,
+    };
+    let t_gist = Instant::now();
+    let mut session = engine.init_session_with(gen_config, gist.as_ref())?;
+    if let Some(g) = &gist {
+        tracing::info!(k = g.k, ms = t_gist.elapsed().as_secs_f64() * 1e3, "gist read into the session");
+    }
     if a.dump_latents.is_some() {
         session.taps = Taps { mimi: true, lm: true, logits: DEFAULT_TOP_LOGITS };
     }

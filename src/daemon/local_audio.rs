@@ -83,6 +83,7 @@ pub fn start(
         talk: Some(talk.clone()),
         remote: false,
         taps: Default::default(),
+        gist: None,
     })?;
     tracing::info!(mode = if open_mode { "open" } else { "push-to-talk" }, "local audio: {description}");
     let hotkey = local.hotkey.as_deref().filter(|h| !h.trim().is_empty());

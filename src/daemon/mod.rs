@@ -19,6 +19,7 @@ pub mod server;
 pub mod settings;
 pub mod socket;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::backend;
 use crate::error::{Error, Result};
+use crate::gist::Gist;
 use crate::model_dir;
 use crate::session::Engine;
 use io::{AudioSink, FileSink, FileSource, GainSource};
@@ -40,6 +42,18 @@ pub use settings::{Settings, TalkMode};
 #[derive(Clone, Debug)]
 pub struct Ready {
     pub addr: SocketAddr,
+}
+
+/// The gists of `--gist NAME=FILE`, read and checked against the model's width.
+fn load_gists(settings: &Settings, engine: &Engine) -> Result<HashMap<String, Arc<Gist>>> {
+    let mut gists = HashMap::new();
+    for (name, path) in settings.runtime.gists()? {
+        let gist = Gist::read(&path)?;
+        gist.check_width(engine.lm.config.dim, &path)?;
+        tracing::info!(name, k = gist.k, path = %path.display(), "gist");
+        gists.insert(name, Arc::new(gist));
+    }
+    Ok(gists)
 }
 
 /// Runs the daemon until `shutdown` resolves (or the file-backed session ends with
@@ -77,6 +91,7 @@ pub async fn serve(
     .map_err(|e| Error::Backend(format!("model loading task failed: {e}")))??;
     let sampling = settings.gen_config(engine.sampling);
     tracing::info!(text = ?sampling.text, audio = ?sampling.audio, "sampling");
+    let gists = load_gists(&settings, &engine)?;
     let engine = Arc::new(engine);
     let metrics = Arc::new(Metrics::default());
     let open_mode = settings.local_audio.mode == TalkMode::Open;
@@ -118,6 +133,7 @@ pub async fn serve(
             talk: Some(talk.clone()),
             remote: false,
             taps: Default::default(),
+            gist: None,
         })?;
     } else if settings.local_audio.audio {
         local = local_audio::start(&settings, sampling, &runtime, metrics.clone(), talk.clone())?;
@@ -148,6 +164,7 @@ pub async fn serve(
         runtime: runtime.clone(),
         metrics: metrics.clone(),
         peers: Default::default(),
+        gists: Arc::new(gists),
     };
     let stop_http = Arc::new(Notify::new());
     let stop = stop_http.clone();

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use super::io::{AudioSink, AudioSource, Poll, Waker};
 use super::metrics::{Metrics, SessionStatus};
 use crate::error::{Error, Result};
+use crate::gist::Gist;
 use crate::lm::GenConfig;
 use crate::session::{Engine, SessionState, Taps};
 
@@ -38,6 +39,8 @@ pub struct NewSession {
     pub remote: bool,
     /// Latents the session's sink gets each frame.
     pub taps: Taps,
+    /// Prefix latents the session starts with (and restarts with).
+    pub gist: Option<Arc<Gist>>,
 }
 
 /// Frames a network session may get ahead of real time before pacing holds it back.
@@ -112,6 +115,7 @@ struct Live {
     credit_at: Instant,
     restart_wanted: bool,
     last_restart: Option<Instant>,
+    gist: Option<Arc<Gist>>,
 }
 
 impl Live {
@@ -341,7 +345,7 @@ impl Loop {
     }
 
     fn add(&mut self, id: u64, s: NewSession) {
-        match self.engine.init_session(s.config) {
+        match self.engine.init_session_with(s.config, s.gist.as_deref()) {
             Ok(mut state) => {
                 state.taps = s.taps;
                 tracing::info!(id, kind = %s.kind, "session started");
@@ -363,6 +367,7 @@ impl Loop {
                         credit_at: Instant::now(),
                         restart_wanted: false,
                         last_restart: None,
+                        gist: s.gist,
                     },
                 );
             }
@@ -414,7 +419,7 @@ impl Loop {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.restart_wanted = false;
             s.last_restart = Some(Instant::now());
-            match self.engine.init_session(s.config) {
+            match self.engine.init_session_with(s.config, s.gist.as_deref()) {
                 Ok(mut state) => {
                     state.taps = s.state.taps;
                     s.state = state;

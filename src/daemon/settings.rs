@@ -72,6 +72,10 @@ pub struct RuntimeSettings {
     /// Log the inner monologue (off by default).
     #[arg(long, required = false, action = ArgAction::Set, num_args = 0, default_missing_value = "true")]
     pub log_transcripts: bool,
+    /// Prefix latents a client may start its session with (`?gist=NAME`), as `NAME=FILE`
+    /// (a `[K, d_model]` safetensors file from `kokichi gist train`); repeatable.
+    #[arg(long, required = false)]
+    pub gist: Vec<String>,
 }
 
 impl Default for RuntimeSettings {
@@ -85,6 +89,7 @@ impl Default for RuntimeSettings {
             batch_window_ms: 20,
             idle_timeout_secs: 60,
             log_transcripts: false,
+            gist: Vec::new(),
         }
     }
 }
@@ -96,6 +101,27 @@ impl RuntimeSettings {
 
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
+
+    /// The named gists, `NAME=FILE` split; names are letters, digits, `-` and `_`, each once.
+    pub fn gists(&self) -> Result<Vec<(String, PathBuf)>> {
+        let mut out: Vec<(String, PathBuf)> = Vec::new();
+        for entry in &self.gist {
+            let Some((name, file)) = entry.split_once('=') else {
+                return Err(Error::config("gist", format!("`{entry}` is not NAME=FILE")));
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(Error::config("gist", format!("`{name}`: a name is letters, digits, `-` and `_`")));
+            }
+            if file.is_empty() {
+                return Err(Error::config("gist", format!("`{entry}` names no file")));
+            }
+            if out.iter().any(|(n, _)| n == name) {
+                return Err(Error::config("gist", format!("`{name}` is given twice")));
+            }
+            out.push((name.to_string(), PathBuf::from(file)));
+        }
+        Ok(out)
     }
 }
 
@@ -454,6 +480,7 @@ impl Settings {
         if let Some(h) = network.allowed_hosts.iter().find(|h| h.is_empty() || h.contains(['/', ' '])) {
             return Err(Error::config("allowed_hosts", format!("`{h}` is not a host name or host:port")));
         }
+        runtime.gists()?;
         if !crate::audio::gain_db_ok(local_audio.input_gain) {
             return Err(Error::config(
                 "input_gain",

@@ -20,6 +20,7 @@ use super::io::{FrameInput, OutMsg, Outbox, QueueSink, QueueSource};
 use super::metrics::Metrics;
 use super::runtime::{NewSession, Runtime};
 use super::settings::{self, Settings};
+use crate::gist::Gist;
 use crate::latent_frame::{self, Tap};
 use crate::lm::GenConfig;
 use crate::protocol::ProtocolError;
@@ -34,6 +35,8 @@ pub struct App {
     pub runtime: Runtime,
     pub metrics: Arc<Metrics>,
     pub peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Prefix latents clients may start with, by name (`?gist=NAME`).
+    pub gists: Arc<HashMap<String, Arc<Gist>>>,
 }
 
 /// Token and origin checks, shared by every endpoint.
@@ -212,6 +215,20 @@ pub fn upgrade(
         Ok(t) => t.unwrap_or_default(),
         Err(e) => return (StatusCode::BAD_REQUEST, format!("latents: {e}\n")).into_response(),
     };
+    let gist = match q.get("gist") {
+        None => None,
+        Some(name) => match app.gists.get(name) {
+            Some(g) => Some(g.clone()),
+            None => {
+                let mut known: Vec<&str> = app.gists.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+                let name = escaped(name);
+                return (StatusCode::BAD_REQUEST, format!("gist: no gist named `{name}` (known: {known})\n"))
+                    .into_response();
+            }
+        },
+    };
     let Some(slot) = PeerSlot::take(&app, peer.ip()) else {
         return (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address\n").into_response();
     };
@@ -219,7 +236,7 @@ pub fn upgrade(
     let read_limit = max.saturating_mul(READ_LIMIT_FACTOR);
     ws.max_message_size(read_limit).max_frame_size(read_limit).on_upgrade(move |socket| async move {
         match wire() {
-            Ok(w) => session(socket, app, peer, kind, Opened { sampling, taps }, w, slot).await,
+            Ok(w) => session(socket, app, peer, kind, Opened { sampling, taps, gist }, w, slot).await,
             Err(e) => tracing::error!("{kind} session: {}", escaped(&e.to_string())),
         }
     })
@@ -295,6 +312,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 struct Opened {
     sampling: GenConfig,
     taps: Taps,
+    gist: Option<Arc<Gist>>,
 }
 
 /// Runs one client's session. The per-peer `slot` is given back as soon as the session ends,
@@ -308,7 +326,7 @@ async fn session(
     mut wire: Box<dyn Wire>,
     slot: PeerSlot,
 ) {
-    let Opened { sampling, taps } = opened;
+    let Opened { sampling, taps, gist } = opened;
     let rt = &app.runtime;
     let backlog_frames = app.settings.runtime.backlog_frames;
     let input = FrameInput::new(rt.frame_size, backlog_frames, rt.waker());
@@ -322,6 +340,7 @@ async fn session(
         talk: None,
         remote: true,
         taps,
+        gist,
     }) {
         Ok(id) => id,
         Err(e) => {

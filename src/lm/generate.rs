@@ -21,6 +21,7 @@ use super::pick::{self, Draw, Picking};
 use super::sampling::{self, GenConfig, Sampling};
 use crate::backend;
 use crate::error::{Error, Result};
+use crate::gist::Gist;
 use crate::kernels::embed::Column;
 use crate::kernels::matvec::{self, Input};
 use crate::kernels::pick as kpick;
@@ -196,6 +197,18 @@ impl LmModel {
             keep_text_logits: false,
             text_logits: None,
         })
+    }
+
+    /// A fresh generation state of one stream that starts prompted by `gist`: its K vectors go
+    /// through the temporal transformer as positions `0..K` before the first frame, pinned in
+    /// its attention cache for the whole stream; the stream then starts as a fresh one.
+    pub fn init_state_with_gist(&self, config: GenConfig, gist: &Gist) -> Result<LmState> {
+        gist.check_width(self.config.dim, std::path::Path::new("gist"))?;
+        let mut state = self.init_state(&[config])?;
+        state.transformer = self.transformer.init_state_pinned(1, gist.k)?;
+        let prefix = backend::floats(gist.values.clone(), [1, gist.k, gist.dim], &self.device(), self.dtype());
+        self.transformer.forward(prefix, Some(&mut state.transformer))?;
+        Ok(state)
     }
 
     /// One generation step. `user_codes` holds `[B, n_q - dep_q]` codes (row-major, extra

@@ -6,6 +6,10 @@
 //! the future, and lies less than `context` steps back. With several positions written per call
 //! (Mimi's transformer gets 2 per frame), the newest overwrite the oldest before the queries
 //! run, as in the reference's streaming mode.
+//!
+//! A ring may pin its first positions (a session's prefix latents, [`crate::gist`]): they keep
+//! slots of their own and stay visible for the whole session, however far it runs past the
+//! context; the other positions cycle through the remaining slots.
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -20,6 +24,8 @@ pub struct KvCache {
     k: Option<Tensor<4>>,
     v: Option<Tensor<4>>,
     capacity: usize,
+    /// First positions that keep their slots for good.
+    pinned: usize,
     /// Number of positions written so far.
     end: usize,
 }
@@ -28,18 +34,28 @@ pub struct KvCache {
 impl Clone for KvCache {
     fn clone(&self) -> Self {
         let copy = |t: &Option<Tensor<4>>| t.as_ref().map(|t| t.clone().mul_scalar(1.0));
-        Self { k: copy(&self.k), v: copy(&self.v), capacity: self.capacity, end: self.end }
+        Self { k: copy(&self.k), v: copy(&self.v), capacity: self.capacity, pinned: self.pinned, end: self.end }
     }
 }
 
 impl KvCache {
     pub fn new(capacity: usize) -> Self {
-        Self { k: None, v: None, capacity, end: 0 }
+        Self::pinned(capacity, 0)
+    }
+
+    /// A ring of `capacity` cycling slots after `pinned` slots kept by the first positions.
+    pub fn pinned(capacity: usize, pinned: usize) -> Self {
+        Self { k: None, v: None, capacity: capacity + pinned, pinned, end: 0 }
+    }
+
+    /// Positions pinned at the front.
+    pub fn pinned_positions(&self) -> usize {
+        self.pinned
     }
 
     /// Where the ring stands, for a fused step of `context`.
     pub fn ring(&self, context: Option<usize>) -> Ring {
-        Ring { written: self.end, capacity: self.capacity, context }
+        Ring { written: self.end, capacity: self.capacity, context, pinned: self.pinned }
     }
 
     /// The ring's keys and values `[1, heads, cap, hd]` (zeros before the first write), taken
@@ -70,8 +86,11 @@ impl KvCache {
     pub fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> Result<(Tensor<4>, Tensor<4>, Vec<i64>)> {
         let [_, h, t, d] = k.dims();
         let cap = self.capacity;
-        if t > cap {
-            return Err(Error::input(format!("{t} positions in one step exceed the attention cache of {cap}")));
+        let ring = self.ring(None);
+        // The pinned prefix may come in one call; later calls must fit the cycling slots.
+        let room = if self.end < self.pinned { cap } else { cap - self.pinned };
+        if t > room {
+            return Err(Error::input(format!("{t} positions in one step exceed the attention cache of {room}")));
         }
         let (mut ck, mut cv) = match (self.k.take(), self.v.take()) {
             (Some(ck), Some(cv)) => (ck, cv),
@@ -80,27 +99,20 @@ impl KvCache {
                 Tensor::zeros([1, h, cap, d], (&v.device(), v.dtype())),
             ),
         };
+        // Runs of consecutive slots, each one slice-assign.
         let mut done = 0;
         while done < t {
-            let slot = (self.end + done) % cap;
-            let n = (t - done).min(cap - slot);
+            let slot = ring.slot_of(self.end + done);
+            let mut n = 1;
+            while done + n < t && ring.slot_of(self.end + done + n) == slot + n {
+                n += 1;
+            }
             ck = ck.slice_assign([0..1, 0..h, slot..slot + n, 0..d], k.clone().narrow(2, done, n));
             cv = cv.slice_assign([0..1, 0..h, slot..slot + n, 0..d], v.clone().narrow(2, done, n));
             done += n;
         }
-        let last = (self.end + t - 1) as i64;
-        let end_index = last % cap as i64;
         self.end += t;
-        let positions = (0..cap as i64)
-            .map(|i| {
-                if i >= self.end as i64 {
-                    -1
-                } else {
-                    let delta = i - end_index;
-                    if delta <= 0 { last + delta } else { last + delta - cap as i64 }
-                }
-            })
-            .collect();
+        let positions = (0..cap).map(|i| ring.slot_position(i, self.end)).collect();
         self.k = Some(ck.clone());
         self.v = Some(cv.clone());
         Ok((ck, cv, positions))

@@ -281,13 +281,15 @@ impl Transformer {
 
     /// A fresh streaming state for `batch` streams.
     pub fn init_state(&self, batch: usize) -> Result<TransformerState> {
+        self.init_state_pinned(batch, 0)
+    }
+
+    /// A fresh streaming state for `batch` streams whose first `pinned` positions stay in the
+    /// attention cache for the whole stream (a prefix, fed before anything else).
+    pub fn init_state_pinned(&self, batch: usize, pinned: usize) -> Result<TransformerState> {
         let cap = self.spec.cache_capacity()?;
-        Ok(TransformerState {
-            rows: (0..batch)
-                .map(|_| RowState { offset: 0, caches: (0..self.spec.num_layers).map(|_| KvCache::new(cap)).collect() })
-                .collect(),
-            steps: 0,
-        })
+        let caches = || (0..self.spec.num_layers).map(|_| KvCache::pinned(cap, pinned)).collect();
+        Ok(TransformerState { rows: (0..batch).map(|_| RowState { offset: 0, caches: caches() }).collect(), steps: 0 })
     }
 
     /// Most positions a stream may bring to one fused step ([`Transformer::step`]).
@@ -430,7 +432,18 @@ impl Transformer {
 
     /// Runs `x` `[B, T, d]`: the whole sequence (`state = None`) or the next `T` steps of each
     /// stream, the latter through [`Transformer::step`] where it takes them.
-    pub fn forward(&self, x: Tensor<3>, mut state: Option<&mut TransformerState>) -> Result<Tensor<3>> {
+    pub fn forward(&self, x: Tensor<3>, state: Option<&mut TransformerState>) -> Result<Tensor<3>> {
+        self.forward_pinned(x, state, 0)
+    }
+
+    /// [`Transformer::forward`]; in batch mode (`state = None`) the first `pinned` positions stay
+    /// visible to every query whatever the context, as a pinned streaming prefix does.
+    pub fn forward_pinned(
+        &self,
+        x: Tensor<3>,
+        mut state: Option<&mut TransformerState>,
+        pinned: usize,
+    ) -> Result<Tensor<3>> {
         let [b, t, c] = x.dims();
         if let Some(s) = state.as_deref_mut() {
             if self.steps_fused(t) && s.rows.len() == b && c == self.spec.d_model {
@@ -466,7 +479,7 @@ impl Transformer {
         // Batch mode: one mask for every stream.
         let batch_bias = state.is_none().then(|| {
             let pos: Vec<i64> = (0..t as i64).collect();
-            mask_bias(&pos, &pos, self.spec.context, &device, dtype)
+            mask_bias(&pos, &pos, self.spec.context, pinned, &device, dtype)
         });
         for (li, layer) in self.layers.iter().enumerate() {
             let schedule = self.spec.schedule.as_deref();
@@ -490,7 +503,8 @@ impl Transformer {
                         let (ck, cv, kpos) =
                             row.caches[li].append(k.clone().narrow(0, bi, 1), v.clone().narrow(0, bi, 1))?;
                         let qpos: Vec<i64> = (0..t).map(|i| (row.offset + i) as i64).collect();
-                        let bias = mask_bias(&qpos, &kpos, self.spec.context, &device, dtype);
+                        let pinned = row.caches[li].pinned_positions();
+                        let bias = mask_bias(&qpos, &kpos, self.spec.context, pinned, &device, dtype);
                         outs.push(attend(q.clone().narrow(0, bi, 1), ck, cv, bias));
                     }
                     Tensor::cat(outs, 0)
@@ -646,6 +660,28 @@ mod tests {
         let d = (whole - Tensor::cat(outs, 1)).abs().max().into_scalar::<f32>();
         assert!(d < 1e-4, "{d}");
         assert_eq!(st.rows[0].offset, 40);
+    }
+
+    #[test]
+    fn pinned_prefix_stays_visible_past_the_context() {
+        // A prefix of 3 fed in one call, then single steps far past a context of 5: the stream
+        // equals the batch run whose mask keeps the prefix visible, and differs from the plain
+        // batch run (which forgets it) once the context is passed.
+        let device = Device::flex();
+        let tr = random_transformer(&device, spec(5));
+        let x = Tensor::random([1, 30, 16], Distribution::Normal(0.0, 1.0), &device);
+        let pinned_whole = tr.forward_pinned(x.clone(), None, 3).unwrap();
+        let plain_whole = tr.forward(x.clone(), None).unwrap();
+        let mut st = tr.init_state_pinned(1, 3).unwrap();
+        let mut outs = vec![tr.forward(x.clone().narrow(1, 0, 3), Some(&mut st)).unwrap()];
+        outs.extend((3..30).map(|i| tr.forward(x.clone().narrow(1, i, 1), Some(&mut st)).unwrap()));
+        let streamed = Tensor::cat(outs, 1);
+        let d = (pinned_whole.clone() - streamed.clone()).abs().max().into_scalar::<f32>();
+        assert!(d < 1e-4, "{d}");
+        let early = (pinned_whole.clone().narrow(1, 0, 5) - plain_whole.clone().narrow(1, 0, 5)).abs().max();
+        assert!(early.into_scalar::<f32>() < 1e-5, "within the context, pinning changes nothing");
+        let late = (pinned_whole.narrow(1, 10, 20) - plain_whole.narrow(1, 10, 20)).abs().max();
+        assert!(late.into_scalar::<f32>() > 1e-3, "past the context, the prefix is still seen");
     }
 
     #[test]
