@@ -126,7 +126,8 @@ pub fn decode(body: &[u8]) -> Result<LatentFrame, LatentError> {
     let shape: Vec<usize> =
         dims.chunks_exact(4).map(|d| u32::from_le_bytes([d[0], d[1], d[2], d[3]]) as usize).collect();
     let data = &body[11 + 4 * rank..];
-    if data.len() != 4 * shape.iter().product::<usize>() {
+    let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| n.checked_mul(4));
+    if count != Some(data.len()) {
         return Err(LatentError::Size { got: data.len(), shape });
     }
     let values = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();

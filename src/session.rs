@@ -91,6 +91,14 @@ impl TopLogits {
     }
 }
 
+/// One session's input to a step: a frame of 24 kHz audio, or a frame of Mimi latents `[C]`
+/// (the encoder's output before quantization, as the `mimi` tap gives it) from another encoder.
+#[derive(Clone, Copy, Debug)]
+pub enum FrameIn<'a> {
+    Pcm(&'a [f32]),
+    Latent(&'a [f32]),
+}
+
 /// What one session produced in one step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FrameOut {
@@ -200,24 +208,88 @@ impl Engine {
 
     /// Steps each session by one frame. `pcm` holds one frame per session, concatenated.
     pub fn step(&self, sessions: &mut [&mut SessionState], pcm: &[f32]) -> Result<Vec<FrameOut>> {
-        let b = sessions.len();
         let frame = self.frame_size();
+        if pcm.len() != sessions.len() * frame {
+            return Err(Error::input(format!("{} samples for {} frames of {frame}", pcm.len(), sessions.len())));
+        }
+        let inputs: Vec<FrameIn> = pcm.chunks_exact(frame).map(FrameIn::Pcm).collect();
+        self.step_inputs(sessions, &inputs)
+    }
+
+    /// Steps each session by one frame of its own input, audio or Mimi latents.
+    pub fn step_inputs(&self, sessions: &mut [&mut SessionState], inputs: &[FrameIn]) -> Result<Vec<FrameOut>> {
+        let b = sessions.len();
+        let (frame, c) = (self.frame_size(), self.mimi.latent_dim());
         if b == 0 {
             return Ok(Vec::new());
         }
-        if pcm.len() != b * frame {
-            return Err(Error::input(format!("{} samples for {b} frames of {frame}", pcm.len())));
+        if inputs.len() != b {
+            return Err(Error::input(format!("{} inputs for {b} sessions", inputs.len())));
+        }
+        for input in inputs {
+            match input {
+                FrameIn::Pcm(p) if p.len() != frame => {
+                    return Err(Error::input(format!("{} samples for a frame of {frame}", p.len())));
+                }
+                FrameIn::Latent(l) if l.len() != c => {
+                    return Err(Error::input(format!("a Mimi latent of {} values, expected {c}", l.len())));
+                }
+                FrameIn::Latent(l) if l.iter().any(|v| !v.is_finite()) => {
+                    return Err(Error::input("a Mimi latent with values that are not finite"));
+                }
+                _ => {}
+            }
         }
         if sessions.iter().any(|s| s.enc.batch() != 1) {
             return Err(Error::input("sessions must hold one stream each"));
         }
-        let mut enc = batch::lend(sessions.iter_mut().map(|s| &mut s.enc));
+        // Only the sessions that send audio run the encoder (and move its state).
+        let is_pcm: Vec<bool> = inputs.iter().map(|i| matches!(i, FrameIn::Pcm(_))).collect();
+        let mut enc: EncState = batch::lend(encoders(sessions, &is_pcm));
         let mut lm = batch::lend(sessions.iter_mut().map(|s| &mut s.lm));
-        let result = self.step_merged(&mut enc, &mut lm, sessions, pcm);
-        batch::give_back(sessions.iter_mut().map(|s| &mut s.enc), enc);
+        let result = self.step_merged(&mut enc, &mut lm, sessions, inputs);
+        batch::give_back(encoders(sessions, &is_pcm), enc);
         batch::give_back(sessions.iter_mut().map(|s| &mut s.lm), lm);
         sessions.iter_mut().for_each(|s| s.frames += 1);
         result
+    }
+
+    /// The Mimi latents `[B, C, 1]` of a step: the encoder's for audio inputs, the given ones
+    /// for latent inputs, in session order.
+    fn step_latents(&self, enc: &mut EncState, inputs: &[FrameIn]) -> Result<Tensor<3>> {
+        let (frame, c) = (self.frame_size(), self.mimi.latent_dim());
+        let pcm: Vec<f32> = inputs
+            .iter()
+            .filter_map(|i| match i {
+                FrameIn::Pcm(p) => Some(*p),
+                FrameIn::Latent(_) => None,
+            })
+            .flatten()
+            .copied()
+            .collect();
+        let n_pcm = pcm.len() / frame;
+        let encoded = if n_pcm > 0 {
+            Some(self.mimi.encode_chunk_latent(enc, self.mimi.pcm_tensor(pcm, [n_pcm, frame]))?)
+        } else {
+            None
+        };
+        if n_pcm == inputs.len() {
+            return encoded.ok_or_else(|| Error::input("no inputs"));
+        }
+        let (device, dtype) = (self.mimi.device(), self.mimi.dtype());
+        let mut rows = Vec::with_capacity(inputs.len());
+        let mut next_pcm = 0;
+        for input in inputs {
+            match (input, &encoded) {
+                (FrameIn::Pcm(_), Some(e)) => {
+                    rows.push(e.clone().narrow(0, next_pcm, 1));
+                    next_pcm += 1;
+                }
+                (FrameIn::Latent(l), _) => rows.push(backend::floats(l.to_vec(), [1, c, 1], &device, dtype)),
+                (FrameIn::Pcm(_), None) => return Err(Error::input("audio input without encoder output")),
+            }
+        }
+        Ok(Tensor::cat(rows, 0))
     }
 
     fn step_merged(
@@ -225,7 +297,7 @@ impl Engine {
         enc: &mut EncState,
         lm: &mut LmState,
         sessions: &mut [&mut SessionState],
-        pcm: &[f32],
+        inputs: &[FrameIn],
     ) -> Result<Vec<FrameOut>> {
         let b = sessions.len();
         let frame = self.frame_size();
@@ -233,7 +305,7 @@ impl Engine {
         let mut outs: Vec<FrameOut> = (0..b)
             .map(|_| FrameOut { pcm: vec![0.0; frame], text: None, audio: None, latents: FrameLatents::default() })
             .collect();
-        let latent = self.mimi.encode_chunk_latent(enc, self.mimi.pcm_tensor(pcm.to_vec(), [b, frame]))?;
+        let latent = self.step_latents(enc, inputs)?;
         if taps.iter().any(|t| t.mimi) {
             let values = backend::read_floats(latent.clone())?;
             spread(&values, &taps, |t| t.mimi, &mut outs, |o, v| o.latents.mimi = Some(v));
@@ -282,6 +354,11 @@ impl Engine {
         }
         Ok(outs)
     }
+}
+
+/// The encoder states of the sessions that send audio, in order.
+fn encoders<'a>(sessions: &'a mut [&mut SessionState], pcm: &'a [bool]) -> impl Iterator<Item = &'a mut EncState> {
+    sessions.iter_mut().zip(pcm).filter(|(_, pcm)| **pcm).map(|(s, _)| &mut s.enc)
 }
 
 /// The decoder states of the sessions marked ready, in order.

@@ -84,6 +84,7 @@ pub fn start(
         remote: false,
         taps: Default::default(),
         gist: None,
+        latent_input: false,
     })?;
     tracing::info!(mode = if open_mode { "open" } else { "push-to-talk" }, "local audio: {description}");
     let hotkey = local.hotkey.as_deref().filter(|h| !h.trim().is_empty());

@@ -134,6 +134,7 @@ pub async fn serve(
             remote: false,
             taps: Default::default(),
             gist: None,
+            latent_input: false,
         })?;
     } else if settings.local_audio.audio {
         local = local_audio::start(&settings, sampling, &runtime, metrics.clone(), talk.clone())?;

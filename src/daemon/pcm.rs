@@ -2,6 +2,11 @@
 //! in any size (`?format=s16` for 16-bit); one binary message per 80 ms frame comes back, and
 //! each inner-monologue text piece as a text message. A malformed message gets an error text
 //! message and a close, for that client only.
+//!
+//! With `?input=latents` the client sends Mimi latents instead of audio, so that another
+//! encoder can feed kokichi: binary messages in the latent layout the `mimi` tap streams
+//! (`KKLT`, tap 0, f32, shape `[C]` or `[T, C]`; see `docs/protocol.md`), one row per 80 ms
+//! frame. The answer comes back as audio, as usual.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,18 +34,54 @@ impl Format {
     }
 }
 
-/// `/api/pcm`: raw little-endian samples.
-struct PcmWire(Format);
+/// `/api/pcm`: raw little-endian samples out, samples or (with `latent_dim`) Mimi latents in.
+struct PcmWire {
+    format: Format,
+    latent_dim: Option<usize>,
+}
+
+/// Reads one message of Mimi latents `[C]` or `[T, C]` into `out`.
+fn read_latents(bytes: &[u8], c: usize, out: &mut Vec<f32>) -> Result<(), WireError> {
+    let bad = |m: String| WireError::LatentInput(m);
+    let body = bytes
+        .strip_prefix(latent_frame::PCM_TAG.as_slice())
+        .ok_or_else(|| bad("with input=latents, a binary message is a latent frame (leading bytes KKLT)".into()))?;
+    let frame = latent_frame::decode(body).map_err(|e| bad(e.to_string()))?;
+    if frame.tap != Tap::Mimi {
+        return Err(bad(format!("latent input takes the mimi tap, not {}", frame.tap.name())));
+    }
+    let rows_ok = match frame.shape.as_slice() {
+        [w] => *w == c,
+        [t, w] => *w == c && *t > 0,
+        _ => false,
+    };
+    if !rows_ok {
+        return Err(bad(format!("latent shape {:?}: expected [{c}] or [T, {c}]", frame.shape)));
+    }
+    if frame.values.iter().any(|v| !v.is_finite()) {
+        return Err(bad("latent values must be finite".into()));
+    }
+    out.extend_from_slice(&frame.values);
+    Ok(())
+}
 
 impl Wire for PcmWire {
+    fn latent_input(&self) -> bool {
+        self.latent_dim.is_some()
+    }
+
     fn incoming(&mut self, msg: Message, samples: &mut Vec<f32>) -> Result<Incoming, WireError> {
-        let sample_bytes = self.0.sample_bytes();
+        let sample_bytes = self.format.sample_bytes();
         match msg {
+            Message::Binary(b) if self.latent_dim.is_some() => {
+                read_latents(&b, self.latent_dim.unwrap_or_default(), samples)?;
+                Ok(Incoming::Samples)
+            }
             Message::Binary(b) => {
                 if b.len() % sample_bytes != 0 {
                     return Err(WireError::PartialSamples { bytes: b.len(), sample_bytes });
                 }
-                if self.0 == Format::F32 {
+                if self.format == Format::F32 {
                     let start = samples.len();
                     samples.extend(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
                     if samples[start..].iter().any(|v| !v.is_finite()) {
@@ -58,7 +99,7 @@ impl Wire for PcmWire {
     }
 
     fn audio(&mut self, pcm: &[f32]) -> Result<Vec<Message>, WireError> {
-        Ok(vec![Message::Binary(encode(pcm, self.0).into())])
+        Ok(vec![Message::Binary(encode(pcm, self.format).into())])
     }
 
     fn text(&mut self, piece: &str) -> Message {
@@ -94,7 +135,15 @@ pub async fn pcm(
             return (StatusCode::BAD_REQUEST, format!("format `{other}`: expected f32 or s16\n")).into_response();
         }
     };
-    upgrade(ws, app, peer, headers, q, "pcm", move || Ok(Box::new(PcmWire(format)) as Box<dyn Wire>))
+    let latent_dim = match q.get("input").map(String::as_str) {
+        None | Some("pcm") => None,
+        Some("latents") => Some(app.runtime.latent_dim),
+        Some(other) => {
+            let other: String = other.chars().take(40).collect();
+            return (StatusCode::BAD_REQUEST, format!("input `{other}`: expected pcm or latents\n")).into_response();
+        }
+    };
+    upgrade(ws, app, peer, headers, q, "pcm", move || Ok(Box::new(PcmWire { format, latent_dim }) as Box<dyn Wire>))
 }
 
 fn encode(pcm: &[f32], format: Format) -> Vec<u8> {

@@ -24,7 +24,7 @@ use super::metrics::{Metrics, SessionStatus};
 use crate::error::{Error, Result};
 use crate::gist::Gist;
 use crate::lm::GenConfig;
-use crate::session::{Engine, SessionState, Taps};
+use crate::session::{Engine, FrameIn, SessionState, Taps};
 
 /// A session to start.
 pub struct NewSession {
@@ -41,6 +41,9 @@ pub struct NewSession {
     pub taps: Taps,
     /// Prefix latents the session starts with (and restarts with).
     pub gist: Option<Arc<Gist>>,
+    /// The source gives frames of Mimi latents (`[C]` each, [`Runtime::latent_dim`]) instead
+    /// of audio.
+    pub latent_input: bool,
 }
 
 /// Frames a network session may get ahead of real time before pacing holds it back.
@@ -105,6 +108,8 @@ struct Live {
     sink: Box<dyn AudioSink>,
     talk: Option<Arc<AtomicBool>>,
     pending: Option<Vec<f32>>,
+    /// Frames are Mimi latents, not audio.
+    latent_input: bool,
     ended: bool,
     started: Instant,
     remote: bool,
@@ -147,6 +152,8 @@ pub struct Runtime {
     max_sessions: usize,
     pub frame_size: usize,
     pub sample_rate: usize,
+    /// Width of a frame of Mimi latents, for sessions fed latents instead of audio.
+    pub latent_dim: usize,
 }
 
 /// Settings of the inference loop.
@@ -178,6 +185,7 @@ impl Runtime {
             max_sessions: options.max_sessions,
             frame_size: engine.frame_size(),
             sample_rate: engine.sample_rate(),
+            latent_dim: engine.mimi.latent_dim(),
         };
         let handle = std::thread::Builder::new()
             .name("kokichi-inference".into())
@@ -281,6 +289,7 @@ impl Loop {
         let frame = self.engine.frame_size();
         let frame_time = Duration::from_secs_f64(frame as f64 / self.engine.sample_rate() as f64);
         let mut scratch = vec![0f32; frame];
+        let mut latent_scratch = vec![0f32; self.engine.mimi.latent_dim()];
         loop {
             if self.apply_requests() {
                 let ids: Vec<u64> = self.sessions.keys().copied().collect();
@@ -293,12 +302,13 @@ impl Loop {
             // Collect frames.
             for s in self.sessions.values_mut() {
                 if s.pending.is_none() && !s.ended && s.may_take_frame(frame_time) {
-                    match s.source.poll_frame(&mut scratch) {
+                    let buf = if s.latent_input { &mut latent_scratch } else { &mut scratch };
+                    match s.source.poll_frame(buf) {
                         Poll::Frame => {
                             if s.talk.as_ref().is_some_and(|t| !t.load(Ordering::Relaxed)) {
-                                scratch.iter_mut().for_each(|v| *v = 0.0);
+                                buf.iter_mut().for_each(|v| *v = 0.0);
                             }
-                            s.pending = Some(scratch.clone());
+                            s.pending = Some(buf.clone());
                             s.last_input = Instant::now();
                             if s.remote {
                                 s.credit -= 1.0;
@@ -359,6 +369,7 @@ impl Loop {
                         sink: s.sink,
                         talk: s.talk,
                         pending: None,
+                        latent_input: s.latent_input,
                         ended: false,
                         started: Instant::now(),
                         remote: s.remote,
@@ -443,12 +454,16 @@ impl Loop {
     fn step(&mut self, frame_time: Duration) {
         let mut ids: Vec<u64> = self.sessions.iter().filter(|(_, s)| s.pending.is_some()).map(|(id, _)| *id).collect();
         ids.sort_unstable();
-        let mut pcm = Vec::with_capacity(ids.len() * self.engine.frame_size());
+        let mut frames: Vec<(Vec<f32>, bool)> = Vec::with_capacity(ids.len());
         for id in &ids {
-            if let Some(p) = self.sessions.get_mut(id).and_then(|s| s.pending.take()) {
-                pcm.extend_from_slice(&p);
+            if let Some(s) = self.sessions.get_mut(id) {
+                if let Some(p) = s.pending.take() {
+                    frames.push((p, s.latent_input));
+                }
             }
         }
+        let inputs: Vec<FrameIn> =
+            frames.iter().map(|(f, latent)| if *latent { FrameIn::Latent(f) } else { FrameIn::Pcm(f) }).collect();
         let t0 = Instant::now();
         let result = {
             let mut states: Vec<&mut SessionState> = Vec::with_capacity(ids.len());
@@ -459,7 +474,7 @@ impl Loop {
             for (_, live) in by_id {
                 states.push(&mut live.state);
             }
-            self.engine.step(&mut states, &pcm)
+            self.engine.step_inputs(&mut states, &inputs)
         };
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         self.steps += 1;

@@ -143,6 +143,9 @@ pub enum WireError {
     PartialSamples { bytes: usize, sample_bytes: usize },
     #[error("samples must be finite")]
     NonFiniteSamples,
+    /// A bad frame of latents on a session fed latents (`/api/pcm?input=latents`).
+    #[error("{0}")]
+    LatentInput(String),
     /// Over `max_message_bytes`: closed with 1009 (message too big).
     #[error("message of {bytes} bytes is over the limit of {max} bytes")]
     TooBig { bytes: usize, max: usize },
@@ -175,6 +178,10 @@ pub trait Wire: Send {
     /// A warning the session goes on after (audio was dropped); `None`: the wire has none.
     fn warning(&mut self, _w: &str) -> Option<Message> {
         None
+    }
+    /// Whether the client sends frames of Mimi latents instead of audio.
+    fn latent_input(&self) -> bool {
+        false
     }
     /// Samples of decoded audio dropped since the last call (over the wire's decode budget).
     fn take_dropped(&mut self) -> usize {
@@ -329,7 +336,9 @@ async fn session(
     let Opened { sampling, taps, gist } = opened;
     let rt = &app.runtime;
     let backlog_frames = app.settings.runtime.backlog_frames;
-    let input = FrameInput::new(rt.frame_size, backlog_frames, rt.waker());
+    let latent_input = wire.latent_input();
+    let frame_len = if latent_input { rt.latent_dim } else { rt.frame_size };
+    let input = FrameInput::new(frame_len, backlog_frames, rt.waker());
     let outbox = Outbox::new(backlog_frames * 4 + 16);
     let (mut tx, mut rx) = socket.split();
     let id = match rt.add(NewSession {
@@ -341,6 +350,7 @@ async fn session(
         remote: true,
         taps,
         gist,
+        latent_input,
     }) {
         Ok(id) => id,
         Err(e) => {

@@ -344,11 +344,11 @@ impl Mimi {
         self.quantizer.bins
     }
 
-    fn device(&self) -> Device {
+    pub(crate) fn device(&self) -> Device {
         self.encoder.first.weight.val().device()
     }
 
-    fn dtype(&self) -> DType {
+    pub(crate) fn dtype(&self) -> DType {
         self.encoder.first.weight.val().dtype()
     }
 
