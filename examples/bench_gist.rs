@@ -71,8 +71,16 @@ fn main() -> Result<()> {
         prefixed.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let (r, g) = (median(replay), median(prefixed));
-    println!("model {} on {}: prompt {prompt_frames} frames, gist K = {}", engine.source, backend::kind_of(&device), gist.k);
-    println!("to the first frame of the user's turn: replaying the prompt {r:.1} ms, reading the gist {g:.2} ms; {:.0}x sooner", r / g.max(1e-6));
+    println!(
+        "model {} on {}: prompt {prompt_frames} frames, gist K = {}",
+        engine.source,
+        backend::kind_of(&device),
+        gist.k
+    );
+    println!(
+        "to the first frame of the user's turn: replaying the prompt {r:.1} ms, reading the gist {g:.2} ms; {:.0}x sooner",
+        r / g.max(1e-6)
+    );
     let c = &engine.lm.config;
     let pinned_bytes = 2 * c.num_layers * gist.k * c.dim * engine.lm.dtype().size();
     println!(

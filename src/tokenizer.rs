@@ -1,7 +1,8 @@
-//! The text side of Moshi: its inner monologue is a stream of SentencePiece token ids. We only
-//! need to turn ids back into text, so instead of binding the C++ library this module reads the
-//! `.model` file (a protobuf `ModelProto`) by hand and keeps the piece table. It can also write
-//! a minimal `.model` file, for our own small models and for tests.
+//! The text side of Moshi: its inner monologue is a stream of SentencePiece token ids. Instead
+//! of binding the C++ library this module reads the `.model` file (a protobuf `ModelProto`) by
+//! hand and keeps the piece table with its scores: ids decode to text, and text encodes to ids
+//! by the unigram model's best segmentation (for text the model is made to say). It can also
+//! write a minimal `.model` file, for our own small models and for tests.
 
 use std::path::Path;
 
@@ -51,36 +52,138 @@ const SPACE: char = '\u{2581}';
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     pieces: Vec<(String, PieceKind)>,
+    /// The unigram log-probability of each piece (0 where the file has none).
+    scores: Vec<f32>,
 }
 
 impl Tokenizer {
     /// Reads a SentencePiece `.model` file.
     pub fn load(path: &Path) -> Result<Self> {
         let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let pieces = parse_model(&data).map_err(|msg| Error::File {
+        let (pieces, scores) = parse_model(&data).map_err(|msg| Error::File {
             path: path.to_path_buf(),
             msg: format!("not a valid SentencePiece model: {msg}"),
         })?;
         tracing::debug!("{}: {} pieces", path.display(), pieces.len());
-        Ok(Self { pieces })
+        Ok(Self { pieces, scores })
     }
 
     /// A tokenizer with the given pieces; piece `i` gets id `i`.
     pub fn from_pieces(pieces: Vec<(String, PieceKind)>) -> Self {
-        Self { pieces }
+        Self { pieces, scores: Vec::new() }
     }
 
-    /// Encodes the piece table as a minimal `ModelProto`: the pieces with all scores 0, plus
+    /// A tokenizer with the given pieces and their scores.
+    pub fn from_scored_pieces(pieces: Vec<(String, PieceKind, f32)>) -> Self {
+        let scores = pieces.iter().map(|p| p.2).collect();
+        Self { pieces: pieces.into_iter().map(|(t, k, _)| (t, k)).collect(), scores }
+    }
+
+    /// The id of the piece written exactly `piece` (with `▁`, or a special name like `<pad>`).
+    pub fn id_of(&self, piece: &str) -> Option<u32> {
+        self.pieces.iter().position(|(text, _)| text == piece).map(|i| i as u32)
+    }
+
+    /// Encodes `text` as SentencePiece's unigram model does: whitespace runs become one `▁`,
+    /// a `▁` goes in front, and the segmentation into normal and user-defined pieces with the
+    /// highest total score wins (fewest pieces on ties). A character no piece covers falls back
+    /// to its UTF-8 byte pieces where the vocabulary has them, else it is an error naming it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        if words.is_empty() {
+            return Ok(Vec::new());
+        }
+        let normalized: Vec<char> =
+            words.iter().flat_map(|w| std::iter::once(SPACE).chain(w.chars())).collect::<Vec<char>>();
+        let mut lookup: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        let mut longest = 1;
+        for (i, (piece, kind)) in self.pieces.iter().enumerate() {
+            if matches!(kind, PieceKind::Normal | PieceKind::UserDefined) && !piece.is_empty() {
+                lookup.entry(piece.as_str()).or_insert(i as u32);
+                longest = longest.max(piece.chars().count());
+            }
+        }
+        let n = normalized.len();
+        // Every piece occurrence: (start, end, id).
+        let mut edges: Vec<Vec<(usize, Vec<u32>)>> = vec![Vec::new(); n];
+        let mut covered = vec![false; n];
+        let mut piece = String::new();
+        for start in 0..n {
+            piece.clear();
+            for end in start + 1..=(start + longest).min(n) {
+                piece.push(normalized[end - 1]);
+                if let Some(&id) = lookup.get(piece.as_str()) {
+                    edges[start].push((end, vec![id]));
+                    covered[start..end].iter_mut().for_each(|c| *c = true);
+                }
+            }
+        }
+        // A character no piece covers: its UTF-8 byte pieces, else an error naming it.
+        for (at, ch) in normalized.iter().enumerate().filter(|(at, _)| !covered[*at]) {
+            let mut buf = [0u8; 4];
+            let bytes: Option<Vec<u32>> =
+                ch.encode_utf8(&mut buf).bytes().map(|b| self.id_of(&format!("<0x{b:02X}>"))).collect();
+            let Some(ids) = bytes else {
+                // Name the word that holds it (the `▁` in front of a word belongs to the word).
+                let from = normalized[..=at].iter().rposition(|c| *c == SPACE).unwrap_or(0);
+                let to = normalized[at + 1..].iter().position(|c| *c == SPACE).map_or(n, |p| at + 1 + p);
+                let word: String = normalized[from + 1..to].iter().collect();
+                return Err(Error::input(format!(
+                    "cannot encode `{word}`: no piece of the vocabulary covers `{}`",
+                    if *ch == SPACE { ' ' } else { *ch }
+                )));
+            };
+            edges[at].push((at + 1, ids));
+        }
+        let score_of = |ids: &[u32]| -> f32 {
+            match ids {
+                [id] if self.kind(*id) != Some(PieceKind::Byte) => {
+                    self.scores.get(*id as usize).copied().unwrap_or(0.0)
+                }
+                // Byte fallback, far below any real segmentation.
+                _ => -100.0 * ids.len() as f32,
+            }
+        };
+        // best[i]: (score, pieces, previous cut, the ids of the last step) of the best prefix of i chars.
+        let mut best: Vec<Option<(f32, usize, usize, Vec<u32>)>> = vec![None; n + 1];
+        best[0] = Some((0.0, 0, 0, Vec::new()));
+        for start in 0..n {
+            let Some((score, count, _, _)) = best[start].clone() else { continue };
+            for (end, ids) in &edges[start] {
+                let s = score + score_of(ids);
+                let c = count + ids.len();
+                let better = match &best[*end] {
+                    None => true,
+                    Some((bs, bc, _, _)) => s > *bs || (s == *bs && c < *bc),
+                };
+                if better {
+                    best[*end] = Some((s, c, start, ids.clone()));
+                }
+            }
+        }
+        let mut ids = Vec::new();
+        let mut at = n;
+        while at > 0 {
+            let Some((_, _, prev, step)) = &best[at] else {
+                return Err(Error::input(format!("cannot encode `{text}` with this vocabulary")));
+            };
+            ids.splice(0..0, step.iter().copied());
+            at = *prev;
+        }
+        Ok(ids)
+    }
+
+    /// Encodes the piece table as a minimal `ModelProto`: the pieces with their scores, plus
     /// `trainer_spec.byte_fallback` when there are byte pieces. SentencePiece itself loads it
     /// if there are no byte pieces or all 256 of them.
     pub fn to_model_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let mut piece = Vec::new();
-        for (text, kind) in &self.pieces {
+        for (i, (text, kind)) in self.pieces.iter().enumerate() {
             piece.clear();
             put_bytes(&mut piece, 1, text.as_bytes());
             put_varint(&mut piece, 2 << 3 | 5);
-            piece.extend_from_slice(&0f32.to_le_bytes());
+            piece.extend_from_slice(&self.scores.get(i).copied().unwrap_or(0.0).to_le_bytes());
             put_varint(&mut piece, 3 << 3);
             put_varint(&mut piece, kind.to_proto());
             put_bytes(&mut out, 1, &piece);
@@ -178,14 +281,19 @@ fn byte_value(piece: &str) -> Option<u8> {
 }
 
 /// Reads the pieces (field 1) of a `ModelProto`, skipping every other field.
-fn parse_model(data: &[u8]) -> std::result::Result<Vec<(String, PieceKind)>, String> {
+type Pieces = (Vec<(String, PieceKind)>, Vec<f32>);
+
+fn parse_model(data: &[u8]) -> std::result::Result<Pieces, String> {
     let mut reader = Reader { data, pos: 0 };
     let mut pieces = Vec::new();
+    let mut scores = Vec::new();
     while !reader.done() {
         match reader.key()? {
             (1, 2) => {
-                let piece = parse_piece(reader.bytes()?).map_err(|e| format!("piece {}: {e}", pieces.len()))?;
-                pieces.push(piece);
+                let (text, kind, score) =
+                    parse_piece(reader.bytes()?).map_err(|e| format!("piece {}: {e}", pieces.len()))?;
+                pieces.push((text, kind));
+                scores.push(score);
             }
             (1, wire) => return Err(format!("pieces field has wire type {wire}")),
             (_, wire) => reader.skip(wire)?,
@@ -197,13 +305,14 @@ fn parse_model(data: &[u8]) -> std::result::Result<Vec<(String, PieceKind)>, Str
     if u32::try_from(pieces.len()).is_err() {
         return Err(format!("{} pieces is more than 32-bit ids can address", pieces.len()));
     }
-    Ok(pieces)
+    Ok((pieces, scores))
 }
 
-fn parse_piece(data: &[u8]) -> std::result::Result<(String, PieceKind), String> {
+fn parse_piece(data: &[u8]) -> std::result::Result<(String, PieceKind, f32), String> {
     let mut reader = Reader { data, pos: 0 };
     let mut text = String::new();
     let mut kind = PieceKind::Normal;
+    let mut score = 0.0f32;
     while !reader.done() {
         match reader.key()? {
             (1, 2) => {
@@ -211,7 +320,11 @@ fn parse_piece(data: &[u8]) -> std::result::Result<(String, PieceKind), String> 
                 text = std::str::from_utf8(raw).map_err(|_| "piece text is not UTF-8")?.to_owned();
             }
             (2, 5) => {
-                reader.take(4)?;
+                let b = reader.take(4)?;
+                score = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                if !score.is_finite() {
+                    return Err(format!("score {score} is not finite"));
+                }
             }
             (3, 0) => {
                 let value = reader.varint()?;
@@ -221,7 +334,7 @@ fn parse_piece(data: &[u8]) -> std::result::Result<(String, PieceKind), String> 
             (_, wire) => reader.skip(wire)?,
         }
     }
-    Ok((text, kind))
+    Ok((text, kind, score))
 }
 
 /// A cursor over protobuf wire-format bytes. Errors name the byte offset.
@@ -330,6 +443,50 @@ mod tests {
     }
 
     #[test]
+    fn encode_takes_the_best_scored_segmentation() {
+        use PieceKind::*;
+        let tok = Tokenizer::from_scored_pieces(vec![
+            ("<unk>".into(), Unknown, 0.0),
+            ("▁".into(), Normal, -5.0),
+            ("▁he".into(), Normal, -2.0),
+            ("llo".into(), Normal, -2.0),
+            ("▁hello".into(), Normal, -3.0),
+            ("▁h".into(), Normal, -1.0),
+            ("ello".into(), Normal, -1.5),
+            ("▁world".into(), Normal, -4.0),
+            ("<0x21>".into(), Byte, 0.0),
+        ]);
+        // "▁hello": -3 alone beats ▁he+llo (-4) but not ▁h+ello (-2.5).
+        assert_eq!(tok.encode("hello").unwrap(), vec![5, 6]);
+        assert_eq!(tok.encode("  hello \n world ").unwrap(), vec![5, 6, 7]);
+        assert_eq!(tok.decode(&tok.encode("hello world").unwrap()), "hello world");
+        // A character no piece covers: its byte pieces, else an error naming it.
+        assert_eq!(tok.encode("hello!").unwrap(), vec![5, 6, 8]);
+        let e = tok.encode("hello?").unwrap_err().to_string();
+        assert!(e.contains("`hello?`") && e.contains("`?`"), "{e}");
+        assert!(tok.encode("   ").unwrap().is_empty());
+        // Scores survive the model file.
+        let path = temp_file("scored.model");
+        std::fs::write(&path, tok.to_model_bytes()).unwrap();
+        let back = Tokenizer::load(&path).unwrap();
+        assert_eq!(back.encode("hello world").unwrap(), vec![5, 6, 7]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn encode_round_trips_kokichi_tiny_words() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/kokichi-tiny/tokenizer.model");
+        let tok = Tokenizer::load(&path).unwrap();
+        let ids = tok.encode("seven  apple two").unwrap();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(tok.decode(&ids), "seven apple two");
+        assert_eq!(tok.piece(ids[0]), Some("▁seven"));
+        // A word-level vocabulary without byte pieces: an unknown word is named.
+        let e = tok.encode("seven xylograph").unwrap_err().to_string();
+        assert!(e.contains("`xylograph`"), "{e}");
+    }
+
+    #[test]
     fn model_bytes_round_trip() {
         let tok = sample();
         let path = temp_file("rt.model");
@@ -351,7 +508,7 @@ mod tests {
         data.extend(sample().to_model_bytes());
         put_varint(&mut data, 7 << 3 | 5); // fixed32
         data.extend_from_slice(&[2; 4]);
-        assert_eq!(parse_model(&data).unwrap(), sample().pieces);
+        assert_eq!(parse_model(&data).unwrap().0, sample().pieces);
     }
 
     #[test]
@@ -414,7 +571,7 @@ mod tests {
         let pieces = sample().pieces;
         let bytes = sample().to_model_bytes();
         for cut in 0..bytes.len() {
-            if let Ok(parsed) = parse_model(&bytes[..cut]) {
+            if let Ok((parsed, _)) = parse_model(&bytes[..cut]) {
                 assert_eq!(parsed, pieces[..parsed.len()], "cut at {cut}");
             }
         }
