@@ -17,6 +17,7 @@ pub mod latent_frame;
 pub mod lm;
 pub mod mimi;
 pub mod model_dir;
+pub mod monologue;
 pub mod nn;
 pub mod protocol;
 mod quiet_stderr;

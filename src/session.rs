@@ -19,6 +19,7 @@ use crate::lm::model::UNGENERATED_TOKEN;
 use crate::lm::{GenConfig, LmModel, LmState};
 use crate::mimi::{DecState, EncState, Mimi};
 use crate::model_dir::ModelFiles;
+use crate::monologue::Monologue;
 use crate::nn::batch::{self, Batched};
 use crate::tokenizer::Tokenizer;
 
@@ -41,6 +42,8 @@ pub struct SessionState {
     pub frames: u64,
     /// Latents this session's steps report.
     pub taps: Taps,
+    /// Text the model is made to say ([`Engine::say`]).
+    monologue: Monologue,
 }
 
 /// Which latents a session's steps report in [`FrameOut::latents`].
@@ -176,6 +179,7 @@ impl Engine {
             dec: self.mimi.init_dec_state(1)?,
             frames: 0,
             taps: Taps::default(),
+            monologue: Monologue::default(),
         })
     }
 
@@ -191,6 +195,33 @@ impl Engine {
             self.step(&mut [&mut session], &silence)?;
         }
         Ok(t0.elapsed())
+    }
+
+    /// Makes the session's model say `text` in its own voice: its pieces are forced into the
+    /// inner monologue over the next frames, paced by the model ([`crate::monologue`]), after
+    /// whatever it was already made to say. Returns the pieces queued.
+    pub fn say(&self, session: &mut SessionState, text: &str) -> Result<usize> {
+        let tokenizer =
+            self.tokenizer.as_ref().ok_or_else(|| Error::input("this model has no tokenizer to say text"))?;
+        let ids = tokenizer.encode(text)?;
+        let limit = self.lm.config.text_out();
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= limit) {
+            return Err(Error::input(format!("piece {bad} is beyond the model's {limit} text tokens")));
+        }
+        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+        session.monologue.push(&ids).map_err(|room| {
+            Error::input(format!(
+                "{} pieces to say, room for {room} ({} queued at most)",
+                ids.len(),
+                crate::monologue::MAX_QUEUED
+            ))
+        })?;
+        Ok(ids.len())
+    }
+
+    /// Forgets what the session was made to say and has not said yet.
+    pub fn stop_saying(&self, session: &mut SessionState) {
+        session.monologue.clear();
     }
 
     /// The text of a generated token as Moshi streams it ("▁" as a space), or `None` for
@@ -314,9 +345,12 @@ impl Engine {
         let q = codes.dims()[1];
         let codes = backend::read_ints(codes)?;
         let dep_q = self.lm.config.dep_q;
+        let pad = self.lm.config.existing_text_padding_id as i64;
+        let saying: Vec<bool> = sessions.iter().map(|s| s.monologue.active()).collect();
+        let forced: Vec<Option<i64>> = sessions.iter_mut().map(|s| s.monologue.next(pad)).collect();
         lm.set_keep_hidden(taps.iter().any(|t| t.lm));
-        lm.set_keep_text_logits(taps.iter().any(|t| t.logits > 0));
-        let step = self.lm.step(lm, &codes, q)?;
+        lm.set_keep_text_logits(taps.iter().any(|t| t.logits > 0) || saying.iter().any(|s| *s));
+        let step = self.lm.step_forced(lm, &codes, q, &forced)?;
         if let Some(hidden) = lm.take_hidden() {
             let values = backend::read_floats(hidden)?;
             spread(&values, &taps, |t| t.lm, &mut outs, |o, v| o.latents.lm = Some(v));
@@ -325,8 +359,13 @@ impl Engine {
             let values = backend::read_floats(logits)?;
             let width = values.len() / b.max(1);
             for (r, (t, out)) in taps.iter().zip(outs.iter_mut()).enumerate() {
+                let row = &values[r * width..(r + 1) * width];
                 if t.logits > 0 {
-                    out.latents.logits = Some(TopLogits::of(&values[r * width..(r + 1) * width], t.logits));
+                    out.latents.logits = Some(TopLogits::of(row, t.logits));
+                }
+                if saying[r] {
+                    let top = TopLogits::of(row, 1).ids.first().map_or(pad, |&i| i64::from(i));
+                    sessions[r].monologue.observe(top, pad);
                 }
             }
         }
