@@ -112,7 +112,12 @@ fn classify(e: ApiError, endpoint: &str, seen: (usize, usize)) -> Failure {
                 let message = response.header("x-error-message").unwrap_or_default().to_string();
                 status_failure(code, &error_code, &message)
             }
-            ureq::Error::Transport(t) => Failure::Other(format!("cannot reach {endpoint}: {t}")),
+            ureq::Error::Transport(t) => {
+                // Its text starts with the file's URL; the endpoint is enough.
+                let text = t.to_string();
+                let url = t.url().map(|u| format!("{u}: ")).unwrap_or_default();
+                Failure::Other(format!("cannot reach {endpoint}: {}", text.strip_prefix(&url).unwrap_or(&text)))
+            }
         },
         ApiError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof || seen.0 > 0 => Failure::Other(format!(
             "download interrupted after {} of {} bytes ({e}); run again to resume",

@@ -377,6 +377,24 @@ fn run(model: &str, endpoint: &str, hf_home: &Path, output: &Path) -> Outcome {
     Outcome { ok: out.status.success(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
+/// The same run on a terminal: a pty from Python's `pty` module (no shell); stdout and stderr
+/// come back together.
+fn run_on_terminal(model: &str, endpoint: &str, hf_home: &Path, output: &Path) -> Outcome {
+    let input = scratch("hf-download", "in.wav");
+    let out = Command::new("python3")
+        .args(["-c", "import pty, sys; sys.exit(pty.spawn(sys.argv[1:]) >> 8)", env!("CARGO_BIN_EXE_kokichi")])
+        .args(["--backend", "cpu", "run", "--greedy", "--model", model, "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(output)
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_HOME", hf_home)
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 runs kokichi on a pty");
+    Outcome { ok: out.status.success(), stderr: String::from_utf8_lossy(&out.stdout).into_owned() }
+}
+
 /// The single `error:` line of a failed run.
 fn error_line(o: &Outcome) -> String {
     assert!(!o.ok, "the run should have failed:\n{}", o.stderr);
@@ -495,7 +513,12 @@ fn download_cache_offline_resume_and_errors() {
     let other_home = scratch("hf-download", "hf-home-errors");
     let out = scratch("hf-download", "never.wav");
     let unreachable = error_line(&run("test-org/nowhere", &endpoint, &other_home, &out));
-    assert!(unreachable.contains("test-org/nowhere") && unreachable.contains("cannot reach"), "{unreachable}");
+    assert!(
+        unreachable.contains("test-org/nowhere")
+            && unreachable.contains(&format!("cannot reach {endpoint}: "))
+            && unreachable.contains("Connection refused"),
+        "{unreachable}"
+    );
     let hub = Hub::start(repos);
     let missing_repo = error_line(&run("test-org/no-such-repo", &hub.endpoint(), &other_home, &out));
     assert!(
@@ -508,7 +531,18 @@ fn download_cache_offline_resume_and_errors() {
         "{missing_file}"
     );
     assert!(!out.exists());
+
+    // 5. On a terminal: indicatif's bar for each file, no per-file log lines.
+    let tty_home = scratch("hf-download", "hf-home-tty");
+    let tty = run_on_terminal(REPO, &hub.endpoint(), &tty_home, &scratch("hf-download", "tty.wav"));
+    assert!(tty.ok, "{}", tty.stderr);
+    assert!(downloaded(&tty).is_empty(), "{}", tty.stderr);
+    for f in ["config.json", LM, TOKENIZER] {
+        let bar = tty.stderr.lines().any(|l| l.contains(f) && l.contains("[00:00:0") && l.contains("B/"));
+        assert!(bar, "no progress bar for {f}:\n{}", tty.stderr);
+    }
     drop(hub);
     let _ = std::fs::remove_dir_all(&hf_home);
     let _ = std::fs::remove_dir_all(&other_home);
+    let _ = std::fs::remove_dir_all(&tty_home);
 }
