@@ -2,7 +2,8 @@
 //! `blobs/`, `snapshots/<commit>/`, `refs/main`), from `$HF_ENDPOINT` when set. A file already in
 //! the cache is used without asking the network, so a downloaded model runs offline. Progress is a
 //! bar on a terminal and one log line per file elsewhere (systemd, CI). An interrupted file stays
-//! as a `.part` blob that the next run resumes with a range request. Failures are one line naming
+//! as a `.part` blob that the next run resumes with a range request; a file whose size is not the
+//! one the hub announced is removed from the cache. Failures are one line naming
 //! the repo and the file: repo not found, file not in the repo, hub unreachable, interrupted.
 
 use std::cell::Cell;
@@ -99,7 +100,23 @@ impl HubRepo {
         }
         let seen = Rc::new(Cell::new((0usize, 0usize)));
         let progress = Progress::new(&self.id, file, self.terminal, seen.clone());
-        self.api.download_with_progress(file, progress).map_err(|e| classify(e, &self.endpoint, seen.get()))
+        let path =
+            self.api.download_with_progress(file, progress).map_err(|e| classify(e, &self.endpoint, seen.get()))?;
+        // A server that ignores a resumed download's range request sends the whole file again,
+        // which hf-hub appends to the part it had: check the size the hub announced.
+        let size = seen.get().1 as u64;
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if len != size {
+            if let Ok(blob) = std::fs::canonicalize(&path) {
+                let _ = std::fs::remove_file(blob);
+            }
+            let _ = std::fs::remove_file(&path);
+            return Err(Failure::Other(format!(
+                "received {len} bytes where the hub announced {size} (a resumed download whose range was \
+                 ignored?): removed from the cache, run again"
+            )));
+        }
+        Ok(path)
     }
 }
 
