@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BIN := $(CARGO_TARGET_DIR)/debug/kokichi
 OUT ?= out
 
-.PHONY: run test test-browser build bench bench-train bench-codec bench-daemon bench-lm bench-step fixtures venv venv-tiny tiny-deps clean train-tiny eval-tiny fmt
+.PHONY: run test test-browser test-deploy build bench bench-train bench-codec bench-daemon bench-lm bench-step fixtures venv venv-tiny tiny-deps clean train-tiny eval-tiny fmt
 
 build:
 	cargo build --bin kokichi
@@ -53,6 +53,12 @@ fmt:
 # no browser download). Writes out/browser/screenshot.png.
 test-browser: build tests/browser/node_modules/.package-lock.json
 	cd tests/browser && KOKICHI_BIN=$(BIN) node --test page.test.mjs
+
+# deploy/nginx.conf on loopback (tests/deploy.rs): Debian's nginx (`nginx-light`) as a plain
+# process in front of two daemons, one of them killed mid-test.
+test-deploy: build
+	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
+	cargo test --test deploy -- --ignored --test-threads=1
 
 tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json tests/browser/package.json
 	cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund

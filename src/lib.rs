@@ -11,6 +11,7 @@ pub mod cost;
 pub mod daemon;
 pub mod error;
 pub mod gist;
+pub mod hub;
 #[path = "../kernels/mod.rs"]
 pub mod kernels;
 pub mod latent_frame;

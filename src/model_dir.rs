@@ -1,5 +1,5 @@
 //! Finding a model's files: a kokichi model folder, a Kyutai Hugging Face snapshot folder, or
-//! a Hugging Face repo id fetched with `hf-hub` (progress bar on stderr).
+//! a Hugging Face repo id fetched into the Hugging Face cache (`hub.rs`).
 //!
 //! kokichi folder: `config.json` (`{"mimi": {...}, "lm": {...}, "mimi_codebooks": n}`, and
 //! optionally `"sampling": {...}`, the model's recommended sampling, the daemon's `[sampling]`
@@ -195,36 +195,46 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
     })
 }
 
-/// Downloads a Kyutai repository's files into the Hugging Face cache.
+/// Fetches a repository's files into the Hugging Face cache (see [`crate::hub`]): a kokichi
+/// repo (`config.json` with `lm`/`mimi`) or a Kyutai one (`config.json` naming its files, or
+/// moshiko's file names when it has none).
 fn download(repo: &str) -> Result<ModelFiles> {
-    let err = |msg: String| Error::Download { repo: repo.to_string(), msg };
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().map_err(|e| err(e.to_string()))?;
-    let r = api.model(repo.to_string());
-    // A config.json is optional (moshiko has none).
-    let config = r.get("config.json").ok();
-    let dir = match &config {
+    let hub = crate::hub::HubRepo::open(repo)?;
+    // A cached snapshot without config.json is a complete moshiko one: no network needed.
+    let config = match hub.cached("config.json") {
+        Some(c) => Some(c),
+        None if hub.cached(KYUTAI_LM).is_some() => None,
+        None => hub.optional("config.json")?,
+    };
+    let mut last = None;
+    match &config {
         Some(c) => {
             let json = read_json(c)?;
-            let name = |key: &str, default: &str| json.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string();
-            for f in [
-                name("moshi_name", KYUTAI_LM),
-                name("mimi_name", KYUTAI_MIMI),
-                name("tokenizer_name", KYUTAI_TOKENIZER),
-            ] {
-                r.get(&f).map_err(|e| err(format!("{f}: {e}")))?;
+            if json.get("lm").is_some() || json.get("mimi").is_some() {
+                for f in ["model.safetensors", "mimi.safetensors"] {
+                    last = Some(hub.required(f)?);
+                }
+                hub.optional("tokenizer.model")?;
+            } else {
+                let name =
+                    |key: &str, default: &str| json.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string();
+                for f in [
+                    name("moshi_name", KYUTAI_LM),
+                    name("mimi_name", KYUTAI_MIMI),
+                    name("tokenizer_name", KYUTAI_TOKENIZER),
+                ] {
+                    last = Some(hub.required(&f)?);
+                }
             }
-            c.parent().map(Path::to_path_buf)
         }
         None => {
-            let mut parent = None;
             for f in [KYUTAI_LM, KYUTAI_MIMI, KYUTAI_TOKENIZER] {
-                let p = r.get(f).map_err(|e| err(format!("{f}: {e}")))?;
-                parent = p.parent().map(Path::to_path_buf);
+                last = Some(hub.required(f)?);
             }
-            parent
         }
-    };
-    let dir = dir.ok_or_else(|| err("download folder unknown".into()))?;
+    }
+    let dir = last.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+    let dir = dir.ok_or_else(|| Error::Download { repo: repo.to_string(), msg: "download folder unknown".into() })?;
     let mut files = from_dir(&dir)?;
     files.source = format!("{repo} ({})", dir.display());
     Ok(files)

@@ -107,6 +107,45 @@ async fn pcm_client_gets_frame_aligned_audio_and_text() {
     d.shutdown().await;
 }
 
+/// `/metrics` in Prometheus' text format: the token rule of `/api/status`, the step histogram,
+/// and the client's payload bytes counted exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_steps_sessions_and_bytes() {
+    let mut settings = config("metrics");
+    settings.network.token = Some("metrics-token".into());
+    let d = Running::start(settings).await;
+    let pcm = &question()[..12 * FRAME];
+    let (frames, text) = pcm_client(d.addr, pcm, "token=metrics-token").await;
+    let get = |auth: &'static str| {
+        common::live::raw_http(
+            d.addr,
+            Box::leak(
+                format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n").into_boxed_str(),
+            ),
+        )
+    };
+    let refused = get("").await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let reply = get("Authorization: Bearer metrics-token\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("text/plain; version=0.0.4"), "{reply}");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let value = |name: &str| -> f64 {
+        let line = body.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
+        line.unwrap_or_else(|| panic!("no {name} in:\n{body}")).rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("kokichi_websocket_bytes_total{direction=\"in\"}"), (12 * FRAME * 4) as f64);
+    assert!(
+        value("kokichi_websocket_bytes_total{direction=\"out\"}") >= (frames.len() * FRAME * 4 + text.len()) as f64
+    );
+    let steps = value("kokichi_step_seconds_count");
+    assert!(steps >= 12.0, "{body}");
+    assert_eq!(value("kokichi_step_seconds_bucket{le=\"+Inf\"}"), steps);
+    assert!(value("kokichi_step_seconds_sum") > 0.0);
+    assert_eq!(value("kokichi_sessions_started_total"), 1.0);
+    assert_eq!(value("kokichi_dropped_frames_total{direction=\"in\"}"), 0.0);
+    d.shutdown().await;
+}
+
 /// A model folder may recommend its sampling: the daemon uses it when the user sets none, and
 /// a client's query string still overrides it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

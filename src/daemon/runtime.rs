@@ -359,6 +359,7 @@ impl Loop {
             Ok(mut state) => {
                 state.taps = s.taps;
                 tracing::info!(id, kind = %s.kind, "session started");
+                self.metrics.publish(|st| st.sessions_started += 1);
                 self.sessions.insert(
                     id,
                     Live {
@@ -444,6 +445,12 @@ impl Loop {
 
     fn end(&mut self, id: u64, reason: &str) {
         if let Some(mut s) = self.sessions.remove(&id) {
+            let (dropped_in, dropped_out) = (s.source.dropped(), s.sink.dropped());
+            // With the list that no longer holds it, so `/metrics` never counts its drops twice.
+            self.publish_sessions_then(|st| {
+                st.ended_dropped.0 += dropped_in;
+                st.ended_dropped.1 += dropped_out;
+            });
             s.sink.close(reason);
             self.active.fetch_sub(1, Ordering::Relaxed);
             tracing::info!(id, kind = %s.kind, frames = s.state.frames, reason, "session ended");
@@ -477,6 +484,7 @@ impl Loop {
             self.engine.step_inputs(&mut states, &inputs)
         };
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.observe_step(ms / 1000.0);
         self.steps += 1;
         self.step_avg = if self.steps == 1 { ms } else { 0.9 * self.step_avg + 0.1 * ms };
         let frame_ms = frame_time.as_secs_f64() * 1000.0;
@@ -521,6 +529,11 @@ impl Loop {
     }
 
     fn publish_sessions(&self) {
+        self.publish_sessions_then(|_| {});
+    }
+
+    /// Publishes the session list and `also`'s changes in one update.
+    fn publish_sessions_then(&self, also: impl FnOnce(&mut super::metrics::Status)) {
         let mut list: Vec<SessionStatus> = self
             .sessions
             .iter()
@@ -536,6 +549,9 @@ impl Loop {
             })
             .collect();
         list.sort_by_key(|s| s.id);
-        self.metrics.publish(|st| st.sessions = list);
+        self.metrics.publish(|st| {
+            st.sessions = list;
+            also(st);
+        });
     }
 }

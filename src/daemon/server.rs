@@ -1,4 +1,5 @@
-//! The HTTP front: the web page, `GET /api/status` (JSON metrics) and the WebSocket endpoints
+//! The HTTP front: the web page, `GET /api/status` (JSON metrics), `GET /metrics` (the same
+//! for Prometheus) and the WebSocket endpoints
 //! (`/api/pcm` in `pcm.rs`, `/api/chat` in `chat.rs`), all behind the same token and origin
 //! checks (`socket.rs`).
 
@@ -19,6 +20,7 @@ pub fn router(app: App) -> Router {
         .route("/app.js", get(|| async { page("text/javascript", include_str!("../../assets/web/app.js")) }))
         .route("/worklet.js", get(|| async { page("text/javascript", include_str!("../../assets/web/worklet.js")) }))
         .route("/api/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/api/pcm", get(pcm::pcm))
         .route("/api/chat", get(chat::chat))
         .with_state(app)
@@ -42,4 +44,12 @@ async fn status(State(app): State<App>, headers: HeaderMap, Query(q): Query<Hash
         return r;
     }
     axum::Json(app.metrics.snapshot()).into_response()
+}
+
+/// Prometheus' text format; the same token and origin rules as `/api/status`.
+async fn metrics(State(app): State<App>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Err(r) = authorize(&app, &headers, &q) {
+        return r;
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.prometheus()).into_response()
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -382,6 +383,7 @@ async fn session(
                 Ok(Some(Err(e))) => return Some(receive_error(e, max_bytes)),
             };
             let bytes = message_len(&msg);
+            app.metrics.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
             if bytes > max_bytes {
                 return Some(WireError::TooBig { bytes, max: max_bytes }.into());
             }
@@ -420,9 +422,11 @@ async fn session(
     };
     let writer = async {
         for m in greeting {
+            let n = message_len(&m) as u64;
             if tx.send(m).await.is_err() {
                 return;
             }
+            app.metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
         }
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -448,8 +452,11 @@ async fn session(
                     }
                 };
                 for msg in msgs {
+                    let n = message_len(&msg) as u64;
                     match tokio::time::timeout(SEND_TIMEOUT, tx.send(msg)).await {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => {
+                            app.metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
+                        }
                         Ok(Err(_)) => return,
                         Err(_) => {
                             tracing::warn!(%peer, "client not reading: dropping it");
