@@ -132,6 +132,13 @@ impl Wire for ChatWire {
         Message::Binary(m.into())
     }
 
+    /// A metadata message (`0x04`), which Moshi's clients take as information only.
+    fn event(&mut self, json: &str) -> Message {
+        let mut m = vec![protocol::METADATA];
+        m.extend_from_slice(json.as_bytes());
+        Message::Binary(m.into())
+    }
+
     /// Moshi's protocol has no warning kind: an error message (`0x05`) saying "warning".
     fn warning(&mut self, w: &str) -> Option<Message> {
         Some(self.error(&format!("warning: {w}")))

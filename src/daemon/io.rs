@@ -48,6 +48,8 @@ pub trait AudioSink: Send {
     fn push(&mut self, pcm: &[f32], text: Option<&str>);
     /// The latents of frame `frame` (counting from 0), for a session that asked for them.
     fn latents(&mut self, _frame: u64, _latents: &FrameLatents) {}
+    /// An event of the session (a special token, a tool's outcome, text said), as JSON.
+    fn event(&mut self, _json: &str) {}
     /// The session is over (client gone, source ended, shutdown). Flush and release.
     fn close(&mut self, reason: &str);
     /// Messages waiting to be delivered.
@@ -231,6 +233,8 @@ pub enum OutMsg {
     Latents(Tap, u64, Vec<usize>, Vec<f32>),
     /// A warning for the client (audio was dropped); the session goes on.
     Warning(String),
+    /// An event of the session, as JSON.
+    Event(String),
     /// An error to report to the client before closing.
     Error(String),
     /// Close the connection with this WebSocket close code and reason.
@@ -272,6 +276,11 @@ impl AudioSink for QueueSink {
             let values = top.ids.iter().map(|&i| i as f32).chain(top.values.iter().copied()).collect();
             self.0.queue.push(OutMsg::Latents(Tap::Logits, frame, vec![2, k], values));
         }
+        self.0.notify.notify_one();
+    }
+
+    fn event(&mut self, json: &str) {
+        self.0.queue.push(OutMsg::Event(json.to_string()));
         self.0.notify.notify_one();
     }
 

@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod server;
 pub mod settings;
 pub mod socket;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -42,6 +43,22 @@ pub use settings::{Settings, TalkMode};
 #[derive(Clone, Debug)]
 pub struct Ready {
     pub addr: SocketAddr,
+}
+
+/// The `[tools]` table by token id: each name must be a piece of the model's vocabulary.
+fn bind_tools(settings: &Settings, engine: &Engine) -> Result<HashMap<i64, (String, tools::ToolAction)>> {
+    let mut bound = HashMap::new();
+    for (name, action) in &settings.tools {
+        let id = engine.tokenizer.as_ref().and_then(|t| t.id_of(name)).ok_or_else(|| {
+            Error::config(
+                format!("tools.\"{name}\""),
+                "not a piece of the model's vocabulary (add the token with an adapter)",
+            )
+        })?;
+        tracing::info!(token = %name, id, command = ?action.command, "tool bound");
+        bound.insert(i64::from(id), (name.clone(), action.clone()));
+    }
+    Ok(bound)
 }
 
 /// The gists of `--gist NAME=FILE`, read and checked against the model's width.
@@ -108,6 +125,7 @@ pub async fn serve(
             batch_window: settings.runtime.batch_window(),
             log_transcripts: settings.runtime.log_transcripts,
             idle_timeout: settings.runtime.idle_timeout(),
+            tools: bind_tools(&settings, &engine)?,
         },
     )?;
     let talk = Arc::new(AtomicBool::new(open_mode));

@@ -34,6 +34,16 @@ impl Format {
     }
 }
 
+/// A client's text message: `{"say": "..."}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Command {
+    say: String,
+}
+
+/// The longest text one `say` command may carry.
+const MAX_SAY_CHARS: usize = 1000;
+
 /// `/api/pcm`: raw little-endian samples out, samples or (with `latent_dim`) Mimi latents in.
 struct PcmWire {
     format: Format,
@@ -92,7 +102,13 @@ impl Wire for PcmWire {
                 }
                 Ok(Incoming::Samples)
             }
-            Message::Text(_) => Err(WireError::TextMessage("text messages are not accepted on /api/pcm")),
+            Message::Text(t) => match serde_json::from_str::<Command>(&t) {
+                Ok(Command { say }) if say.chars().count() <= MAX_SAY_CHARS => Ok(Incoming::Say(say)),
+                Ok(_) => Err(WireError::TextMessage("`say`: at most 1000 characters a message")),
+                Err(_) => Err(WireError::TextMessage(
+                    "a text message on /api/pcm is a JSON command, {\"say\": \"...\"}; audio goes in binary messages",
+                )),
+            },
             Message::Close(_) => Ok(Incoming::Close),
             _ => Ok(Incoming::Nothing),
         }
@@ -114,6 +130,10 @@ impl Wire for PcmWire {
 
     fn error(&mut self, e: &str) -> Message {
         Message::Text(format!("error: {e}").into())
+    }
+
+    fn event(&mut self, json: &str) -> Message {
+        Message::Text(json.into())
     }
 
     fn warning(&mut self, w: &str) -> Option<Message> {

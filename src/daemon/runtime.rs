@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::io::{AudioSink, AudioSource, Poll, Waker};
 use super::metrics::{Metrics, SessionStatus};
+use super::tools::{self, ToolAction};
 use crate::error::{Error, Result};
 use crate::gist::Gist;
 use crate::lm::GenConfig;
@@ -55,6 +56,10 @@ pub const RESTART_INTERVAL: Duration = Duration::from_secs(1);
 const ADDS_PER_TICK: usize = 2;
 /// Sessions waiting to be started at most; more are refused as busy.
 const ADDS_QUEUED: usize = 16;
+/// Texts waiting to be said at most (all sessions); more are refused as busy.
+const SAYS_QUEUED: usize = 64;
+/// Tool outcomes waiting for the inference thread at most; more are dropped (logged).
+const TOOL_OUTCOMES_QUEUED: usize = 64;
 
 /// What the other threads ask of the inference thread, taken at each tick. Sessions to start
 /// queue (boundedly); removals and restarts are one entry per session however many times they
@@ -65,6 +70,8 @@ struct Requests {
     add: VecDeque<(u64, NewSession)>,
     remove: HashSet<u64>,
     restart: HashSet<u64>,
+    say: VecDeque<(u64, String)>,
+    tool_done: VecDeque<tools::Done>,
     stop: bool,
 }
 
@@ -75,6 +82,8 @@ struct Taken {
     cancelled: Vec<NewSession>,
     remove: HashSet<u64>,
     restart: HashSet<u64>,
+    say: VecDeque<(u64, String)>,
+    tool_done: VecDeque<tools::Done>,
     stop: bool,
 }
 
@@ -96,7 +105,15 @@ impl Requests {
         if self.stop {
             cancelled.extend(self.add.drain(..).map(|(_, s)| s));
         }
-        Taken { add, cancelled, remove, restart: std::mem::take(&mut self.restart), stop: self.stop }
+        Taken {
+            add,
+            cancelled,
+            remove,
+            restart: std::mem::take(&mut self.restart),
+            say: std::mem::take(&mut self.say),
+            tool_done: std::mem::take(&mut self.tool_done),
+            stop: self.stop,
+        }
     }
 }
 
@@ -165,6 +182,8 @@ pub struct RuntimeOptions {
     pub log_transcripts: bool,
     /// A remote session that sends no audio for this long is ended; `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// Text tokens bound to actions, by token id.
+    pub tools: HashMap<i64, (String, ToolAction)>,
 }
 
 impl Runtime {
@@ -177,6 +196,21 @@ impl Runtime {
         let waker = Arc::new(Waker::default());
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Requests::default()));
+        let runner = if options.tools.values().any(|(_, a)| !a.command.is_empty()) {
+            let (requests, waker) = (requests.clone(), waker.clone());
+            Some(tools::Runner::start(move |done| {
+                if let Ok(mut r) = requests.lock() {
+                    if r.tool_done.len() >= TOOL_OUTCOMES_QUEUED {
+                        tracing::warn!(token = %done.token, "tool outcome dropped: too many waiting");
+                        return;
+                    }
+                    r.tool_done.push_back(done);
+                }
+                waker.wake();
+            })?)
+        } else {
+            None
+        };
         let rt = Runtime {
             requests: requests.clone(),
             waker: waker.clone(),
@@ -189,7 +223,7 @@ impl Runtime {
         };
         let handle = std::thread::Builder::new()
             .name("kokichi-inference".into())
-            .spawn(move || Loop::new(engine, metrics, options, waker, active, requests).run())
+            .spawn(move || Loop::new(engine, metrics, options, waker, active, requests, runner).run())
             .map_err(|e| Error::Backend(format!("cannot start the inference thread: {e}")))?;
         Ok((rt, handle))
     }
@@ -224,6 +258,19 @@ impl Runtime {
     }
 
     /// Ends a session (its sink is closed). Never lost, however busy the thread is.
+    /// Makes session `id`'s model say `text` ([`Engine::say`]); the outcome comes to its sink
+    /// as an event. Refused when too many texts are waiting.
+    pub fn say(&self, id: u64, text: String) -> std::result::Result<(), String> {
+        let mut r = self.requests.lock().map_err(|_| "the inference thread has stopped".to_string())?;
+        if r.say.len() >= SAYS_QUEUED {
+            return Err(format!("{SAYS_QUEUED} texts already waiting to be said"));
+        }
+        r.say.push_back((id, text));
+        drop(r);
+        self.waker.wake();
+        Ok(())
+    }
+
     pub fn remove(&self, id: u64) {
         if let Ok(mut r) = self.requests.lock() {
             r.remove.insert(id);
@@ -260,6 +307,7 @@ struct Loop {
     first_ready: Option<Instant>,
     steps: u64,
     step_avg: f64,
+    runner: Option<tools::Runner>,
 }
 
 impl Loop {
@@ -270,8 +318,10 @@ impl Loop {
         waker: Arc<Waker>,
         active: Arc<std::sync::atomic::AtomicUsize>,
         requests: Arc<Mutex<Requests>>,
+        runner: Option<tools::Runner>,
     ) -> Self {
         Self {
+            runner,
             engine,
             metrics,
             options,
@@ -410,6 +460,26 @@ impl Loop {
         for id in taken.remove {
             self.end(id, "closed");
         }
+        for (id, text) in taken.say {
+            self.say(id, &text, "say");
+        }
+        for done in taken.tool_done {
+            let Some(s) = self.sessions.get_mut(&done.session) else { continue };
+            match done.answer {
+                Ok(answer) => {
+                    s.sink.event(
+                        &serde_json::json!({"event": "tool", "token": done.token, "answer": answer}).to_string(),
+                    );
+                    if !answer.is_empty() {
+                        self.say(done.session, &answer, "tool");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(id = done.session, token = %done.token, "tool: {e}");
+                    s.sink.event(&serde_json::json!({"event": "tool", "token": done.token, "error": e}).to_string());
+                }
+            }
+        }
         for id in taken.restart {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.restart_wanted = true;
@@ -425,6 +495,16 @@ impl Loop {
             self.restart(id);
         }
         taken.stop
+    }
+
+    /// Queues `text` for session `id` to say; `what` names the event reporting it.
+    fn say(&mut self, id: u64, text: &str, what: &str) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let event = match self.engine.say(&mut s.state, text) {
+            Ok(pieces) => serde_json::json!({"event": what, "said": text, "pieces": pieces}),
+            Err(e) => serde_json::json!({"event": what, "said": text, "error": e.to_string()}),
+        };
+        s.sink.event(&event.to_string());
     }
 
     fn restart(&mut self, id: u64) {
@@ -504,6 +584,22 @@ impl Loop {
             Ok(outs) => {
                 for (id, out) in ids.iter().zip(outs) {
                     let piece = out.text.and_then(|t| self.engine.text_piece(t));
+                    let bound = out.text.and_then(|t| self.options.tools.get(&t));
+                    if let (Some((token, action)), Some(s)) = (bound, self.sessions.get_mut(id)) {
+                        let frame = s.state.frames.saturating_sub(1);
+                        s.sink
+                            .event(&serde_json::json!({"event": "token", "token": token, "frame": frame}).to_string());
+                        if !action.command.is_empty() {
+                            let job = tools::Job { session: *id, token: token.clone(), action: action.clone() };
+                            let queued =
+                                self.runner.as_ref().map_or(Err("no tools thread".to_string()), |r| r.submit(job));
+                            if let Err(e) = queued {
+                                s.sink.event(
+                                    &serde_json::json!({"event": "tool", "token": token, "error": e}).to_string(),
+                                );
+                            }
+                        }
+                    }
                     if let Some(s) = self.sessions.get_mut(id) {
                         if self.options.log_transcripts {
                             if let Some(p) = &piece {

@@ -9,7 +9,7 @@
 //! The groups (model and runtime, network, local audio, file session) exist in the Rust types
 //! and in `--help`; the file stays flat, with a `[sampling]` table, as the README documents it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ use clap::{ArgAction, ArgMatches, Args, FromArgMatches, ValueEnum};
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer, Visitor};
 
+use super::tools::ToolAction;
 use crate::backend::{BackendKind, Precision};
 use crate::error::{Error, Result};
 use crate::lm::GenConfig;
@@ -41,6 +42,9 @@ pub struct Settings {
     /// The flags are `kokichi run`'s, so they are declared with `kokichi run`'s.
     #[arg(skip)]
     pub sampling: Vec<SamplingOverrides>,
+    /// Special tokens bound to actions: the file's `[tools]` table ([`super::tools`]).
+    #[arg(skip)]
+    pub tools: BTreeMap<String, ToolAction>,
 }
 
 /// The model and how the inference thread runs it.
@@ -428,6 +432,7 @@ impl Settings {
             local_audio: file.group()?,
             file_session: FileSessionSettings::default(),
             sampling: vec![file.group::<SamplingTable>()?.sampling],
+            tools: file.group::<ToolsTable>()?.tools,
         };
         if let Some(key) = file.table.keys().find(|k| !file.known.contains(&k.as_str())) {
             return Err(file_error(format!("unknown setting `{key}`")));
@@ -481,6 +486,7 @@ impl Settings {
             return Err(Error::config("allowed_hosts", format!("`{h}` is not a host name or host:port")));
         }
         runtime.gists()?;
+        super::tools::validate(&self.tools)?;
         if !crate::audio::gain_db_ok(local_audio.input_gain) {
             return Err(Error::config(
                 "input_gain",
@@ -501,6 +507,13 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The `[tools]` table of the settings file.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ToolsTable {
+    tools: BTreeMap<String, ToolAction>,
 }
 
 /// The `[sampling]` table of the settings file.

@@ -127,6 +127,8 @@ pub enum Incoming {
     Nothing,
     /// The client reported an error of its own (logged, rate-limited, escaped).
     Report(String),
+    /// Text for the model to say in its own voice.
+    Say(String),
     /// The client is leaving.
     Close,
 }
@@ -180,6 +182,8 @@ pub trait Wire: Send {
     fn warning(&mut self, _w: &str) -> Option<Message> {
         None
     }
+    /// An event of the session (JSON), in a form the endpoint's clients can ignore.
+    fn event(&mut self, json: &str) -> Message;
     /// Whether the client sends frames of Mimi latents instead of audio.
     fn latent_input(&self) -> bool {
         false
@@ -400,6 +404,12 @@ async fn session(
                 Ok(Incoming::Report(text)) => {
                     session_warn(&mut warnings, peer, format_args!("client reported an error: {}", escaped(&text)))
                 }
+                Ok(Incoming::Say(text)) => {
+                    if let Err(e) = rt.say(id, text) {
+                        outbox.queue.push(OutMsg::Warning(format!("not said: {e}")));
+                        outbox.notify.notify_one();
+                    }
+                }
                 Ok(Incoming::Close) => return None,
                 Err(e) => return Some(e.into()),
             }
@@ -446,6 +456,7 @@ async fn session(
                     }
                     OutMsg::Error(e) => vec![wire.lock().await.error(&e)],
                     OutMsg::Warning(w) => wire.lock().await.warning(&w).into_iter().collect(),
+                    OutMsg::Event(e) => vec![wire.lock().await.event(&e)],
                     OutMsg::Closed(code, reason) => {
                         let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(close(code, &reason))).await;
                         return;
