@@ -4,9 +4,11 @@
 //!
 //! The model's text stream is a word piece at each word's onset and padding while the word is
 //! spoken. Forcing words back to back would outrun the voice, so the pieces are paced by the
-//! model itself: after a forced piece the stream is held on padding until the model's own text
-//! head would start a new piece (its top token is not padding), at least [`MIN_GAP`] and at most
-//! [`MAX_GAP`] frames later. Once the queue is spent the model is free again.
+//! model itself: the stream is held on padding until the model's own text head would start a
+//! piece (its top token is not padding), then that piece is replaced by the next one queued.
+//! The first piece waits at most [`MAX_FIRST_WAIT`] frames (a model that is listening speaks
+//! when the user stops), the next ones at least [`MIN_GAP`] and at most [`MAX_GAP`] frames after
+//! the one before. Once the queue is spent the model is free again.
 
 use std::collections::VecDeque;
 
@@ -14,6 +16,8 @@ use std::collections::VecDeque;
 pub const MIN_GAP: usize = 2;
 /// Frames of padding at most between two forced pieces.
 pub const MAX_GAP: usize = 8;
+/// Frames the first piece waits at most for the model to start speaking.
+pub const MAX_FIRST_WAIT: usize = 25;
 /// Pieces one session may have queued.
 pub const MAX_QUEUED: usize = 512;
 
@@ -23,6 +27,8 @@ pub struct Monologue {
     queue: VecDeque<i64>,
     /// Frames since the last forced piece (`None`: none forced yet).
     since_piece: Option<usize>,
+    /// Frames the first piece has waited.
+    waited: usize,
     /// The model's own text head wanted a piece at the last frame.
     wants_piece: bool,
 }
@@ -51,22 +57,26 @@ impl Monologue {
     pub fn next(&mut self, pad: i64) -> Option<i64> {
         let first = *self.queue.front()?;
         let due = match self.since_piece {
-            None => true,
+            None => self.waited >= MAX_FIRST_WAIT || self.wants_piece,
             Some(n) => n >= MAX_GAP || (n >= MIN_GAP && self.wants_piece),
         };
         if due {
             self.queue.pop_front();
             self.since_piece = Some(1);
+            self.waited = 0;
             Some(first)
         } else {
-            self.since_piece = self.since_piece.map(|n| n + 1);
+            match &mut self.since_piece {
+                Some(n) => *n += 1,
+                None => self.waited += 1,
+            }
             Some(pad)
         }
     }
 
     /// What the model's text head would have picked at the frame just stepped.
     pub fn observe(&mut self, top: i64, pad: i64) {
-        self.wants_piece = top != pad;
+        self.wants_piece = top != pad && !self.queue.is_empty();
         if self.queue.is_empty() {
             self.since_piece = None;
         }
@@ -88,8 +98,13 @@ mod tests {
     fn pieces_wait_for_the_model_within_bounds() {
         let mut m = Monologue::default();
         m.push(&[10, 11, 12]).unwrap();
-        // The first piece at once.
-        assert_eq!(m.next(PAD), Some(10));
+        // The first piece waits, holding the stream, until the model would speak.
+        for _ in 0..3 {
+            assert_eq!(m.next(PAD), Some(PAD));
+            m.observe(PAD, PAD);
+        }
+        m.observe(20, PAD);
+        assert_eq!(m.next(PAD), Some(10), "the model's own piece is replaced");
         m.observe(20, PAD);
         // The model wants a piece at once: still padding for MIN_GAP frames.
         assert_eq!(m.next(PAD), Some(PAD));
@@ -109,6 +124,17 @@ mod tests {
         m.observe(PAD, PAD);
         assert_eq!(m.next(PAD), None, "free once the queue is spent");
         assert!(!m.active());
+    }
+
+    #[test]
+    fn the_first_piece_waits_at_most_max_first_wait() {
+        let mut m = Monologue::default();
+        m.push(&[10]).unwrap();
+        for _ in 0..MAX_FIRST_WAIT {
+            assert_eq!(m.next(PAD), Some(PAD));
+            m.observe(PAD, PAD);
+        }
+        assert_eq!(m.next(PAD), Some(10));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use clap::Args;
 
 use kokichi::audio;
 use kokichi::backend::{self, BackendKind, Precision};
+use kokichi::daemon::tools;
 use kokichi::gist::Gist;
 use kokichi::latent_frame::DEFAULT_TOP_LOGITS;
 use kokichi::lm::sampling::SamplingOverrides;
@@ -96,6 +97,14 @@ pub struct RunArgs {
     /// `gist`; see `kokichi gist train`).
     #[arg(long)]
     pub gist: Option<PathBuf>,
+    /// Make the model say this text in its own voice, from the first frame (its pieces forced
+    /// into the inner monologue).
+    #[arg(long)]
+    pub say: Option<String>,
+    /// A settings file whose `[tools]` table binds special tokens to commands, as `kokichi
+    /// serve`'s: a bound token's command runs beside the session and its answer is said.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -137,6 +146,33 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     if a.dump_latents.is_some() {
         session.taps = Taps { mimi: true, lm: true, logits: DEFAULT_TOP_LOGITS };
     }
+    if let Some(text) = &a.say {
+        engine.say(&mut session, text)?;
+    }
+    let tools = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            let settings = kokichi::daemon::Settings::from_toml(&text, path)?;
+            kokichi::daemon::tools::validate(&settings.tools)?;
+            let mut bound = std::collections::HashMap::new();
+            for (name, action) in settings.tools {
+                let id = engine.tokenizer.as_ref().and_then(|t| t.id_of(&name)).with_context(|| {
+                    format!("{}: tools.\"{name}\" is not a piece of the model's vocabulary", path.display())
+                })?;
+                bound.insert(i64::from(id), (name, action));
+            }
+            bound
+        }
+        None => Default::default(),
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<tools::Done>(16);
+    let runner = if tools.is_empty() {
+        None
+    } else {
+        Some(tools::Runner::start(move |done| {
+            let _ = done_tx.try_send(done);
+        })?)
+    };
     let (mut mimi_latents, mut lm_latents) = (Vec::new(), Vec::new());
     let (mut top_ids, mut top_logits) = (Vec::new(), Vec::new());
     let mut out_pcm = Vec::with_capacity(pcm.len());
@@ -144,8 +180,26 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     let dep_q = engine.lm.config.dep_q;
     let mut tokens: Vec<Vec<i64>> = Vec::new();
     let t0 = Instant::now();
-    for chunk in pcm.chunks_exact(frame) {
+    for (f, chunk) in pcm.chunks_exact(frame).enumerate() {
+        while let Ok(done) = done_rx.try_recv() {
+            match done.answer {
+                Ok(answer) => {
+                    tracing::info!(token = %done.token, %answer, frame = f, "tool answered");
+                    engine.say(&mut session, &answer)?;
+                }
+                Err(e) => tracing::warn!(token = %done.token, frame = f, "tool: {e}"),
+            }
+        }
         let out = engine.step(&mut [&mut session], chunk)?.pop().context("no output for the frame")?;
+        if let (Some((token, action)), Some(runner)) = (out.text.and_then(|t| tools.get(&t)), &runner) {
+            tracing::info!(%token, frame = f, "special token");
+            if !action.command.is_empty() {
+                let job = tools::Job { session: 0, token: token.clone(), action: action.clone() };
+                if let Err(e) = runner.submit(job) {
+                    tracing::warn!(%token, "tool: {e}");
+                }
+            }
+        }
         out_pcm.extend_from_slice(&out.pcm);
         mimi_latents.extend(out.latents.mimi.unwrap_or_default());
         lm_latents.extend(out.latents.lm.unwrap_or_default());

@@ -210,6 +210,7 @@ mod tests {
             batch_window: Duration::from_millis(5),
             log_transcripts: false,
             idle_timeout: None,
+            tools: Default::default(),
         };
         let (runtime, thread) = Runtime::start(engine, metrics.clone(), options).unwrap();
         let settings = Settings::default();
