@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import domain  # noqa: E402
@@ -55,7 +57,7 @@ def main():
             cmd = [a.bin, "--backend", "cpu", "run", "--model", a.model, "--greedy", "--input", str(question),
                    "--output", str(out)] + (["--say", say] if say else [])
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-            return judge.words(read_wav(out))
+            return judge.words(read_wav(out).astype(np.float32) / 32768)
 
         for question, right in questions:
             heard = answer(question)
