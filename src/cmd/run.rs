@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// `gist`; see `kokichi gist train`).
     #[arg(long)]
     pub gist: Option<PathBuf>,
+    /// Vocabulary adapter (folder or its `adapter.json`, docs/adapter.md): new special tokens
+    /// the inner monologue may emit, written by name in the transcript.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -110,7 +114,8 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     let device = backend::device(backend_kind, dtype)?;
     tracing::info!(backend = %backend::kind_of(&device), adapter = %backend::adapter_name(&device), model = %files.source, "loading");
     let t0 = Instant::now();
-    let engine = Engine::load_as(&files, &device, dtype)?;
+    let adapter = a.adapter.as_deref().map(kokichi::adapter::Adapter::read).transpose()?;
+    let engine = Engine::load_with_adapter(&files, &device, dtype, adapter)?;
     tracing::info!(ms = t0.elapsed().as_millis() as u64, "model loaded");
     let mut pcm = audio::read_audio(&a.input, engine.sample_rate() as u32)?;
     if pcm.is_empty() {
