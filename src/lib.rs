@@ -5,6 +5,7 @@
 //! The models are reimplemented in Burn and run on its wgpu backend (or the `flex` CPU backend);
 //! real Kyutai checkpoints load unchanged.
 
+pub mod adapter;
 pub mod audio;
 pub mod backend;
 pub mod cost;

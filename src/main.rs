@@ -37,6 +37,8 @@ enum Command {
     TrainCodec(cmd::train::CodecArgs),
     /// Train a language model with Burn (resumes from --out).
     TrainLm(cmd::train::LmArgs),
+    /// Special tokens: `tokens train` trains a vocabulary adapter (docs/adapter.md).
+    Tokens(cmd::tokens::TokensArgs),
     /// List audio input and output devices with their default formats.
     Devices(cmd::devices::DevicesArgs),
     /// Write a copy of a model with the LM's matrices in 8 bits (loads with --dtype q8 implied).
@@ -58,6 +60,7 @@ fn main() {
         Command::Ptt(a) => cmd::serve::ptt(a),
         Command::TrainCodec(a) => cmd::train::codec(backend, a),
         Command::TrainLm(a) => cmd::train::lm(backend, a),
+        Command::Tokens(a) => cmd::tokens::tokens(backend, a),
         Command::Devices(a) => cmd::devices::devices(a),
         Command::Quantize(a) => cmd::quantize::quantize(a),
     };

@@ -12,6 +12,7 @@
 use burn::prelude::*;
 use burn::tensor::DType;
 
+use crate::adapter::Adapter;
 use crate::backend::{self, Precision};
 use crate::error::{Error, Result};
 use crate::gist::Gist;
@@ -31,6 +32,9 @@ pub struct Engine {
     pub source: String,
     /// The model's recommended sampling (its folder's `config.json`, else Moshi's defaults).
     pub sampling: GenConfig,
+    /// The vocabulary adapter loaded with the model ([`Engine::load_with_adapter`]): its tokens
+    /// are ids `base_text_card + j`, and its gist, if any, starts every session that names none.
+    pub adapter: Option<Adapter>,
 }
 
 /// Streaming state of one conversation.
@@ -125,6 +129,17 @@ impl Engine {
     /// [`Engine::load`] at a precision: with [`Precision::Q8`] the LM's matrices are held in
     /// 8 bits (a folder written by `kokichi quantize` is always), the rest in f16.
     pub fn load_as(files: &ModelFiles, device: &Device, precision: Precision) -> Result<Self> {
+        Self::load_with_adapter(files, device, precision, None)
+    }
+
+    /// [`Engine::load_as`] with a vocabulary adapter ([`crate::adapter`]): the LM's text
+    /// vocabulary grows to `text_card + N` and the tokenizer decodes the new ids to their names.
+    pub fn load_with_adapter(
+        files: &ModelFiles,
+        device: &Device,
+        precision: Precision,
+        adapter: Option<Adapter>,
+    ) -> Result<Self> {
         let dtype = precision.dtype();
         let lm_cfg = &files.lm_config;
         let codebooks = files.codebooks;
@@ -147,10 +162,16 @@ impl Engine {
                 ),
             ));
         }
+        let mut tokenizer = files.tokenizer.as_deref().map(Tokenizer::load).transpose()?;
+        if let Some(a) = &adapter {
+            a.check(lm_cfg, tokenizer.as_ref())?;
+            if let Some(t) = tokenizer.as_mut() {
+                t.extend(lm_cfg.text_card, &a.tokens);
+            }
+        }
         let mimi = Mimi::load(&files.mimi, files.mimi_config.clone(), codebooks, device, dtype)?;
-        let lm = LmModel::load_as(&files.lm, lm_cfg.clone(), device, precision)?;
-        let tokenizer = files.tokenizer.as_deref().map(Tokenizer::load).transpose()?;
-        Ok(Self { mimi, lm, tokenizer, source: files.source.clone(), sampling: files.sampling })
+        let (lm, _) = LmModel::load_adapted(&files.lm, lm_cfg.clone(), device, precision, adapter.as_ref())?;
+        Ok(Self { mimi, lm, tokenizer, source: files.source.clone(), sampling: files.sampling, adapter })
     }
 
     pub fn frame_size(&self) -> usize {
@@ -169,6 +190,7 @@ impl Engine {
     /// A fresh conversation, prompted by `gist` when given ([`crate::gist`]): its prefix
     /// latents run through the LM now, once, and stay in its attention cache.
     pub fn init_session_with(&self, config: GenConfig, gist: Option<&Gist>) -> Result<SessionState> {
+        let gist = gist.or_else(|| self.adapter.as_ref().and_then(|a| a.gist.as_ref()));
         let lm = match gist {
             Some(g) => self.lm.init_state_with_gist(config, g)?,
             None => self.lm.init_state(&[config])?,
@@ -231,10 +253,30 @@ impl Engine {
         if token < 0 || token == 0 || token as usize == c.existing_text_padding_id || token as usize >= c.text_out() {
             return None;
         }
+        if let Some(name) = self.special_token(token) {
+            return Some(name.to_string());
+        }
         match &self.tokenizer {
             Some(t) => t.decode_piece(token as u32),
             None => Some(format!("[{token}]")),
         }
+    }
+
+    /// The text vocabulary of the model before its adapter (the first adapter token's id).
+    pub fn base_text_card(&self) -> usize {
+        self.lm.config.text_card - self.adapter.as_ref().map_or(0, Adapter::len)
+    }
+
+    /// The name of `token` if it is one of the adapter's tokens.
+    pub fn special_token(&self, token: i64) -> Option<&str> {
+        let a = self.adapter.as_ref()?;
+        let j = usize::try_from(token).ok()?.checked_sub(self.base_text_card())?;
+        a.tokens.get(j).map(String::as_str)
+    }
+
+    /// The id of the adapter's token `name`.
+    pub fn special_id(&self, name: &str) -> Option<i64> {
+        self.adapter.as_ref()?.id(name, self.base_text_card())
     }
 
     /// Steps each session by one frame. `pcm` holds one frame per session, concatenated.

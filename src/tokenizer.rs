@@ -198,6 +198,17 @@ impl Tokenizer {
         out
     }
 
+    /// Adds `names` as user-defined pieces at ids `text_card + j` (a vocabulary adapter's
+    /// tokens, [`crate::adapter`]), padding with unused pieces up to `text_card` where the
+    /// vocabulary is smaller than the model's.
+    pub fn extend(&mut self, text_card: usize, names: &[String]) {
+        while self.pieces.len() < text_card {
+            self.pieces.push((format!("<unused{}>", self.pieces.len()), PieceKind::Unused));
+        }
+        self.pieces.truncate(text_card);
+        self.pieces.extend(names.iter().map(|n| (n.clone(), PieceKind::UserDefined)));
+    }
+
     /// Number of pieces.
     pub fn len(&self) -> usize {
         self.pieces.len()

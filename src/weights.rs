@@ -37,6 +37,9 @@ pub struct WeightFile {
     dtype: DType,
     slots: Slots,
     q8: bool,
+    /// Tensors that replace the stored ones of the same name (a vocabulary adapter's extended
+    /// tables, [`crate::adapter`]), host f32 with their shape.
+    overlay: HashMap<String, (Vec<usize>, Vec<f32>)>,
 }
 
 impl WeightFile {
@@ -71,7 +74,13 @@ impl WeightFile {
             dtype,
             slots: Slots::default(),
             q8: false,
+            overlay: HashMap::new(),
         })
+    }
+
+    /// Replaces tensor `name` by `values` of `shape`, whatever the file stores under that name.
+    pub fn overlay(&mut self, name: &str, shape: Vec<usize>, values: Vec<f32>) {
+        self.overlay.insert(name.to_string(), (shape, values));
     }
 
     /// Holds products' weights and embedding tables in 8 bits ([`crate::kernels::q8`]): those
@@ -149,6 +158,13 @@ impl WeightFile {
 
     /// Takes tensor `name` as host f32 values, checking its shape.
     pub fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some((stored, values)) = self.overlay.remove(name) {
+            if stored != shape {
+                return Err(self.err(name, format!("has shape {stored:?} (adapted), expected {shape:?}")));
+            }
+            self.taken.insert(name.to_string());
+            return Ok(values);
+        }
         let entry = self.entries.get(name).ok_or_else(|| self.err(name, "missing from the file"))?;
         if entry.shape != shape {
             return Err(self.err(name, format!("has shape {:?}, expected {:?}", entry.shape, shape)));
@@ -176,7 +192,7 @@ impl WeightFile {
     /// The values of `name` in the target dtype: 16-bit sources go straight to f16 when the
     /// model computes in f16, without an f32 copy of the whole tensor.
     fn data(&mut self, name: &str, shape: &[usize]) -> Result<HostData> {
-        if self.dtype == DType::F16 {
+        if self.dtype == DType::F16 && !self.overlay.contains_key(name) {
             if let Some(e) = self.entries.get(name) {
                 if e.shape == shape && matches!(e.dtype, Dtype::F16 | Dtype::BF16) {
                     let bytes = &self.data[e.start..e.end];

@@ -5,4 +5,5 @@ pub mod devices;
 pub mod quantize;
 pub mod run;
 pub mod serve;
+pub mod tokens;
 pub mod train;

@@ -97,14 +97,18 @@ pub struct RunArgs {
     /// `gist`; see `kokichi gist train`).
     #[arg(long)]
     pub gist: Option<PathBuf>,
-    /// Make the model say this text in its own voice, from the first frame (its pieces forced
-    /// into the inner monologue).
+    /// Make the model say this text in its own voice: its pieces are forced into the inner
+    /// monologue, the first where the model would start speaking (replacing its own answer).
     #[arg(long)]
     pub say: Option<String>,
     /// A settings file whose `[tools]` table binds special tokens to commands, as `kokichi
     /// serve`'s: a bound token's command runs beside the session and its answer is said.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Vocabulary adapter (folder or its `adapter.json`, docs/adapter.md): new special tokens
+    /// the inner monologue may emit, written by name in the transcript.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -119,7 +123,8 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     let device = backend::device(backend_kind, dtype)?;
     tracing::info!(backend = %backend::kind_of(&device), adapter = %backend::adapter_name(&device), model = %files.source, "loading");
     let t0 = Instant::now();
-    let engine = Engine::load_as(&files, &device, dtype)?;
+    let adapter = a.adapter.as_deref().map(kokichi::adapter::Adapter::read).transpose()?;
+    let engine = Engine::load_with_adapter(&files, &device, dtype, adapter)?;
     tracing::info!(ms = t0.elapsed().as_millis() as u64, "model loaded");
     let mut pcm = audio::read_audio(&a.input, engine.sample_rate() as u32)?;
     if pcm.is_empty() {

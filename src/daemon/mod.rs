@@ -95,7 +95,11 @@ pub async fn serve(
         let files = model_dir::resolve(&runtime.model)?;
         let device = backend::device(runtime.backend, runtime.dtype)?;
         tracing::info!(model = %files.source, backend = %backend::kind_of(&device), adapter = %backend::adapter_name(&device), "loading model");
-        let engine = Engine::load_as(&files, &device, runtime.dtype)?;
+        let adapter = runtime.adapter.as_deref().map(crate::adapter::Adapter::read).transpose()?;
+        if let Some(a) = &adapter {
+            tracing::info!(tokens = ?a.tokens, path = %a.path.display(), "adapter");
+        }
+        let engine = Engine::load_with_adapter(&files, &device, runtime.dtype, adapter)?;
         // On wgpu, kernels compile and autotune on their first use: here, before anyone is
         // listening, not in the first conversation (the CPU backend has nothing to warm).
         if !backend::is_cpu(&device) {

@@ -80,6 +80,10 @@ pub struct RuntimeSettings {
     /// (a `[K, d_model]` safetensors file from `kokichi gist train`); repeatable.
     #[arg(long, required = false)]
     pub gist: Vec<String>,
+    /// Vocabulary adapter (folder or its `adapter.json`, docs/adapter.md): new special tokens
+    /// the model's inner monologue may emit, and a gist sessions start with if it holds one.
+    #[arg(long, required = false)]
+    pub adapter: Option<PathBuf>,
 }
 
 impl Default for RuntimeSettings {
@@ -94,6 +98,7 @@ impl Default for RuntimeSettings {
             idle_timeout_secs: 60,
             log_transcripts: false,
             gist: Vec::new(),
+            adapter: None,
         }
     }
 }

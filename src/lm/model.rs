@@ -162,10 +162,26 @@ impl LmModel {
         device: &Device,
         precision: Precision,
     ) -> Result<(Self, Slots)> {
+        Self::load_adapted(path, config, device, precision, None)
+    }
+
+    /// [`LmModel::load_with_slots`] with the text vocabulary extended by `adapter`
+    /// ([`crate::adapter`]); the model's config then has `text_card + N`.
+    pub fn load_adapted(
+        path: &Path,
+        config: LmConfig,
+        device: &Device,
+        precision: Precision,
+        adapter: Option<&crate::adapter::Adapter>,
+    ) -> Result<(Self, Slots)> {
         let probe = WeightFile::open(path, device, precision.dtype())?;
         let q8 = precision.quantized() || probe.has_q8();
         // 8-bit weights compute in f16.
         let mut w = if q8 { WeightFile::open(path, device, DType::F16)?.quantized(true) } else { probe };
+        let config = match adapter {
+            Some(a) => a.apply(&mut w, &config)?,
+            None => config,
+        };
         let lm = Self::build(&mut w, config)?;
         let slots = w.finish()?;
         Ok((lm, slots))
@@ -465,6 +481,30 @@ impl LmModel {
         let parts: Vec<Tensor<4>> =
             (0..c.dep_q).map(|s| shift_left(logits.clone().narrow(1, s, 1), c.delays[s + 1])).collect();
         Ok((text_logits, Tensor::cat(parts, 1)))
+    }
+
+    /// The text logits of [`LmModel::forward_teacher`] alone `[B, T, text_out]`, without the
+    /// depth transformer (training a vocabulary adapter's text rows, [`crate::train::tokens`]).
+    pub fn forward_teacher_text(&self, codes: &[i64], b: usize, t: usize) -> Result<Tensor<3>> {
+        let c = &self.config;
+        let k = c.n_q + 1;
+        if codes.len() != b * k * t {
+            return Err(Error::input(format!("{} codes for [{b}, {k}, {t}]", codes.len())));
+        }
+        let initial = |s: usize| if s == 0 { c.text_card as i64 } else { c.card as i64 };
+        let mut input = vec![0i64; b * k * t];
+        for r in 0..b {
+            for s in 0..k {
+                let d = c.delays[s];
+                for i in 0..t {
+                    // Position i of the delayed sequence with one initial step in front.
+                    input[(r * k + s) * t + i] =
+                        if i < d + 1 { initial(s) } else { codes[(r * k + s) * t + i - d - 1] };
+                }
+            }
+        }
+        let (_, text_logits) = self.forward_text(&input, b, t, None)?;
+        Ok(shift_left(text_logits.unsqueeze_dim(1), c.delays[0]).squeeze_dim(1))
     }
 
     /// Whether position `i` of stream `s` (0 = text) has a valid teacher-forced logit.

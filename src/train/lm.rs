@@ -39,7 +39,7 @@ impl TokenSet {
         Ok(Self { values, n, k, t })
     }
 
-    fn batch(&self, rows: &[usize]) -> Vec<i64> {
+    pub(crate) fn batch(&self, rows: &[usize]) -> Vec<i64> {
         let len = self.k * self.t;
         rows.iter().flat_map(|&r| self.values[r * len..(r + 1) * len].iter().copied()).collect()
     }
@@ -63,7 +63,30 @@ pub fn loss(lm: &LmModel, codes: &[i64], b: usize, t: usize, pad_weight: f32) ->
     let k = c.n_q + 1;
     let device = lm.device();
     let (text, audio) = lm.forward_teacher(codes, b, t)?;
-    // Text: every position is valid (delay 0); padding counts less.
+    let text = text_nll(lm, text, codes, b, t, pad_weight);
+    // Audio: the dep_q generated streams, positions inside their delay excluded.
+    let card = c.card;
+    let mut idx = Vec::with_capacity(b * c.dep_q * t);
+    let mut w = Vec::with_capacity(b * c.dep_q * t);
+    for r in 0..b {
+        for s in 0..c.dep_q {
+            for i in 0..t {
+                let tok = codes[(r * k + 1 + s) * t + i];
+                let valid = lm.valid_mask(s + 1, i, t) && tok >= 0 && (tok as usize) < card;
+                idx.push(if valid { tok } else { 0 });
+                w.push(if valid { 1.0 } else { 0.0 });
+            }
+        }
+    }
+    let audio = nll(audio.reshape([b * c.dep_q * t, card]), idx, w, &device);
+    Ok((text, audio))
+}
+
+/// Text cross-entropy of `text` logits `[B, T, text_out]` against the text stream of `codes`
+/// `[B, K, T]`: every valid position counts, padding `pad_weight`.
+pub fn text_nll(lm: &LmModel, text: Tensor<3>, codes: &[i64], b: usize, t: usize, pad_weight: f32) -> Tensor<1> {
+    let c = &lm.config;
+    let k = c.n_q + 1;
     let v = c.text_out();
     let mut idx = Vec::with_capacity(b * t);
     let mut w = Vec::with_capacity(b * t);
@@ -81,23 +104,7 @@ pub fn loss(lm: &LmModel, codes: &[i64], b: usize, t: usize, pad_weight: f32) ->
             });
         }
     }
-    let text = nll(text.reshape([b * t, v]), idx, w, &device);
-    // Audio: the dep_q generated streams, positions inside their delay excluded.
-    let card = c.card;
-    let mut idx = Vec::with_capacity(b * c.dep_q * t);
-    let mut w = Vec::with_capacity(b * c.dep_q * t);
-    for r in 0..b {
-        for s in 0..c.dep_q {
-            for i in 0..t {
-                let tok = codes[(r * k + 1 + s) * t + i];
-                let valid = lm.valid_mask(s + 1, i, t) && tok >= 0 && (tok as usize) < card;
-                idx.push(if valid { tok } else { 0 });
-                w.push(if valid { 1.0 } else { 0.0 });
-            }
-        }
-    }
-    let audio = nll(audio.reshape([b * c.dep_q * t, card]), idx, w, &device);
-    Ok((text, audio))
+    nll(text.reshape([b * t, v]), idx, w, &lm.device())
 }
 
 /// Weighted mean negative log-likelihood of `targets` under `logits` `[N, V]`.

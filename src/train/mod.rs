@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod lm;
+pub mod tokens;
 
 use std::path::Path;
 

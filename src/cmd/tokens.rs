@@ -1,0 +1,87 @@
+//! `kokichi tokens train`: new special tokens for a frozen model, trained as a vocabulary
+//! adapter (docs/adapter.md).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+
+use kokichi::backend::{self, BackendKind, Precision};
+use kokichi::model_dir;
+use kokichi::train::lm::TokenSet;
+use kokichi::train::tokens::{self, TokenTrain};
+
+#[derive(Args, Debug)]
+pub struct TokensArgs {
+    #[command(subcommand)]
+    command: TokensCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokensCommand {
+    /// Train new tokens' embedding and head rows through the frozen LM; writes an adapter.
+    Train(TrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Model folder, Hugging Face repo id, or `kokichi-tiny`.
+    #[arg(long, default_value = model_dir::EMBEDDED)]
+    model: String,
+    /// Folder with `tokens.safetensors` (`train` [N, 1 + n_q, T], text first; new token j is id
+    /// text_card + j), e.g. from training/tool_tokens.py.
+    #[arg(long)]
+    data: PathBuf,
+    /// A new token's name, in id order; repeatable.
+    #[arg(long = "token", required = true)]
+    tokens: Vec<String>,
+    /// The adapter folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 300)]
+    steps: usize,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-2)]
+    lr: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn tokens(kind: BackendKind, a: TokensArgs) -> Result<()> {
+    match a.command {
+        TokensCommand::Train(t) => train(kind, t),
+    }
+}
+
+fn train(kind: BackendKind, a: TrainArgs) -> Result<()> {
+    let files = model_dir::resolve(&a.model)?;
+    if a.steps == 0 || a.batch == 0 {
+        bail!("--steps and --batch must be positive");
+    }
+    let data = TokenSet::read(&a.data.join("tokens.safetensors"), "train")?;
+    let device = backend::device(kind, Precision::F32)?.autodiff();
+    let settings =
+        TokenTrain { steps: a.steps, batch: a.batch, lr: a.lr, pad_weight: 0.5, seed: a.seed, log_every: 10 };
+    let tokenizer = files.tokenizer.as_deref().map(kokichi::tokenizer::Tokenizer::load).transpose()?;
+    let t0 = std::time::Instant::now();
+    let mut trained = tokens::train(&files.lm, &files.lm_config, a.tokens, &data, &settings, &device)?;
+    trained.adapter.model = Some(files.source.clone());
+    trained.adapter.path = a.out.join(kokichi::adapter::JSON);
+    trained.adapter.check(&files.lm_config, tokenizer.as_ref())?;
+    let rows: Vec<usize> = (0..data.n).collect();
+    let (hit, false_fire) = tokens::teacher_forced_firing(&trained.lm, &data, &rows, files.lm_config.text_card)?;
+    trained.adapter.write(&a.out)?;
+    let first = trained.losses.iter().take(10).sum::<f32>() / trained.losses.len().min(10) as f32;
+    let last = trained.losses.iter().rev().take(10).sum::<f32>() / trained.losses.len().min(10) as f32;
+    tracing::info!(
+        seconds = t0.elapsed().as_secs_f64(),
+        loss_first10 = first,
+        loss_last10 = last,
+        teacher_forced_hits = hit,
+        teacher_forced_false_fires = false_fire,
+        out = %a.out.display(),
+        "adapter written"
+    );
+    Ok(())
+}
