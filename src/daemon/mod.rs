@@ -7,6 +7,7 @@
 pub mod chat;
 pub mod client_text;
 pub mod control;
+pub mod grad;
 #[cfg(feature = "hotkey")]
 pub mod hotkey;
 pub mod io;
@@ -148,6 +149,7 @@ pub async fn serve(
         runtime: runtime.clone(),
         metrics: metrics.clone(),
         peers: Default::default(),
+        grad: Some(grad::GradService::start(settings.runtime.model.clone(), settings.runtime.backend)?),
     };
     let stop_http = Arc::new(Notify::new());
     let stop = stop_http.clone();

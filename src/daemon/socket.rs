@@ -34,6 +34,8 @@ pub struct App {
     pub runtime: Runtime,
     pub metrics: Arc<Metrics>,
     pub peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// The `/api/grad` worker.
+    pub grad: Option<super::grad::GradService>,
 }
 
 /// Token and origin checks, shared by every endpoint.

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod gist;
+pub mod grad;
 pub mod lm;
 
 use std::path::Path;
