@@ -110,7 +110,7 @@ fn gist_training_lowers_held_out_kl_and_leaves_the_weights() {
     weights::export(&lm, &slots, &before, false).unwrap();
     let d = dialogues(&lm.config, 8, 6, 6);
     let settings = GistTrain { steps: 40, lr: 0.05, log_every: 0 };
-    let (values, f) = tg::fit(&lm, &d, 2, &settings).unwrap();
+    let (values, f) = tg::fit(&lm, &d, 2, None, &settings).unwrap();
     assert_eq!(values.len(), 2 * lm.config.dim);
     assert!(f.prompt.abs() < 1e-4, "the teacher path recomputed one dialogue at a time: {}", f.prompt);
     assert!(f.nothing > 1e-3, "the prompt should matter to the random model: {f:?}");

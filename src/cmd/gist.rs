@@ -56,6 +56,15 @@ pub struct TrainArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Start from this gist file instead of the prompt's last K input vectors (with
+    /// `--steps 0`: measure that gist's held-out KL).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Also write the dialogues here: `dialogues` `[N, 1 + n_q, tp + tc]` (i64, text first),
+    /// `held_out` (the held-out rows) and `prompt_frames` `[1]`, for remote training
+    /// (examples/gist_remote.py).
+    #[arg(long)]
+    pub dump_dialogues: Option<PathBuf>,
 }
 
 pub fn gist(kind: BackendKind, c: GistCommand) -> Result<()> {
@@ -118,12 +127,36 @@ fn train(kind: BackendKind, a: TrainArgs) -> Result<()> {
         "generated"
     );
     drop(engine);
+    if let Some(p) = &a.dump_dialogues {
+        use kokichi::weights::{OutTensor, write_tensors};
+        let (_, held) = tg::split(d.n);
+        let held: Vec<i64> = held.iter().map(|&r| r as i64).collect();
+        write_tensors(
+            p,
+            vec![
+                ("dialogues".into(), vec![d.n, d.k, d.tp + d.tc], OutTensor::I64(d.codes.clone())),
+                ("held_out".into(), vec![held.len()], OutTensor::I64(held)),
+                ("prompt_frames".into(), vec![1], OutTensor::I64(vec![d.tp as i64])),
+            ],
+        )?;
+    }
     let ad = device.autodiff();
     let lm = LmModel::load_as(&files.lm, files.lm_config.clone(), &ad, Precision::F32)?;
     let lm = burn::module::Module::no_grad(lm);
     let settings = GistTrain { steps: a.steps, lr: a.lr, log_every: 10 };
     let t0 = Instant::now();
-    let (values, f) = tg::fit(&lm, &d, a.k, &settings)?;
+    let init = match &a.init {
+        Some(p) => {
+            let g = Gist::read(p)?;
+            g.check_width(lm.config.dim, p)?;
+            if g.k != a.k {
+                bail!("{}: {} vectors, but --k is {}", p.display(), g.k, a.k);
+            }
+            Some(g.values)
+        }
+        None => None,
+    };
+    let (values, f) = tg::fit(&lm, &d, a.k, init, &settings)?;
     let closed = f.closed();
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "trained");
     eprintln!(

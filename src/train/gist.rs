@@ -350,9 +350,16 @@ pub fn split(n: usize) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// A gist of `k` vectors for dialogues `d` through the frozen `lm` (an autodiff device, its
-/// parameters `no_grad`): initialised from the prompt's last `k` input vectors, trained on the
-/// training split, measured on the held-out split. Returns the vectors and the figures.
-pub fn fit(lm: &LmModel, d: &Dialogues, k: usize, settings: &GistTrain) -> Result<(Vec<f32>, Figures)> {
+/// parameters `no_grad`): initialised from `init` (`[k, dim]`) or else the prompt's last `k`
+/// input vectors, trained on the training split, measured on the held-out split. Returns the
+/// vectors and the figures.
+pub fn fit(
+    lm: &LmModel,
+    d: &Dialogues,
+    k: usize,
+    init: Option<Vec<f32>>,
+    settings: &GistTrain,
+) -> Result<(Vec<f32>, Figures)> {
     if d.n < 2 {
         return Err(Error::input(format!("{} dialogues: at least 2 are needed (train and held out)", d.n)));
     }
@@ -362,7 +369,13 @@ pub fn fit(lm: &LmModel, d: &Dialogues, k: usize, settings: &GistTrain) -> Resul
     let (train_rows, held_rows) = split(d.n);
     let train_t = Targets::new(lm, d, &train_rows)?;
     let held = Targets::new(lm, d, &held_rows)?;
-    let init = init_from_prompt(lm, &d.prompt(0), d.tp, k)?;
+    let init = match init {
+        Some(v) => v,
+        None => init_from_prompt(lm, &d.prompt(0), d.tp, k)?,
+    };
+    if init.len() != k * lm.config.dim {
+        return Err(Error::input(format!("{} initial values for a gist of [{k}, {}]", init.len(), lm.config.dim)));
+    }
     let read = |t: Tensor<1>| -> Result<f32> { Ok(backend::read_floats(t.detach())?[0]) };
     let dim = lm.config.dim;
     let as_prefix = |v: &[f32], n: usize| backend::floats(v.to_vec(), [n, dim], &lm.device(), burn::tensor::DType::F32);
