@@ -2,15 +2,12 @@
 //! hidden states) after prefix latents, and its gradient with respect to the latents, through
 //! the frozen LM (`train::grad`).
 //!
-//! Gradients run on a worker thread of their own at the lowest CPU priority (nice 19), with an
-//! autodiff copy of the LM in f32 on the daemon's backend, loaded at the first request. One
-//! request computes at a time and one more may wait; a request beyond that gets 503 with
-//! `Retry-After`, so live sessions on the inference thread keep their frame budget. Requests are
-//! bounded by K (64), T (256), the body size and a time budget; errors are JSON `{"error": ...}`.
+//! The computing is `grad_worker.rs`'s (a low-priority thread, one request at a time); a request
+//! it cannot queue gets 503 with `Retry-After`. Requests are bounded by K (64), T (256), the body
+//! size and a time budget; errors are JSON `{"error": ...}`.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -18,97 +15,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::grad_worker::{Job, MAX_BODY_BYTES, TIME_BUDGET};
 use super::socket::{App, authorize};
-use crate::backend::{self, BackendKind, Precision};
-use crate::error::{Error, Result};
-use crate::lm::LmModel;
-use crate::model_dir;
 use crate::train::grad::{self as g, Target};
-
-/// Largest request body.
-pub const MAX_BODY_BYTES: usize = 16 << 20;
-/// Longest a request may wait and compute.
-pub const TIME_BUDGET: Duration = Duration::from_secs(60);
-
-/// A computation for the worker, and where its answer goes.
-struct Job {
-    latents: Vec<f32>,
-    k: usize,
-    codes: Vec<i64>,
-    t: usize,
-    target: Target,
-    deadline: Instant,
-    reply: tokio::sync::oneshot::Sender<std::result::Result<(f32, Vec<f32>), (StatusCode, String)>>,
-}
-
-/// The handle of the gradient worker.
-#[derive(Clone)]
-pub struct GradService {
-    jobs: SyncSender<Job>,
-}
-
-impl GradService {
-    /// Starts the worker thread; the model (`spec`, on `kind`) loads at its first request.
-    pub fn start(spec: String, kind: BackendKind) -> Result<Self> {
-        let (jobs, rx) = mpsc::sync_channel::<Job>(1);
-        std::thread::Builder::new()
-            .name("kokichi-grad".into())
-            .spawn(move || worker(spec, kind, rx))
-            .map_err(|e| Error::Backend(format!("cannot start the gradient thread: {e}")))?;
-        Ok(Self { jobs })
-    }
-}
-
-/// Lowers the calling thread's CPU priority to nice 19 (Linux; elsewhere nothing).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority on this thread's own id (gettid) changes nothing but its priority.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        if libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0 {
-            tracing::warn!("gradient thread: cannot lower its priority");
-        }
-    }
-}
-
-fn worker(spec: String, kind: BackendKind, rx: mpsc::Receiver<Job>) {
-    lower_priority();
-    let mut lm: Option<LmModel> = None;
-    for job in rx {
-        if Instant::now() > job.deadline {
-            let _ =
-                job.reply.send(Err((StatusCode::SERVICE_UNAVAILABLE, "the time budget ran out in the queue".into())));
-            continue;
-        }
-        if lm.is_none() {
-            let t0 = Instant::now();
-            match load(&spec, kind) {
-                Ok(m) => {
-                    tracing::info!(secs = t0.elapsed().as_secs_f64(), "gradient model loaded");
-                    lm = Some(m);
-                }
-                Err(e) => {
-                    let _ = job.reply.send(Err((StatusCode::INTERNAL_SERVER_ERROR, format!("loading the model: {e}"))));
-                    continue;
-                }
-            }
-        }
-        let Some(model) = &lm else { continue };
-        let result = g::loss_and_grad(model, &job.latents, job.k, &job.codes, job.t, &job.target).map_err(|e| {
-            let status =
-                if matches!(e, Error::Input(_)) { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
-            (status, e.to_string())
-        });
-        let _ = job.reply.send(result);
-    }
-}
-
-fn load(spec: &str, kind: BackendKind) -> Result<LmModel> {
-    let files = model_dir::resolve(spec)?;
-    let device = backend::device(kind, Precision::F32)?.autodiff();
-    let lm = LmModel::load_as(&files.lm, files.lm_config.clone(), &device, Precision::F32)?;
-    Ok(burn::module::Module::no_grad(lm))
-}
 
 /// The request body: `latents` `[K, d_model]`, `codes` `[1 + n_q, T]` (text first), and either
 /// `"target": "tokens"` or `hidden_grad` `[T, d_model]`.
@@ -193,16 +102,13 @@ pub async fn grad(
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
     let deadline = Instant::now() + TIME_BUDGET;
-    match service.jobs.try_send(Job { latents, k, codes, t, target, deadline, reply }) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy: one gradient at a time; retry shortly");
+    if let Err(why) = service.submit(Job { latents, k, codes, t, target, deadline, reply }) {
+        if why.starts_with("busy") {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, why);
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             return r;
         }
-        Err(TrySendError::Disconnected(_)) => {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "the gradient worker stopped");
-        }
+        return error(StatusCode::INTERNAL_SERVER_ERROR, why);
     }
     match tokio::time::timeout(TIME_BUDGET, answer).await {
         Ok(Ok(Ok((loss, grad)))) => {

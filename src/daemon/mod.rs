@@ -8,6 +8,7 @@ pub mod chat;
 pub mod client_text;
 pub mod control;
 pub mod grad;
+pub mod grad_worker;
 #[cfg(feature = "hotkey")]
 pub mod hotkey;
 pub mod io;
@@ -149,7 +150,7 @@ pub async fn serve(
         runtime: runtime.clone(),
         metrics: metrics.clone(),
         peers: Default::default(),
-        grad: Some(grad::GradService::start(settings.runtime.model.clone(), settings.runtime.backend)?),
+        grad: Some(grad_worker::GradService::start(settings.runtime.model.clone(), settings.runtime.backend)?),
     };
     let stop_http = Arc::new(Notify::new());
     let stop = stop_http.clone();

@@ -35,7 +35,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// The `/api/grad` worker.
-    pub grad: Option<super::grad::GradService>,
+    pub grad: Option<super::grad_worker::GradService>,
 }
 
 /// Token and origin checks, shared by every endpoint.
