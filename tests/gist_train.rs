@@ -119,3 +119,37 @@ fn gist_training_lowers_held_out_kl_and_leaves_the_weights() {
     weights::export(&lm, &slots, &after, false).unwrap();
     assert_eq!(std::fs::read(&before).unwrap(), std::fs::read(&after).unwrap(), "the LM's weights changed");
 }
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kokichi"))
+        .args(["--backend", "cpu", "gist", "train"])
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn gist_train_cli_writes_a_gist_with_its_figures_and_names_bad_arguments() {
+    let prompt = scratch("gist-cli", "prompt.wav");
+    let tone: Vec<f32> = (0..24_000).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect();
+    kokichi::audio::write_wav(&prompt, &tone, 24_000).unwrap();
+    let out = scratch("gist-cli", "g.safetensors");
+    let model = fixture("tiny_model").display().to_string();
+    let (p, o) = (prompt.display().to_string(), out.display().to_string());
+    let base = ["--model", &model, "--prompt", &p, "--out", &o, "--samples", "4", "--steps", "5"];
+    let (ok, err) = cli(&[&base[..], &["--k", "2", "--frames", "6", "--prompt-text", "a tone"]].concat());
+    assert!(ok, "{err}");
+    let g = kokichi::gist::Gist::read(&out).unwrap();
+    assert_eq!((g.k, g.dim), (2, 32));
+    for key in ["kl_prompt", "kl_gist", "kl_nothing", "k", "prompt_frames", "model"] {
+        assert!(g.meta.contains_key(key), "metadata lacks {key}: {:?}", g.meta);
+    }
+    assert_eq!(g.meta["prompt_frames"], "13");
+    assert_eq!(g.meta["prompt"], "a tone");
+    let (ok, err) = cli(&[&base[..], &["--k", "0"]].concat());
+    assert!(!ok && err.contains("--k 0"), "{err}");
+    let (ok, err) = cli(&[&base[..], &["--k", "2", "--frames", "20"]].concat());
+    assert!(!ok && err.contains("context of 8"), "{err}");
+}
