@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use kokichi::audio;
 use kokichi::backend::{self, BackendKind, Precision};
 use kokichi::gist::{Gist, MAX_K};
+use kokichi::lm::sampling::Sampling;
 use kokichi::lm::{GenConfig, LmModel};
 use kokichi::model_dir;
 use kokichi::session::Engine;
@@ -49,6 +50,11 @@ pub struct TrainArgs {
     /// Frames per continuation (12.5 a second).
     #[arg(long, default_value_t = 40)]
     pub frames: usize,
+    /// Sample the continuations at this temperature, text and audio, without top-k (default:
+    /// Moshi's 0.7 and 0.8 with top-k). At 1 they follow the model's own distribution, so the
+    /// cross-entropy of their tokens is, in expectation, the KL plus a constant.
+    #[arg(long)]
+    pub temperature: Option<f32>,
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
     /// Adam's learning rate (cosine decay).
@@ -108,10 +114,18 @@ fn train(kind: BackendKind, a: TrainArgs) -> Result<()> {
             if a.samples < 2 {
                 bail!("--samples {}: at least 2 are needed (train and held out)", a.samples);
             }
+            let base = match a.temperature {
+                Some(t) if !(t.is_finite() && t > 0.0) => bail!("--temperature {t} must be a finite value > 0"),
+                Some(t) => {
+                    let s = Sampling { temperature: t, top_k: 0 };
+                    GenConfig { text: s, audio: s, ..GenConfig::default() }
+                }
+                None => GenConfig::default(),
+            };
             let configs = (0..a.samples as u64)
                 .map(|r| {
                     let s = a.seed * 1000 + 2 * r;
-                    GenConfig { text_seed: Some(s), audio_seed: Some(s + 1), ..GenConfig::default() }
+                    GenConfig { text_seed: Some(s), audio_seed: Some(s + 1), ..base }
                 })
                 .collect();
             (vec![Vec::new(); a.samples], configs)
