@@ -5,7 +5,10 @@
 //! 2. Concurrent real-time sessions: N clients stream in real time; a level holds when every
 //!    client gets every frame back with no drops and the step's real-time factor stays below 1.
 //!
-//! Usage: bench_daemon [--model DIR (default kokichi-tiny)] [--backend cpu|wgpu] [--seconds S] [--max-sessions N]
+//! 3. With `--grad`, a `POST /api/grad` client runs back to back throughout (K = 8 latents,
+//!    T = 40 frames, the tokens target), so that live sessions are measured beside gradients.
+//!
+//! Usage: bench_daemon [--model DIR (default kokichi-tiny)] [--backend cpu|wgpu] [--seconds S] [--max-sessions N] [--grad]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -75,6 +78,44 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Posts gradient requests back to back until `stop`; returns (answered, busy, mean seconds).
+async fn grad_load(
+    addr: SocketAddr,
+    dim: usize,
+    streams: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (usize, usize, f64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = serde_json::json!({
+        "latents": vec![vec![0.01f32; dim]; 8],
+        "codes": vec![vec![0i64; 40]; streams],
+        "target": "tokens",
+    })
+    .to_string();
+    let req = format!(
+        "POST /api/grad HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (mut ok, mut busy, mut secs) = (0, 0, 0.0);
+    while !*stop.borrow() {
+        let t0 = Instant::now();
+        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { break };
+        if s.write_all(req.as_bytes()).await.is_err() {
+            break;
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf).await;
+        if buf.starts_with("HTTP/1.1 200") {
+            ok += 1;
+            secs += t0.elapsed().as_secs_f64();
+        } else {
+            busy += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    (ok, busy, if ok > 0 { secs / ok as f64 } else { f64::NAN })
+}
+
 async fn status(addr: SocketAddr) -> Result<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -127,6 +168,18 @@ async fn main() -> Result<()> {
 
     // Warm up (first-call costs), then one client for latency.
     client(addr, 5).await?;
+    let (grad_stop, grad_rx) = tokio::sync::watch::channel(false);
+    let grad = if std::env::args().any(|a| a == "--grad") {
+        let files = kokichi::model_dir::resolve(&model)?;
+        let (dim, streams) = (files.lm_config.dim, files.lm_config.n_q + 1);
+        let task = tokio::spawn(grad_load(addr, dim, streams, grad_rx));
+        // The gradient worker loads its model at the first request.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        println!("with a /api/grad client running back to back");
+        Some(task)
+    } else {
+        None
+    };
     let mut one = client(addr, frames).await?;
     let st = status(addr).await?;
     println!(
@@ -162,6 +215,11 @@ async fn main() -> Result<()> {
         n *= 2;
     }
     println!("concurrent real-time sessions held: {best} (doubling search)");
+    if let Some(task) = grad {
+        let _ = grad_stop.send(true);
+        let (ok, busy, mean) = task.await?;
+        println!("/api/grad: {ok} answered (mean {mean:.2} s each), {busy} refused busy");
+    }
     let _ = stop_tx.send(());
     server.await??;
     Ok(())

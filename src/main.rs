@@ -41,6 +41,9 @@ enum Command {
     Tokens(cmd::tokens::TokensArgs),
     /// List audio input and output devices with their default formats.
     Devices(cmd::devices::DevicesArgs),
+    /// Prefix latents ("gists"): learn K vectors that stand in for a spoken prompt.
+    #[command(subcommand)]
+    Gist(cmd::gist::GistCommand),
     /// Write a copy of a model with the LM's matrices in 8 bits (loads with --dtype q8 implied).
     Quantize(cmd::quantize::QuantizeArgs),
 }
@@ -63,6 +66,7 @@ fn main() {
         Command::Tokens(a) => cmd::tokens::tokens(backend, a),
         Command::Devices(a) => cmd::devices::devices(a),
         Command::Quantize(a) => cmd::quantize::quantize(a),
+        Command::Gist(c) => cmd::gist::gist(backend, c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -2,6 +2,7 @@
 
 pub mod codec;
 pub mod devices;
+pub mod gist;
 pub mod quantize;
 pub mod run;
 pub mod serve;

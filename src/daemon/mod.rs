@@ -7,6 +7,8 @@
 pub mod chat;
 pub mod client_text;
 pub mod control;
+pub mod grad;
+pub mod grad_worker;
 #[cfg(feature = "hotkey")]
 pub mod hotkey;
 pub mod io;
@@ -188,6 +190,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         peers: Default::default(),
         gists: Arc::new(gists),
+        grad: Some(grad_worker::GradService::start(settings.runtime.model.clone(), settings.runtime.backend)?),
     };
     let stop_http = Arc::new(Notify::new());
     let stop = stop_http.clone();

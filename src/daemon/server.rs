@@ -1,18 +1,19 @@
 //! The HTTP front: the web page, `GET /api/status` (JSON metrics), `GET /metrics` (the same
-//! for Prometheus) and the WebSocket endpoints
-//! (`/api/pcm` in `pcm.rs`, `/api/chat` in `chat.rs`), all behind the same token and origin
+//! for Prometheus), the WebSocket endpoints (`/api/pcm` in `pcm.rs`, `/api/chat` in `chat.rs`)
+//! and `POST /api/grad` (`grad.rs`), all behind the same token and origin
 //! checks (`socket.rs`).
 
 use std::collections::HashMap;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use super::socket::{App, authorize};
-use super::{chat, pcm};
+use super::{chat, grad, pcm};
 
 pub fn router(app: App) -> Router {
     Router::new()
@@ -23,6 +24,7 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/pcm", get(pcm::pcm))
         .route("/api/chat", get(chat::chat))
+        .route("/api/grad", post(grad::grad).layer(DefaultBodyLimit::disable()))
         .with_state(app)
 }
 

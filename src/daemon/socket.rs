@@ -38,6 +38,8 @@ pub struct App {
     pub peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// Prefix latents clients may start with, by name (`?gist=NAME`).
     pub gists: Arc<HashMap<String, Arc<Gist>>>,
+    /// The `/api/grad` worker.
+    pub grad: Option<super::grad_worker::GradService>,
 }
 
 /// Token and origin checks, shared by every endpoint.

@@ -94,6 +94,17 @@ impl LmState {
         self.picking = picking;
     }
 
+    /// Gives row `row` new sampling settings from its next step on, its generators reseeded
+    /// from them (several sampled continuations from one shared, greedy start).
+    pub fn set_config(&mut self, row: usize, config: GenConfig) -> Result<()> {
+        let n = self.rows.len();
+        let r = self.rows.get_mut(row).ok_or_else(|| Error::input(format!("row {row} of a batch of {n}")))?;
+        r.config = config;
+        r.text_rng = sampling::rng(config.text_seed);
+        r.audio_rng = sampling::rng(config.audio_seed);
+        Ok(())
+    }
+
     /// Steps taken by each stream.
     pub fn offsets(&self) -> Vec<usize> {
         self.rows.iter().map(|r| r.offset).collect()

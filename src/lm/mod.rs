@@ -8,6 +8,6 @@ pub mod sampling;
 
 pub use config::LmConfig;
 pub use generate::{LmState, StepOut};
-pub use model::LmModel;
+pub use model::{LmModel, TeacherOut};
 pub use pick::Picking;
 pub use sampling::GenConfig;

@@ -56,6 +56,18 @@ pub struct LmModel {
     pub depformer_in_all: Option<Weight>,
 }
 
+/// What [`LmModel::forward_teacher_prefixed`] returns, aligned with the codes it was given.
+#[derive(Clone, Debug)]
+pub struct TeacherOut {
+    /// The temporal transformer's normalised output `[B, T, dim]` at each frame's delayed input
+    /// (what the `lm` latent tap streams).
+    pub hidden: Tensor<3>,
+    /// Text logits `[B, T, text_out]`, undelayed.
+    pub text: Tensor<3>,
+    /// Audio logits `[B, dep_q, T, card]`, undelayed.
+    pub audio: Tensor<4>,
+}
+
 /// The LM's input tables stacked, text first then each audio stream, and the first row of each:
 /// the temporal transformer's input is then one launch, one row per stream.
 #[derive(Clone, Debug)]
@@ -355,6 +367,17 @@ impl LmModel {
         t: usize,
         state: Option<&mut TransformerState>,
     ) -> Result<(Tensor<3>, Tensor<3>)> {
+        let x = self.input_embeddings(tokens, b, t)?;
+        let out = self.transformer.forward(x, state)?;
+        let out = self.out_norm.forward(out);
+        let logits = lin(out.clone(), &self.text_linear);
+        Ok((out, logits))
+    }
+
+    /// The temporal transformer's input for token columns `tokens` `[B, 1 + n_q, T]` (host
+    /// values, text first): the sum of the text embedding and one embedding per audio stream,
+    /// `[B, T, dim]`.
+    pub fn input_embeddings(&self, tokens: &[i64], b: usize, t: usize) -> Result<Tensor<3>> {
         let k = self.config.n_q + 1;
         if tokens.len() != b * k * t {
             return Err(Error::input(format!("{} tokens for [{b}, {k}, {t}]", tokens.len())));
@@ -366,10 +389,7 @@ impl LmModel {
         for (i, table) in self.emb.iter().enumerate() {
             x = x + self.embed(table, &stream(i + 1), b, t)?;
         }
-        let out = self.transformer.forward(x, state)?;
-        let out = self.out_norm.forward(out);
-        let logits = lin(out.clone(), &self.text_linear);
-        Ok((out, logits))
+        Ok(x)
     }
 
     /// Depth-transformer step `step` for one time step: input projection of `transformer_out`
@@ -436,6 +456,22 @@ impl LmModel {
     /// `[B, dep_q, T, card]`, both aligned with `codes`; positions beyond a stream's delay at the
     /// end are invalid (see [`LmModel::valid_mask`]).
     pub fn forward_teacher(&self, codes: &[i64], b: usize, t: usize) -> Result<(Tensor<3>, Tensor<4>)> {
+        let out = self.forward_teacher_prefixed(None, codes, b, t)?;
+        Ok((out.text, out.audio))
+    }
+
+    /// [`LmModel::forward_teacher`] after `prefix` `[K, dim]`: the temporal transformer first
+    /// reads the K prefix vectors as input vectors (in place of the embedding sum) at positions
+    /// 0..K, then the frames at K, K + 1, ..., exactly as a streaming session with a gist runs
+    /// them; the prefix positions' outputs are dropped. The prefix may require gradients (an
+    /// autodiff device): only the positions' inputs differ, the weights are the model's.
+    pub fn forward_teacher_prefixed(
+        &self,
+        prefix: Option<Tensor<2>>,
+        codes: &[i64],
+        b: usize,
+        t: usize,
+    ) -> Result<TeacherOut> {
         let c = &self.config;
         let k = c.n_q + 1;
         if codes.len() != b * k * t {
@@ -457,7 +493,21 @@ impl LmModel {
         let take = |from: usize| -> Vec<i64> {
             (0..b * k).flat_map(|row| delayed[row * (t + 1) + from..row * (t + 1) + from + t].iter().copied()).collect()
         };
-        let (out, text_logits) = self.forward_text(&take(0), b, t, None)?;
+        let (out, text_logits) = match prefix {
+            None => self.forward_text(&take(0), b, t, None)?,
+            Some(prefix) => {
+                let [n, dim] = prefix.dims();
+                if dim != c.dim || n == 0 {
+                    return Err(Error::input(format!("prefix of [{n}, {dim}], expected [K > 0, {}]", c.dim)));
+                }
+                let prefix = prefix.cast(self.dtype()).unsqueeze_dim::<3>(0).repeat_dim(0, b);
+                let x = Tensor::cat(vec![prefix, self.input_embeddings(&take(0), b, t)?], 1);
+                let out = self.transformer.forward(x, None)?.narrow(1, n, t);
+                let out = self.out_norm.forward(out);
+                let logits = lin(out.clone(), &self.text_linear);
+                (out, logits)
+            }
+        };
         let next = take(1);
         // Depformer over the dep_q steps of every time step at once: [B * T, dep_q, depformer_dim].
         let mut inputs = Vec::with_capacity(c.dep_q);
@@ -477,10 +527,10 @@ impl LmModel {
         }
         let logits = Tensor::cat(logits, 1);
         // Undelay: stream s's prediction for time i sits at delayed position i + d.
-        let text_logits = shift_left(text_logits.unsqueeze_dim(1), c.delays[0]).squeeze_dim(1);
+        let text = shift_left(text_logits.unsqueeze_dim(1), c.delays[0]).squeeze_dim(1);
         let parts: Vec<Tensor<4>> =
             (0..c.dep_q).map(|s| shift_left(logits.clone().narrow(1, s, 1), c.delays[s + 1])).collect();
-        Ok((text_logits, Tensor::cat(parts, 1)))
+        Ok(TeacherOut { hidden: out, text, audio: Tensor::cat(parts, 1) })
     }
 
     /// The text logits of [`LmModel::forward_teacher`] alone `[B, T, text_out]`, without the

@@ -1,12 +1,14 @@
 //! kokichi's own gradient path: training the codec and the language model with Burn's autodiff
 //! on the same model code that runs inference. Used by `kokichi train-codec` and
-//! `kokichi train-lm`; models are written in the reference checkpoint layout.
+//! `kokichi train-lm`, and the prefix latents of `kokichi gist train`; models are written in the reference checkpoint layout.
 //!
 //! On this project's 2-core CPUs Burn trains several times slower than PyTorch (measured by
 //! `make bench-train`), so the shipped kokichi-tiny weights come from training/*.py with
 //! the reference classes; these trainers produce loadable models and are tested end to end.
 
 pub mod codec;
+pub mod gist;
+pub mod grad;
 pub mod lm;
 pub mod tokens;
 
