@@ -214,3 +214,67 @@ async fn the_daemon_starts_sessions_with_a_named_gist() {
     let e = kokichi::daemon::run(settings, std::future::pending()).await.expect_err("a wrong width was taken");
     assert!(e.to_string().contains("wide-daemon.safetensors"), "{e}");
 }
+
+/// A streaming session started with a gist, run greedily well past the LM's context (the gist
+/// pinned), against the batch form training uses (`forward_teacher_prefixed`) on the tokens it
+/// produced: each greedy token is the batch form's best (within float noise), so what a gist is
+/// trained for is what a session with it does.
+#[test]
+fn streaming_with_a_gist_matches_the_prefixed_teacher() {
+    let files = fixture_files();
+    for (kind, device) in devices() {
+        let engine = Engine::load(&files, &device, DType::F32).expect("load");
+        let lm = &engine.lm;
+        let c = &lm.config;
+        let g = gist(4, c.dim, 7);
+        let mut state = lm.init_state_with_gist(GenConfig::greedy(), &g).expect("state");
+        let user = c.user_streams();
+        let steps = 3 * c.context.unwrap_or(8) + 4;
+        let user_codes: Vec<Vec<i64>> =
+            (0..steps).map(|i| (0..user).map(|k| ((i * 7 + k * 13 + 5) % c.card) as i64).collect()).collect();
+        let mut outs = Vec::new();
+        for u in &user_codes {
+            if let Some(o) = lm.step(&mut state, u, user).expect("step") {
+                outs.push(o);
+            }
+        }
+        // Undelayed codes [1, 1 + n_q, T]: text, the model's audio, the user's (a step's user
+        // codes sit in the frame before its outputs', as in Moshi's delayed layout).
+        let t = outs.len();
+        let k = c.n_q + 1;
+        let mut codes = vec![0i64; k * t];
+        for (i, o) in outs.iter().enumerate() {
+            codes[i] = o.text[0];
+            for s in 0..c.dep_q {
+                codes[(1 + s) * t + i] = o.audio[s];
+            }
+            for u in 0..user {
+                codes[(1 + c.dep_q + u) * t + i] = user_codes[i + 1][u];
+            }
+        }
+        let prefix = kokichi::backend::floats(g.values.clone(), [g.k, g.dim], &device, lm.dtype());
+        let teacher = lm.forward_teacher_prefixed(Some(prefix), &codes, 1, t).expect("teacher");
+        let text = floats(teacher.text);
+        let audio = floats(teacher.audio);
+        let v = c.text_out();
+        let near_best = |row: &[f32], tok: i64| {
+            let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            best - row[tok as usize] <= 1e-3
+        };
+        let mut checked = 0;
+        for i in 0..t {
+            if lm.valid_mask(0, i, t) {
+                assert!(near_best(&text[i * v..(i + 1) * v], codes[i]), "{kind}: text token of frame {i}");
+                checked += 1;
+            }
+            for s in 0..c.dep_q {
+                if lm.valid_mask(s + 1, i, t) {
+                    let row = &audio[(s * t + i) * c.card..(s * t + i + 1) * c.card];
+                    assert!(near_best(row, codes[(1 + s) * t + i]), "{kind}: audio stream {s} of frame {i}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 3 * c.context.unwrap_or(8), "{kind}: only {checked} tokens checked");
+    }
+}

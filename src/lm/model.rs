@@ -502,7 +502,8 @@ impl LmModel {
                 }
                 let prefix = prefix.cast(self.dtype()).unsqueeze_dim::<3>(0).repeat_dim(0, b);
                 let x = Tensor::cat(vec![prefix, self.input_embeddings(&take(0), b, t)?], 1);
-                let out = self.transformer.forward(x, None)?.narrow(1, n, t);
+                // The prefix stays visible to every frame, as it does pinned in a streaming session.
+                let out = self.transformer.forward_pinned(x, None, n)?.narrow(1, n, t);
                 let out = self.out_norm.forward(out);
                 let logits = lin(out.clone(), &self.text_linear);
                 (out, logits)
