@@ -27,7 +27,6 @@ mod ffi {
     unsafe extern "C" {
         pub fn speex_echo_state_init(frame_size: c_int, filter_length: c_int) -> *mut SpeexEchoState;
         pub fn speex_echo_state_destroy(st: *mut SpeexEchoState);
-        pub fn speex_echo_state_reset(st: *mut SpeexEchoState);
         pub fn speex_echo_ctl(st: *mut SpeexEchoState, request: c_int, ptr: *mut c_void) -> c_int;
         pub fn speex_echo_cancellation(st: *mut SpeexEchoState, rec: *const i16, play: *const i16, out: *mut i16);
     }
@@ -103,12 +102,6 @@ impl EchoCanceller {
             }
         }
         Ok(())
-    }
-
-    /// Forgets the learnt echo path (another device, another room).
-    pub fn reset(&mut self) {
-        // SAFETY: `echo` is live.
-        unsafe { ffi::speex_echo_state_reset(self.echo.as_ptr()) };
     }
 }
 
