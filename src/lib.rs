@@ -10,6 +10,7 @@ pub mod audio;
 pub mod backend;
 pub mod cost;
 pub mod daemon;
+pub mod echo;
 pub mod error;
 pub mod gist;
 pub mod hub;

@@ -13,6 +13,7 @@ mod alsa_log;
 mod bridge;
 mod convert;
 mod device;
+pub mod echo;
 mod thread;
 
 use std::fmt;
@@ -22,7 +23,7 @@ use std::sync::mpsc;
 
 use cpal::traits::{DeviceTrait, HostTrait};
 
-use super::io::GainSource;
+use super::io::{AudioSink, AudioSource, GainSource};
 use super::metrics::Metrics;
 use super::runtime::{NewSession, Runtime};
 use super::settings::{Settings, TalkMode};
@@ -72,21 +73,30 @@ pub fn start(
         return Ok(None);
     };
     let open_mode = local.mode == TalkMode::Open;
+    let source: Box<dyn AudioSource> =
+        Box::new(LocalSource::new(captured, model_rate, runtime.frame_size, settings.runtime.backlog_frames));
+    let sink: Box<dyn AudioSink> = Box::new(LocalSink::new(played, model_rate, runtime.frame_size));
+    let (source, sink) = if local.echo_cancel {
+        echo::cancel_echo(source, sink, model_rate, runtime.frame_size)?
+    } else {
+        (source, sink)
+    };
     runtime.add(NewSession {
         kind: "local".into(),
         config: sampling,
-        source: GainSource::wrap(
-            Box::new(LocalSource::new(captured, model_rate, runtime.frame_size, settings.runtime.backlog_frames)),
-            local.input_gain,
-        ),
-        sink: Box::new(LocalSink::new(played, model_rate, runtime.frame_size)),
+        source: GainSource::wrap(source, local.input_gain),
+        sink,
         talk: Some(talk.clone()),
         remote: false,
         taps: Default::default(),
         gist: None,
         latent_input: false,
     })?;
-    tracing::info!(mode = if open_mode { "open" } else { "push-to-talk" }, "local audio: {description}");
+    tracing::info!(
+        mode = if open_mode { "open" } else { "push-to-talk" },
+        echo_cancel = local.echo_cancel,
+        "local audio: {description}"
+    );
     let hotkey = local.hotkey.as_deref().filter(|h| !h.trim().is_empty());
     #[cfg(feature = "hotkey")]
     let hotkey = match hotkey {

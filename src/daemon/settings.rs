@@ -313,6 +313,18 @@ pub struct LocalAudioSettings {
     /// When the model hears the local input.
     #[arg(long, required = false, value_enum)]
     pub mode: TalkMode,
+    /// Remove the model's own voice from the microphone (echo cancellation, SpeexDSP, with what
+    /// goes to the speaker as reference), so that open mode works on laptop speakers without
+    /// headphones. On by default; `--no-echo-cancel` (in the file: `echo_cancel = false`) turns
+    /// it off, e.g. with headphones or a device that cancels echo itself.
+    #[arg(
+        long = "no-echo-cancel",
+        required = false,
+        action = ArgAction::Set,
+        num_args = 0,
+        default_missing_value = "false"
+    )]
+    pub echo_cancel: bool,
     /// Global hotkey for push-to-talk (feature `hotkey`), e.g. F9.
     #[arg(long)]
     pub hotkey: Option<String>,
@@ -329,6 +341,7 @@ impl Default for LocalAudioSettings {
             output_device: None,
             input_gain: 0.0,
             mode: TalkMode::Ptt,
+            echo_cancel: true,
             hotkey: None,
             control_socket: default_control_socket(),
         }
@@ -773,6 +786,10 @@ mod tests {
         assert!(err.contains("input_gain"), "{err}");
         let s = layered("audio = true\n", &["--no-audio"]).unwrap();
         assert!(!s.local_audio.audio);
+        // Echo cancellation: on unless the file or the flag turns it off.
+        assert!(layered("mode = \"open\"\n", &[]).unwrap().local_audio.echo_cancel);
+        assert!(!layered("echo_cancel = false\n", &[]).unwrap().local_audio.echo_cancel);
+        assert!(!layered("", &["--no-echo-cancel"]).unwrap().local_audio.echo_cancel);
     }
 
     #[test]
