@@ -47,6 +47,9 @@ CONFIGS = {
                   depformer_multi_linear=False, depformer_pos_emb="rope",
                   depformer_weights_per_step_schedule=[0, 1, 1, 2],
                   delays=[0, 0, 2, 2, 2, 0, 2, 2, 2]),
+    # PersonaPlex's stream layout: the depth transformer generates all 16 audio streams.
+    "dep16": dict(BASE, n_q=16, dep_q=16,
+                  delays=[0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]),
 }
 
 

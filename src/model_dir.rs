@@ -5,7 +5,8 @@
 //! optionally `"sampling": {...}`, the model's recommended sampling, the daemon's `[sampling]`
 //! keys), `mimi.safetensors`, `model.safetensors`, optional `tokenizer.model`.
 //! Kyutai snapshot: `model.safetensors`, `tokenizer-e351c8d8-checkpoint125.safetensors`,
-//! `tokenizer_spm_32k_3.model`, with the moshiko configuration (or a Kyutai `config.json`).
+//! `tokenizer_spm_32k_3.model`, with the LM configuration of its `config.json` where it has one,
+//! else read off `model.safetensors`'s tensor names and shapes (`lm::infer`).
 
 use std::path::{Path, PathBuf};
 
@@ -164,7 +165,7 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
         let name = |key: &str, default: &str| json.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string();
         let lm_config = LmConfig::from_json(&json.to_string()).map_err(|e| in_file(&config, e))?;
         let tok = dir.join(name("tokenizer_name", KYUTAI_TOKENIZER));
-        let codebooks = lm_config.dep_q.max(lm_config.n_q - lm_config.dep_q);
+        let codebooks = kyutai_codebooks(&lm_config);
         return Ok(ModelFiles {
             mimi: require(dir.join(name("mimi_name", KYUTAI_MIMI)))?,
             lm: require(dir.join(name("moshi_name", KYUTAI_LM)))?,
@@ -178,13 +179,15 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
     }
     if dir.join(KYUTAI_MIMI).is_file() {
         let tok = dir.join(KYUTAI_TOKENIZER);
+        let lm = require(dir.join(KYUTAI_LM))?;
+        let lm_config = crate::lm::infer::infer_file(&lm)?;
         return Ok(ModelFiles {
             mimi: require(dir.join(KYUTAI_MIMI))?,
-            lm: require(dir.join(KYUTAI_LM))?,
+            lm,
             tokenizer: tok.is_file().then_some(tok),
             mimi_config: MimiConfig::v0_1(),
-            lm_config: LmConfig::moshiko(),
-            codebooks: 8,
+            codebooks: kyutai_codebooks(&lm_config),
+            lm_config,
             sampling: GenConfig::default(),
             source: dir.display().to_string(),
         });
@@ -195,12 +198,20 @@ pub fn from_dir(dir: &Path) -> Result<ModelFiles> {
     })
 }
 
+/// Mimi codebooks of a Kyutai-style LM: the larger of the generated and the user's streams,
+/// or half the streams when the depth transformer generates all of them (PersonaPlex predicts
+/// the user's codebooks too).
+pub fn kyutai_codebooks(lm: &LmConfig) -> usize {
+    if lm.dep_q == lm.n_q { lm.n_q.div_ceil(2) } else { lm.dep_q.max(lm.n_q - lm.dep_q) }
+}
+
 /// Fetches a repository's files into the Hugging Face cache (see [`crate::hub`]): a kokichi
 /// repo (`config.json` with `lm`/`mimi`) or a Kyutai one (`config.json` naming its files, or
 /// moshiko's file names when it has none).
 fn download(repo: &str) -> Result<ModelFiles> {
     let hub = crate::hub::HubRepo::open(repo)?;
-    // A cached snapshot without config.json is a complete moshiko one: no network needed.
+    // A cached snapshot without config.json is complete (its LM configuration comes from the
+    // tensors): no network needed.
     let config = match hub.cached("config.json") {
         Some(c) => Some(c),
         None if hub.cached(KYUTAI_LM).is_some() => None,

@@ -1,6 +1,7 @@
 //! The Moshi LM against the reference `moshi` package (fixtures from scripts/gen_lm_fixtures.py):
 //! teacher-forced logits within 1e-4, greedy `LMGen` tokens identical over 25 steps (beyond the
-//! KV context, so the ring cache wraps), for Moshi's real stream layout and another one.
+//! KV context, so the ring cache wraps), for Moshi's real stream layout, another one, and
+//! PersonaPlex's (the depth transformer generates all 16 audio streams).
 
 mod common;
 
@@ -52,8 +53,12 @@ fn teacher_case(name: &str) {
 }
 
 fn greedy_case(name: &str) {
+    greedy_with(name, |device| load(name, device));
+}
+
+fn greedy_with(name: &str, load: impl Fn(&Device) -> (LmModel, Expected)) {
     for (kind, device) in devices() {
-        let (lm, exp) = load(name, &device);
+        let (lm, exp) = load(&device);
         let ushape = exp.shape("gen.user");
         let (b, steps, cols) = (ushape[0], ushape[1], ushape[2]);
         let user = exp.i64("gen.user");
@@ -114,4 +119,47 @@ fn greedy_generation_real_layout() {
 #[test]
 fn greedy_generation_other_layout() {
     greedy_case("other");
+}
+
+#[test]
+fn teacher_forced_logits_sixteen_generated_streams() {
+    teacher_case("dep16");
+}
+
+#[test]
+fn greedy_generation_sixteen_generated_streams() {
+    greedy_case("dep16");
+}
+
+/// A Kyutai snapshot as moshika-rl-seamless and J-Moshi ship it: moshiko's files plus a
+/// `config.json` with the LM's keyword arguments at the top level and the loader's own keys.
+#[test]
+fn greedy_generation_from_a_kyutai_snapshot_config() {
+    let src = fixture("lm_real");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut config = json["lm"].as_object().unwrap().clone();
+    for (k, v) in [
+        ("model_type", serde_json::json!("moshi")),
+        ("moshi_name", serde_json::json!("model.safetensors")),
+        ("mimi_name", serde_json::json!(kokichi::model_dir::KYUTAI_MIMI)),
+        ("tokenizer_name", serde_json::json!(kokichi::model_dir::KYUTAI_TOKENIZER)),
+        ("lm_gen_config", serde_json::json!({"temp": 0.8, "temp_text": 0.7, "top_k": 250, "top_k_text": 25})),
+        ("depformer_causal", serde_json::json!(true)),
+    ] {
+        config.insert(k.into(), v);
+    }
+    let dir = scratch("kyutai-snapshot", "snapshot");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::Value::Object(config).to_string()).unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join(kokichi::model_dir::KYUTAI_MIMI), b"").unwrap();
+    let files = kokichi::model_dir::from_dir(&dir).unwrap();
+    assert_eq!(files.lm_config, LmConfig::from_json(&json["lm"].to_string()).unwrap());
+    assert_eq!(files.codebooks, 8);
+    greedy_with("kyutai snapshot", |device| {
+        let lm = LmModel::load(&files.lm, files.lm_config.clone(), device, DType::F32).unwrap();
+        (lm, Expected::open(src.join("expected.safetensors")))
+    });
+    std::fs::remove_dir_all(&dir).ok();
 }

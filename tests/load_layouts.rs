@@ -2,6 +2,9 @@
 //! Kyutai's released Mimi and moshiko checkpoints (tests/fixtures/reference/layout_*.txt, read
 //! off the real files), stored as bf16 as Kyutai ships them. The data is a sparse all-zero file,
 //! so the test costs no disk; the moshiko file keeps only its first layers to fit in memory.
+//! NVIDIA's PersonaPlex-7B layout is moshiko's with the changes listed in benob/personaplex-mlx
+//! `docs/weight_diff.md` (475 tensors: 16 generated codebooks, doubled per-step depformer
+//! attention); the LM configuration of a snapshot without `config.json` is inferred from these.
 
 mod common;
 
@@ -11,6 +14,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::DType;
 use common::fixture;
+use kokichi::lm::infer::infer;
 use kokichi::lm::{GenConfig, LmConfig, LmModel};
 use kokichi::mimi::{Mimi, MimiConfig};
 
@@ -131,4 +135,89 @@ fn full_layout_names_are_what_the_loader_asks_for() {
     assert_eq!(max("emb.") + 1, cfg.n_q);
     assert_eq!(max("linears.") + 1, cfg.dep_q);
     let _ = GenConfig::greedy();
+}
+
+/// PersonaPlex-7B's layout: moshiko's plus the per-step weights of codebooks 8..16 and the
+/// depformer attention of 16 steps instead of 8.
+fn personaplex_layout() -> Vec<(String, Vec<usize>)> {
+    let mut out: Vec<(String, Vec<usize>)> = layout("layout_moshiko.txt")
+        .into_iter()
+        .map(|(n, mut s)| {
+            if n.starts_with("depformer.layers.") && n.contains(".self_attn.") {
+                s[0] *= 2;
+            }
+            (n, s)
+        })
+        .collect();
+    for k in 8..16 {
+        out.push((format!("linears.{k}.weight"), vec![2048, 1024]));
+        out.push((format!("depformer_in.{k}.weight"), vec![1024, 4096]));
+        out.push((format!("depformer_emb.{}.weight", k - 1), vec![2049, 1024]));
+        for l in 0..6 {
+            out.push((format!("depformer.layers.{l}.gating.{k}.linear_in.weight"), vec![5632, 1024]));
+            out.push((format!("depformer.layers.{l}.gating.{k}.linear_out.weight"), vec![1024, 2816]));
+        }
+    }
+    out
+}
+
+fn shapes(tensors: &[(String, Vec<usize>)]) -> std::collections::BTreeMap<String, Vec<usize>> {
+    tensors.iter().cloned().collect()
+}
+
+#[test]
+fn moshiko_configuration_is_inferred_from_its_tensors() {
+    assert_eq!(infer(&shapes(&layout("layout_moshiko.txt"))).unwrap(), LmConfig::moshiko());
+}
+
+#[test]
+fn personaplex_configuration_is_inferred_from_its_tensors() {
+    let tensors = personaplex_layout();
+    assert_eq!(tensors.len(), 475);
+    let cfg = infer(&shapes(&tensors)).unwrap();
+    assert_eq!(cfg, LmConfig { dep_q: 16, ..LmConfig::moshiko() });
+    // A depformer whose attention is not per generated codebook does not fit.
+    let mut bad = shapes(&tensors);
+    bad.insert("depformer.layers.0.self_attn.in_proj_weight".into(), vec![24576, 1024]);
+    let err = infer(&bad).unwrap_err();
+    assert!(err.contains("in_proj_weight") && err.contains("24576"), "{err}");
+}
+
+#[test]
+fn a_snapshot_without_config_json_is_configured_from_its_tensors() {
+    // A PersonaPlex snapshot cut to 2 temporal layers and 1 depformer layer (memory).
+    let keep = |n: &str| {
+        let layer = |prefix: &str| n.strip_prefix(prefix).and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+        match (layer("transformer.layers."), layer("depformer.layers.")) {
+            (Some(i), _) => i < 2,
+            (_, Some(i)) => i < 1,
+            _ => true,
+        }
+    };
+    let tensors: Vec<_> = personaplex_layout().into_iter().filter(|(n, _)| keep(n)).collect();
+    let dir = tmp("personaplex");
+    std::fs::create_dir_all(&dir).unwrap();
+    sparse_bf16(&dir.join("model.safetensors"), &tensors);
+    sparse_bf16(&dir.join(kokichi::model_dir::KYUTAI_MIMI), &layout("layout_mimi.txt"));
+    let files = kokichi::model_dir::from_dir(&dir).unwrap();
+    let want = LmConfig { dep_q: 16, num_layers: 2, depformer_num_layers: 1, ..LmConfig::moshiko() };
+    assert_eq!(files.lm_config, want);
+    assert_eq!(files.codebooks, 8);
+    // It greedy-steps: one text and 16 audio tokens a frame once the delay of 1 has passed.
+    let device = Device::flex();
+    let lm = LmModel::load(&files.lm, files.lm_config.clone(), &device, DType::F16).unwrap();
+    assert_eq!(lm.linears.len(), 16);
+    let mut state = lm.init_state(&[GenConfig::greedy()]).unwrap();
+    let outs: Vec<_> = (0..3).map(|_| lm.step(&mut state, &[], 0).unwrap()).collect();
+    assert!(outs[0].is_none());
+    for out in outs[1..].iter().map(|o| o.as_ref().unwrap()) {
+        assert_eq!((out.text.len(), out.audio.len()), (1, 16));
+        assert!(out.audio.iter().all(|&t| (0..2048).contains(&t)));
+    }
+    drop(lm);
+    // Tensors that fit no Moshi LM: one line naming the file and asking for a config.json.
+    sparse_bf16(&dir.join("model.safetensors"), &tensors[..tensors.len() / 2]);
+    let err = kokichi::model_dir::from_dir(&dir).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("config.json") && !err.contains('\n'), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod generate;
+pub mod infer;
 pub mod model;
 pub mod pick;
 pub mod sampling;
