@@ -7,7 +7,7 @@
 //! names the setting.
 //!
 //! The groups (model and runtime, network, local audio, file session) exist in the Rust types
-//! and in `--help`; the file stays flat, with a `[sampling]` table, as the README documents it.
+//! and in `--help`; the file stays flat, with `[sampling]` and `[tools]` tables, as the README documents it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
