@@ -20,7 +20,7 @@ fn question(frame: usize) -> Vec<f32> {
 
 /// A gist of `k` vectors of width `dim`, deterministic, of the size of the model's activations.
 fn gist(k: usize, dim: usize, seed: u32) -> Gist {
-    let values = (0..k * dim).map(|i| ((i as f32 * 0.37 + seed as f32 * 1.3).sin() * 1.7)).collect();
+    let values = (0..k * dim).map(|i| (i as f32 * 0.37 + seed as f32 * 1.3).sin() * 1.7).collect();
     Gist::new(values, k, dim).expect("gist")
 }
 
