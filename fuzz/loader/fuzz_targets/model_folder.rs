@@ -1,7 +1,9 @@
 //! Fuzzes loading a model folder through kokichi's own loader: the input is split into a
-//! `config.json` and a safetensors file (a little-endian u16 gives the config's length), both
-//! written to a scratch folder, then `model_dir::from_dir` reads the folder and `WeightFile`
-//! opens the weights and decodes every tensor (`stored`, `host`, `read_int_tensor`).
+//! `config.json` and a safetensors file (a little-endian u16 gives the config's length; 0xFFFF:
+//! no `config.json`, a Kyutai snapshot whose LM configuration is inferred from the tensors),
+//! written to a scratch folder, then `model_dir::from_dir` reads the folder, the configuration is
+//! inferred from the tensors' header, and `WeightFile` opens the weights and decodes every tensor
+//! (`stored`, `host`, `read_int_tensor`).
 //! Run with a memory limit, e.g. `-rss_limit_mb=2048 -malloc_limit_mb=256`.
 #![no_main]
 
@@ -29,15 +31,23 @@ fn setup() -> &'static Setup {
 
 fuzz_target!(|data: &[u8]| {
     let Some((len, rest)) = data.split_first_chunk::<2>() else { return };
-    let split = (u16::from_le_bytes(*len) as usize).min(rest.len());
-    let (config, tensors) = rest.split_at(split);
+    let len = u16::from_le_bytes(*len);
+    let split = (len as usize).min(rest.len());
+    let (config, tensors) = if len == u16::MAX { (&rest[..0], rest) } else { rest.split_at(split) };
     let s = setup();
     let write = |name: &str, bytes: &[u8]| std::fs::write(s.dir.join(name), bytes).expect("scratch file");
-    write("config.json", config);
+    if len == u16::MAX {
+        let _ = std::fs::remove_file(s.dir.join("config.json"));
+        write(kokichi::model_dir::KYUTAI_MIMI, tensors);
+    } else {
+        let _ = std::fs::remove_file(s.dir.join(kokichi::model_dir::KYUTAI_MIMI));
+        write("config.json", config);
+    }
     write("model.safetensors", tensors);
     write("mimi.safetensors", tensors);
     let _ = kokichi::model_dir::from_dir(&s.dir);
     let path = s.dir.join("model.safetensors");
+    let _ = kokichi::lm::infer::infer_file(&path);
     let Ok(mut file) = WeightFile::open(&path, &s.device, burn::tensor::DType::F32) else { return };
     let names: Vec<String> = file.names().map(str::to_string).collect();
     for name in &names {
