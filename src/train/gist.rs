@@ -7,6 +7,7 @@
 //! The teacher's log-probabilities are computed once; only the K vectors get gradients (the LM's
 //! parameters are marked `no_grad` and never updated); Adam steps them on the host.
 
+use super::HostAdam;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
@@ -248,30 +249,6 @@ pub struct GistTrain {
     pub log_every: usize,
 }
 
-/// Adam on host vectors.
-struct Adam {
-    m: Vec<f32>,
-    v: Vec<f32>,
-    t: i32,
-}
-
-impl Adam {
-    fn new(n: usize) -> Self {
-        Self { m: vec![0.0; n], v: vec![0.0; n], t: 0 }
-    }
-
-    fn step(&mut self, x: &mut [f32], g: &[f32], lr: f32) {
-        let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
-        self.t += 1;
-        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
-        for i in 0..x.len() {
-            self.m[i] = b1 * self.m[i] + (1.0 - b1) * g[i];
-            self.v[i] = b2 * self.v[i] + (1.0 - b2) * g[i] * g[i];
-            x[i] -= lr * (self.m[i] / c1) / ((self.v[i] / c2).sqrt() + eps);
-        }
-    }
-}
-
 /// A prefix `[k, dim]` on `lm`'s device from host values, tracked for gradients.
 pub fn prefix_tensor(lm: &LmModel, values: &[f32], k: usize) -> Tensor<2> {
     backend::floats(values.to_vec(), [k, lm.config.dim], &lm.device(), burn::tensor::DType::F32).require_grad()
@@ -302,7 +279,7 @@ pub fn train(
         return Err(Error::input(format!("{} initial values for a gist of [{k}, {}]", init.len(), lm.config.dim)));
     }
     let mut x = init;
-    let mut adam = Adam::new(x.len());
+    let mut adam = HostAdam::new(x.len());
     let mut last = f32::NAN;
     for step in 0..settings.steps {
         let (loss, g) = loss_and_grad(lm, targets, &x, k)?;

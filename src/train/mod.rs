@@ -47,3 +47,28 @@ pub fn cosine_lr(step: usize, total: usize, base: f64, warmup: usize) -> f64 {
     let p = ((step - warmup) as f64 / (total.saturating_sub(warmup).max(1)) as f64).min(1.0);
     base * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
 }
+
+/// Adam on host values: the trainers that move a few vectors through a frozen model (gists,
+/// new vocabulary rows) keep them on the host and update them here.
+pub(crate) struct HostAdam {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t: i32,
+}
+
+impl HostAdam {
+    pub(crate) fn new(n: usize) -> Self {
+        Self { m: vec![0.0; n], v: vec![0.0; n], t: 0 }
+    }
+
+    pub(crate) fn step(&mut self, x: &mut [f32], g: &[f32], lr: f32) {
+        let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+        self.t += 1;
+        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
+        for i in 0..x.len() {
+            self.m[i] = b1 * self.m[i] + (1.0 - b1) * g[i];
+            self.v[i] = b2 * self.v[i] + (1.0 - b2) * g[i] * g[i];
+            x[i] -= lr * (self.m[i] / c1) / ((self.v[i] / c2).sqrt() + eps);
+        }
+    }
+}

@@ -8,6 +8,7 @@
 //! the teacher-forced text cross-entropy (padding weighted down as in [`super::lm`]); the audio
 //! streams are inputs only, since the new tokens' audio path is the padding token's.
 
+use super::HostAdam;
 use std::path::Path;
 
 use burn::module::{Module, Param};
@@ -39,30 +40,6 @@ pub struct Trained {
     pub lm: LmModel,
     pub slots: Slots,
     pub losses: Vec<f32>,
-}
-
-/// Adam on host values.
-struct Adam {
-    m: Vec<f32>,
-    v: Vec<f32>,
-    t: i32,
-}
-
-impl Adam {
-    fn new(n: usize) -> Self {
-        Self { m: vec![0.0; n], v: vec![0.0; n], t: 0 }
-    }
-
-    fn step(&mut self, x: &mut [f32], g: &[f32], lr: f32) {
-        let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
-        self.t += 1;
-        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
-        for i in 0..x.len() {
-            self.m[i] = b1 * self.m[i] + (1.0 - b1) * g[i];
-            self.v[i] = b2 * self.v[i] + (1.0 - b2) * g[i] * g[i];
-            x[i] -= lr * (self.m[i] / c1) / ((self.v[i] / c2).sqrt() + eps);
-        }
-    }
 }
 
 /// Trains new tokens `names` for the LM stored at `lm_path` (a model of `config`) on `data`
@@ -117,8 +94,8 @@ pub fn train(
     };
     lm.text_emb.weight = upload(&lm.text_emb.weight, &emb_all, [v + n + 1, d]);
     lm.text_linear.weight = upload(&lm.text_linear.weight, &head_all, [d, v + n]);
-    let mut opt_emb = Adam::new(n * d);
-    let mut opt_head = Adam::new(n * d);
+    let mut opt_emb = HostAdam::new(n * d);
+    let mut opt_head = HostAdam::new(n * d);
     let mut rng = crate::lm::sampling::rng(Some(settings.seed));
     let mut losses = Vec::with_capacity(settings.steps);
     for step in 0..settings.steps {
