@@ -25,6 +25,7 @@ pub mod nn;
 pub mod protocol;
 mod quiet_stderr;
 pub mod session;
+pub mod system_prompt;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -8,6 +8,10 @@
 //!
 //! A session may also ask for the model's own vectors of each frame ([`Taps`]): Mimi's latent
 //! before quantization and the LM's temporal output. They cost a read-back each, only when asked.
+//!
+//! A model whose depth transformer predicts the user's streams too (PersonaPlex) runs on the
+//! provided schedule ([`crate::lm::provided`]): the microphone's codes are given as the user's
+//! streams, and a [`SystemPrompt`] (voice and role) is stepped in before the conversation.
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -17,11 +21,12 @@ use crate::backend::{self, Precision};
 use crate::error::{Error, Result};
 use crate::gist::Gist;
 use crate::lm::model::UNGENERATED_TOKEN;
-use crate::lm::{GenConfig, LmModel, LmState};
+use crate::lm::{GenConfig, LmModel, LmState, Provided};
 use crate::mimi::{DecState, EncState, Mimi};
 use crate::model_dir::ModelFiles;
 use crate::monologue::Monologue;
 use crate::nn::batch::{self, Batched};
+use crate::system_prompt::{Prompter, SystemPrompt};
 use crate::tokenizer::Tokenizer;
 
 /// The models of a speech-to-speech system.
@@ -35,6 +40,9 @@ pub struct Engine {
     /// The vocabulary adapter loaded with the model ([`Engine::load_with_adapter`]): its tokens
     /// are ids `base_text_card + j`, and its gist, if any, starts every session that names none.
     pub adapter: Option<Adapter>,
+    /// The system prompt every session starts with ([`Engine::set_system_prompt`]) and the
+    /// LM state it leaves, cloned for each new session that names no gist.
+    system_prompt: Option<(SystemPrompt, LmState)>,
 }
 
 /// Streaming state of one conversation.
@@ -143,13 +151,13 @@ impl Engine {
         let dtype = precision.dtype();
         let lm_cfg = &files.lm_config;
         let codebooks = files.codebooks;
-        if codebooks < lm_cfg.dep_q || codebooks < lm_cfg.user_streams() {
+        if codebooks < lm_cfg.own_streams() || codebooks < lm_cfg.user_input_streams() {
             return Err(Error::config(
                 "mimi_codebooks",
                 format!(
-                    "{codebooks} Mimi codebooks cannot feed an LM with {} generated and {} user streams",
-                    lm_cfg.dep_q,
-                    lm_cfg.user_streams()
+                    "{codebooks} Mimi codebooks cannot feed an LM with {} streams of its own voice and {} user streams",
+                    lm_cfg.own_streams(),
+                    lm_cfg.user_input_streams()
                 ),
             ));
         }
@@ -171,7 +179,34 @@ impl Engine {
         }
         let mimi = Mimi::load(&files.mimi, files.mimi_config.clone(), codebooks, device, dtype)?;
         let (lm, _) = LmModel::load_adapted(&files.lm, lm_cfg.clone(), device, precision, adapter.as_ref())?;
-        Ok(Self { mimi, lm, tokenizer, source: files.source.clone(), sampling: files.sampling, adapter })
+        Ok(Self {
+            mimi,
+            lm,
+            tokenizer,
+            source: files.source.clone(),
+            sampling: files.sampling,
+            adapter,
+            system_prompt: None,
+        })
+    }
+
+    /// Makes every new session start with `prompt` (a model that predicts the user's streams
+    /// only: PersonaPlex). The prompt is stepped through the LM once, now; each session that
+    /// names no gist starts from a copy of the state it leaves. Returns the frames stepped.
+    pub fn set_system_prompt(&mut self, prompt: SystemPrompt) -> Result<usize> {
+        let mut state = self.lm.init_state(&[GenConfig::greedy()])?;
+        let frames = self.prompter().step(&mut state, &prompt)?;
+        self.system_prompt = Some((prompt, state));
+        Ok(frames)
+    }
+
+    fn prompter(&self) -> Prompter<'_> {
+        Prompter { lm: &self.lm, mimi: &self.mimi, tokenizer: self.tokenizer.as_ref() }
+    }
+
+    /// The system prompt sessions start with, if any.
+    pub fn system_prompt(&self) -> Option<&SystemPrompt> {
+        self.system_prompt.as_ref().map(|(p, _)| p)
     }
 
     pub fn frame_size(&self) -> usize {
@@ -191,9 +226,24 @@ impl Engine {
     /// latents run through the LM now, once, and stay in its attention cache.
     pub fn init_session_with(&self, config: GenConfig, gist: Option<&Gist>) -> Result<SessionState> {
         let gist = gist.or_else(|| self.adapter.as_ref().and_then(|a| a.gist.as_ref()));
-        let lm = match gist {
-            Some(g) => self.lm.init_state_with_gist(config, g)?,
-            None => self.lm.init_state(&[config])?,
+        let lm = match (gist, &self.system_prompt) {
+            (None, Some((_, prompted))) => {
+                let mut lm = prompted.clone();
+                lm.set_config(0, config)?;
+                lm
+            }
+            (gist, prompt) => {
+                let mut lm = match gist {
+                    Some(g) => self.lm.init_state_with_gist(config, g)?,
+                    None => self.lm.init_state(&[config])?,
+                };
+                if self.lm.config.predicts_user() {
+                    let empty = SystemPrompt::default();
+                    self.prompter().step(&mut lm, prompt.as_ref().map_or(&empty, |(p, _)| p))?;
+                    lm.set_config(0, config)?;
+                }
+                lm
+            }
         };
         Ok(SessionState {
             enc: self.mimi.init_enc_state(1)?,
@@ -386,13 +436,23 @@ impl Engine {
         let codes = self.mimi.quantize(latent);
         let q = codes.dims()[1];
         let codes = backend::read_ints(codes)?;
-        let dep_q = self.lm.config.dep_q;
+        let (dep_q, own) = (self.lm.config.dep_q, self.lm.config.own_streams());
         let pad = self.lm.config.existing_text_padding_id as i64;
         let saying: Vec<bool> = sessions.iter().map(|s| s.monologue.active()).collect();
         let forced: Vec<Option<i64>> = sessions.iter_mut().map(|s| s.monologue.next(pad)).collect();
         lm.set_keep_hidden(taps.iter().any(|t| t.lm));
         lm.set_keep_text_logits(taps.iter().any(|t| t.logits > 0) || saying.iter().any(|s| *s));
-        let step = self.lm.step_forced(lm, &codes, q, &forced)?;
+        let step = if self.lm.config.predicts_user() {
+            let user = self.lm.config.user_input_streams();
+            let provided: Vec<Provided> = forced
+                .iter()
+                .enumerate()
+                .map(|(r, text)| Provided { text: *text, own: None, user: Some(&codes[r * q..r * q + user]) })
+                .collect();
+            self.lm.step_provided(lm, &provided)?
+        } else {
+            self.lm.step_forced(lm, &codes, q, &forced)?
+        };
         if let Some(hidden) = lm.take_hidden() {
             let values = backend::read_floats(hidden)?;
             spread(&values, &taps, |t| t.lm, &mut outs, |o, v| o.latents.lm = Some(v));
@@ -416,16 +476,16 @@ impl Engine {
         };
         let is_ready: Vec<bool> = step.text.iter().map(|&t| t != UNGENERATED_TOKEN).collect();
         let ready: Vec<usize> = (0..b).filter(|&r| is_ready[r]).collect();
-        let mut tokens = Vec::with_capacity(ready.len() * dep_q);
+        let mut tokens = Vec::with_capacity(ready.len() * own);
         for &r in &ready {
-            tokens.extend_from_slice(&step.audio[r * dep_q..(r + 1) * dep_q]);
+            tokens.extend_from_slice(&step.audio[r * dep_q..r * dep_q + own]);
             outs[r].text = Some(step.text[r]);
             outs[r].audio = Some(step.audio[r * dep_q..(r + 1) * dep_q].to_vec());
         }
         let mut dec: DecState = batch::lend(ready_decoders(sessions, &is_ready));
         let decoded = self
             .mimi
-            .codes_tensor(tokens, [ready.len(), dep_q, 1])
+            .codes_tensor(tokens, [ready.len(), own, 1])
             .and_then(|c| self.mimi.decode_chunk(&mut dec, c))
             .and_then(backend::read_floats);
         batch::give_back(ready_decoders(sessions, &is_ready), dec);

@@ -89,6 +89,25 @@ impl Tokenizer {
     /// highest total score wins (fewest pieces on ties). A character no piece covers falls back
     /// to its UTF-8 byte pieces where the vocabulary has them, else it is an error naming it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, None)
+    }
+
+    /// [`Tokenizer::encode`], except that a character no piece covers (in a vocabulary without
+    /// byte pieces) becomes the unknown piece, a run of them one, as SentencePiece encodes it:
+    /// for text the model is to read as it was trained to (a role prompt), not to say.
+    pub fn encode_lossy(&self, text: &str) -> Result<Vec<u32>> {
+        let unknown = self.pieces.iter().position(|(_, kind)| *kind == PieceKind::Unknown).map(|i| i as u32);
+        let ids = self.encode_with(text, unknown)?;
+        let mut out: Vec<u32> = Vec::with_capacity(ids.len());
+        for id in ids {
+            if Some(id) != unknown || out.last() != Some(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn encode_with(&self, text: &str, unknown: Option<u32>) -> Result<Vec<u32>> {
         let words: Vec<&str> = text.split_whitespace().collect();
         if words.is_empty() {
             return Ok(Vec::new());
@@ -123,7 +142,7 @@ impl Tokenizer {
             let mut buf = [0u8; 4];
             let bytes: Option<Vec<u32>> =
                 ch.encode_utf8(&mut buf).bytes().map(|b| self.id_of(&format!("<0x{b:02X}>"))).collect();
-            let Some(ids) = bytes else {
+            let Some(ids) = bytes.or_else(|| unknown.map(|u| vec![u])) else {
                 // Name the word that holds it (the `▁` in front of a word belongs to the word).
                 let from = normalized[..=at].iter().rposition(|c| *c == SPACE).unwrap_or(0);
                 let to = normalized[at + 1..].iter().position(|c| *c == SPACE).map_or(n, |p| at + 1 + p);
@@ -476,6 +495,9 @@ mod tests {
         let e = tok.encode("hello?").unwrap_err().to_string();
         assert!(e.contains("`hello?`") && e.contains("`?`"), "{e}");
         assert!(tok.encode("   ").unwrap().is_empty());
+        // Lossy: such a character is the unknown piece, a run of them one.
+        assert_eq!(tok.encode_lossy("hello??").unwrap(), vec![5, 6, 0]);
+        assert_eq!(tok.encode_lossy("hello? world!").unwrap(), vec![5, 6, 0, 7, 8]);
         // Scores survive the model file.
         let path = temp_file("scored.model");
         std::fs::write(&path, tok.to_model_bytes()).unwrap();

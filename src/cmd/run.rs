@@ -16,6 +16,7 @@ use kokichi::latent_frame::DEFAULT_TOP_LOGITS;
 use kokichi::lm::sampling::SamplingOverrides;
 use kokichi::model_dir;
 use kokichi::session::{Engine, Taps};
+use kokichi::system_prompt::SystemPrompt;
 use kokichi::weights::{self, OutTensor};
 
 /// Sampling flags shared by `run` and `serve`. Unset ones keep the model's recommendation (its
@@ -110,7 +111,37 @@ pub struct RunArgs {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     #[command(flatten)]
+    pub prompt: SystemPromptArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+/// A PersonaPlex system prompt (docs/model-folder.md): stepped through the LM before the
+/// conversation. Only for a model whose depth transformer predicts the user's streams too.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SystemPromptArgs {
+    /// A recording of the voice the model should speak with (any audio file; normalized to
+    /// -24 LUFS).
+    #[arg(long)]
+    pub voice_prompt: Option<PathBuf>,
+    /// The model's role, e.g. "You enjoy having a good conversation." (`<system>` tags added).
+    #[arg(long)]
+    pub text_prompt: Option<String>,
+}
+
+impl SystemPromptArgs {
+    /// Gives `engine` the prompt, if any; logs how long stepping it took.
+    pub fn apply(&self, engine: &mut Engine) -> Result<()> {
+        let rate = engine.sample_rate() as u32;
+        let prompt = SystemPrompt::load(self.voice_prompt.as_deref(), self.text_prompt.as_deref(), rate)?;
+        if prompt.is_empty() {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let frames = engine.set_system_prompt(prompt)?;
+        tracing::info!(frames, ms = t0.elapsed().as_millis() as u64, "system prompt stepped");
+        Ok(())
+    }
 }
 
 pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()> {
@@ -124,8 +155,9 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     tracing::info!(backend = %backend::kind_of(&device), adapter = %backend::adapter_name(&device), model = %files.source, "loading");
     let t0 = Instant::now();
     let adapter = a.adapter.as_deref().map(kokichi::adapter::Adapter::read).transpose()?;
-    let engine = Engine::load_with_adapter(&files, &device, dtype, adapter)?;
+    let mut engine = Engine::load_with_adapter(&files, &device, dtype, adapter)?;
     tracing::info!(ms = t0.elapsed().as_millis() as u64, "model loaded");
+    a.prompt.apply(&mut engine)?;
     let mut pcm = audio::read_audio(&a.input, engine.sample_rate() as u32)?;
     if pcm.is_empty() {
         bail!("{}: no audio samples", a.input.display());

@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::gist::Gist;
 use crate::model_dir;
 use crate::session::Engine;
+use crate::system_prompt::SystemPrompt;
 use io::{AudioSink, FileSink, FileSource, GainSource};
 use metrics::Metrics;
 use runtime::{NewSession, Runtime, RuntimeOptions};
@@ -101,7 +102,14 @@ pub async fn serve(
         if let Some(a) = &adapter {
             tracing::info!(tokens = ?a.tokens, path = %a.path.display(), "adapter");
         }
-        let engine = Engine::load_with_adapter(&files, &device, runtime.dtype, adapter)?;
+        let mut engine = Engine::load_with_adapter(&files, &device, runtime.dtype, adapter)?;
+        let rate = engine.sample_rate() as u32;
+        let prompt = SystemPrompt::load(runtime.voice_prompt.as_deref(), runtime.text_prompt.as_deref(), rate)?;
+        if !prompt.is_empty() {
+            let t0 = std::time::Instant::now();
+            let frames = engine.set_system_prompt(prompt)?;
+            tracing::info!(frames, ms = t0.elapsed().as_millis() as u64, "system prompt stepped");
+        }
         // On wgpu, kernels compile and autotune on their first use: here, before anyone is
         // listening, not in the first conversation (the CPU backend has nothing to warm).
         if !backend::is_cpu(&device) {

@@ -84,6 +84,14 @@ pub struct RuntimeSettings {
     /// the model's inner monologue may emit, and a gist sessions start with if it holds one.
     #[arg(long, required = false)]
     pub adapter: Option<PathBuf>,
+    /// PersonaPlex's voice prompt: a recording of the voice every session's model speaks with
+    /// (docs/model-folder.md); only for a model that predicts the user's streams.
+    #[arg(long, required = false)]
+    pub voice_prompt: Option<PathBuf>,
+    /// PersonaPlex's role prompt, e.g. "You enjoy having a good conversation." (`<system>`
+    /// tags added); only for a model that predicts the user's streams.
+    #[arg(long, required = false)]
+    pub text_prompt: Option<String>,
 }
 
 impl Default for RuntimeSettings {
@@ -99,6 +107,8 @@ impl Default for RuntimeSettings {
             log_transcripts: false,
             gist: Vec::new(),
             adapter: None,
+            voice_prompt: None,
+            text_prompt: None,
         }
     }
 }

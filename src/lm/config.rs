@@ -156,6 +156,25 @@ impl LmConfig {
         self.n_q - self.dep_q
     }
 
+    /// Whether the depth transformer predicts the user's streams too (`dep_q == n_q`, NVIDIA's
+    /// PersonaPlex), so that the model runs on the provided schedule ([`super::provided`]) with
+    /// the user's codes given rather than fed.
+    pub fn predicts_user(&self) -> bool {
+        self.dep_q == self.n_q
+    }
+
+    /// The audio streams of the model's own voice: `dep_q`, or half the streams when the depth
+    /// transformer predicts the user's too.
+    pub fn own_streams(&self) -> usize {
+        if self.predicts_user() { self.n_q / 2 } else { self.dep_q }
+    }
+
+    /// The user's audio streams a step takes: `n_q - dep_q`, or the other half of the streams
+    /// when the depth transformer predicts them.
+    pub fn user_input_streams(&self) -> usize {
+        if self.predicts_user() { self.n_q - self.n_q / 2 } else { self.user_streams() }
+    }
+
     pub fn max_delay(&self) -> usize {
         self.delays.iter().copied().max().unwrap_or(0)
     }

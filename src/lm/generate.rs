@@ -34,9 +34,12 @@ use crate::nn::transformer::TransformerState;
 #[derive(Clone, Debug)]
 pub struct GenRow {
     /// `[1 + n_q][ring]` token history.
-    cache: Vec<Vec<i64>>,
+    pub(super) cache: Vec<Vec<i64>>,
+    /// `[1 + n_q][ring]`: which entries of `cache` were given rather than generated (only the
+    /// provided schedule, [`super::provided`], sets them).
+    pub(super) provided: Vec<Vec<bool>>,
     /// Steps taken.
-    offset: usize,
+    pub(super) offset: usize,
     config: GenConfig,
     text_rng: StdRng,
     audio_rng: StdRng,
@@ -45,11 +48,11 @@ pub struct GenRow {
 /// Generation state of a batch of streams.
 #[derive(Clone, Debug)]
 pub struct LmState {
-    transformer: TransformerState,
+    pub(super) transformer: TransformerState,
     /// The depth transformer's rings, reset every frame and kept so that they are not cleared
     /// anew each frame.
-    depformer: TransformerState,
-    rows: Vec<GenRow>,
+    pub(super) depformer: TransformerState,
+    pub(super) rows: Vec<GenRow>,
     picking: Picking,
     /// Keep each step's temporal output ([`LmState::take_hidden`]).
     keep_hidden: bool,
@@ -192,6 +195,7 @@ impl LmModel {
             .iter()
             .map(|cfg| GenRow {
                 cache: vec![vec![UNGENERATED_TOKEN; ring]; c.n_q + 1],
+                provided: vec![vec![false; ring]; c.n_q + 1],
                 offset: 0,
                 config: *cfg,
                 text_rng: sampling::rng(cfg.text_seed),
@@ -268,10 +272,11 @@ impl LmModel {
         if let Some(bad) = forced_text.iter().flatten().find(|&&t| t < 0 || t > c.text_card as i64) {
             return Err(Error::input(format!("forced text token {bad} outside 0..={}", c.text_card)));
         }
-        let flat = match state.picking {
-            Picking::Device => self.step_on_device(state, &input, forced_text)?,
-            Picking::Host => self.step_on_host(state, &input, forced_text)?,
-        };
+        let mut forced = vec![None; b * (1 + dep_q)];
+        for (slot, t) in forced.iter_mut().zip(forced_text) {
+            *slot = *t;
+        }
+        let flat = self.step_model(state, &input, &forced)?;
         let text = &flat[..b];
         let mut audio = vec![0i64; b * dep_q];
         for (step, col) in flat[b..].chunks(b).enumerate() {
@@ -311,10 +316,28 @@ impl LmModel {
 }
 
 impl LmModel {
+    /// The model part of a step: `input` `[B, 1 + n_q]` in, the step's tokens `[1 + dep_q][B]`
+    /// out, picked where the state says. `forced` `[1 + dep_q][B]` replaces a pick (and so the
+    /// next depth step's input) where given.
+    pub(super) fn step_model(&self, state: &mut LmState, input: &[i64], forced: &[Option<i64>]) -> Result<Vec<i64>> {
+        let b = state.rows.len();
+        if forced.len() != b * (1 + self.config.dep_q) {
+            return Err(Error::input(format!(
+                "{} forced slots for {b} rows of {} tokens",
+                forced.len(),
+                1 + self.config.dep_q
+            )));
+        }
+        match state.picking {
+            Picking::Device => self.step_on_device(state, input, forced),
+            Picking::Host => self.step_on_host(state, input, forced),
+        }
+    }
+
     /// The model part of a step on the host's picking: the temporal transformer, the text token
     /// and each codebook in turn, each read back to be drawn on the host. Returns the step's
     /// tokens as `[1 + dep_q][B]`.
-    fn step_on_host(&self, state: &mut LmState, input: &[i64], forced_text: &[Option<i64>]) -> Result<Vec<i64>> {
+    fn step_on_host(&self, state: &mut LmState, input: &[i64], forced: &[Option<i64>]) -> Result<Vec<i64>> {
         let c = &self.config;
         let b = state.rows.len();
         let (out, text_logits) = self.forward_text(input, b, 1, Some(&mut state.transformer))?;
@@ -328,7 +351,7 @@ impl LmModel {
         let mut draws: Vec<Draw> =
             state.rows.iter_mut().map(|row| Draw { params: row.config.text, rng: &mut row.text_rng }).collect();
         let text =
-            pick::pick(text_logits.reshape([b, c.text_out()]), &mut draws, forced_text, Picking::Host, &mut scratch)?;
+            pick::pick(text_logits.reshape([b, c.text_out()]), &mut draws, &forced[..b], Picking::Host, &mut scratch)?;
         let dep_state = &mut state.depformer;
         dep_state.reset();
         let mut prev = text.device.clone();
@@ -337,7 +360,8 @@ impl LmModel {
             let logits = self.depformer_step(step, prev, out.clone(), dep_state)?;
             let mut draws: Vec<Draw> =
                 state.rows.iter_mut().map(|row| Draw { params: row.config.audio, rng: &mut row.audio_rng }).collect();
-            let tok = pick::pick(logits.reshape([b, c.card]), &mut draws, &[], Picking::Host, &mut scratch)?;
+            let at = &forced[(step + 1) * b..(step + 2) * b];
+            let tok = pick::pick(logits.reshape([b, c.card]), &mut draws, at, Picking::Host, &mut scratch)?;
             prev = tok.device.clone();
             picked.push(tok);
         }
@@ -351,7 +375,7 @@ impl LmModel {
     /// picks' parameters), then fused launches only (`kernels/`), the tokens picked into one
     /// tensor that the depth steps read their inputs from, and one read-back at the end.
     /// Returns the step's tokens as `[1 + dep_q][B]`.
-    fn step_on_device(&self, state: &mut LmState, input: &[i64], forced_text: &[Option<i64>]) -> Result<Vec<i64>> {
+    fn step_on_device(&self, state: &mut LmState, input: &[i64], forced: &[Option<i64>]) -> Result<Vec<i64>> {
         let c = &self.config;
         let b = state.rows.len();
         let k = c.n_q + 1;
@@ -371,13 +395,19 @@ impl LmModel {
             state
                 .rows
                 .iter_mut()
-                .zip(forced_text.iter().chain(std::iter::repeat(&None)))
+                .zip(&forced[..b])
                 .map(|(row, forced)| device_draw(row.config.text, &mut row.text_rng, *forced))
                 .collect::<Vec<_>>(),
         );
-        for _ in 0..c.dep_q {
+        for step in 0..c.dep_q {
+            let at = &forced[(step + 1) * b..(step + 2) * b];
             draws.push(
-                state.rows.iter_mut().map(|row| device_draw(row.config.audio, &mut row.audio_rng, None)).collect(),
+                state
+                    .rows
+                    .iter_mut()
+                    .zip(at)
+                    .map(|(row, forced)| device_draw(row.config.audio, &mut row.audio_rng, *forced))
+                    .collect(),
             );
         }
         let params = kpick::params(&draws, &device);
