@@ -1,6 +1,8 @@
 //! How often an adapter's special token fires on held-out clips, greedy (docs/adapter.md):
 //! the share of time questions on which `<clock>` (or `--token`) appears anywhere in the inner
-//! monologue, and the share of other questions and of quiet windows on which it does.
+//! monologue, and the share of other questions and of quiet windows on which it does. Also how
+//! many clips it fired on more than once, and how many frames after the question's end it first
+//! fired (a tool call's latency).
 //!
 //!   cargo run --release --example token_fires -- --adapter DIR --data DATA [--model M] [--token NAME]
 //!
@@ -33,23 +35,35 @@ fn main() -> Result<()> {
     let engine = Engine::load_with_adapter(&files, &device, Precision::F32, Some(Adapter::read(&adapter)?))?;
     let id = engine.special_id(&token).with_context(|| format!("{token} is not a token of the adapter"))?;
     let list = std::fs::read_to_string(data.join("eval.jsonl")).context("eval.jsonl")?;
-    let mut counts: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    // Per kind: clips fired on, clips, clips fired on more than once, first-fire delays (frames).
+    let mut counts: std::collections::BTreeMap<String, (usize, usize, usize, Vec<i64>)> = Default::default();
     for line in list.lines() {
         let rec: serde_json::Value = serde_json::from_str(line)?;
         let kind = rec["kind"].as_str().unwrap_or("?").to_string();
         let pcm = kokichi::audio::read_audio(&data.join(rec["file"].as_str().unwrap_or_default()), 24000)?;
         let mut s = engine.init_session(GenConfig::greedy())?;
         let frame = engine.frame_size();
-        let mut fired = false;
-        for c in pcm.chunks_exact(frame) {
-            fired |= engine.step(&mut [&mut s], c)?.remove(0).text == Some(id);
+        let mut fires = Vec::new();
+        for (f, c) in pcm.chunks_exact(frame).enumerate() {
+            if engine.step(&mut [&mut s], c)?.remove(0).text == Some(id) {
+                fires.push(f as i64);
+            }
         }
         let e = counts.entry(kind).or_default();
-        e.0 += usize::from(fired);
+        e.0 += usize::from(!fires.is_empty());
         e.1 += 1;
+        e.2 += usize::from(fires.len() > 1);
+        if let (Some(first), Some(end)) = (fires.first(), rec["question_end_frame"].as_i64()) {
+            e.3.push(first - end);
+        }
     }
-    for (kind, (fired, n)) in counts {
-        println!("{kind}: {token} fired on {fired}/{n} = {:.1}%", 100.0 * fired as f64 / n as f64);
+    for (kind, (fired, n, again, mut delays)) in counts {
+        delays.sort_unstable();
+        let median = delays.get(delays.len() / 2).map_or("-".to_string(), |d| d.to_string());
+        println!(
+            "{kind}: {token} fired on {fired}/{n} = {:.1}% (more than once on {again}; first fire a median {median} frames after the question)",
+            100.0 * fired as f64 / n as f64
+        );
     }
     Ok(())
 }

@@ -298,7 +298,16 @@ fn training_moves_only_the_new_rows_and_lowers_the_loss() {
     weights::export(&lm, &slots, &path, false).expect("export");
     let v = config.text_card;
     let data = marker_data(&config, 16, 12, v as i64);
-    let settings = TokenTrain { steps: 40, batch: 4, lr: 3e-2, pad_weight: 0.5, seed: 1, log_every: 0 };
+    let settings = TokenTrain {
+        steps: 40,
+        batch: 4,
+        lr: 3e-2,
+        pad_weight: 0.5,
+        token_weight: 1.0,
+        window: 1,
+        seed: 1,
+        log_every: 0,
+    };
     let trained = tokens::train(&path, &config, vec!["<tick>".into()], &data, &settings, &device.clone().autodiff())
         .expect("train");
     let l = &trained.losses;
@@ -358,8 +367,86 @@ fn training_moves_only_the_new_rows_and_lowers_the_loss() {
     // Teacher-forced, the trained token is the greedy choice more often where the marker says
     // than elsewhere (a random model's other logits are flat, so it still wins often elsewhere).
     let rows: Vec<usize> = (0..data.n).collect();
-    let (hit, false_fire) = tokens::teacher_forced_firing(&trained.lm, &data, &rows, v).unwrap();
+    let (hit, false_fire) = tokens::teacher_forced_firing(&trained.lm, &data, &rows, v, 1).unwrap();
     assert!(hit > 0.5 && hit > false_fire + 0.2, "hits {hit}, false fires {false_fire}");
+}
+
+/// The training loss against its definition computed on the host from the model's
+/// teacher-forced logits: ordinary frames' cross-entropy (padding weighted 0.5) and, for each new
+/// token, `weight * log(1 - Π(1 - p_i))` over its window, with the token read at the window's
+/// last frame; a window of 1 and a weight of 1 is the plain text cross-entropy.
+#[test]
+fn the_token_loss_is_the_chance_of_firing_in_the_window() {
+    let config = LmConfig::tiny();
+    let device = burn::prelude::Device::flex();
+    let dir = scratch("adapter", "loss");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    let (lm, slots) = LmModel::random(config.clone(), &device, 7).expect("random model");
+    weights::export(&lm, &slots, &path, false).expect("export");
+    let mut w = WeightFile::open(&path, &device, DType::F32).unwrap();
+    let extended = adapter(&["<tick>"], config.dim, 4).apply(&mut w, &config).expect("apply");
+    let lm = LmModel::build(&mut w, extended).expect("build");
+    let (v, pad) = (config.text_card, config.existing_text_padding_id as i64);
+    let (b, t) = (6, 12);
+    let data = marker_data(&config, b, t, v as i64);
+    let (k, vocab) = (data.k, lm.config.text_out());
+    let plain = floats(kokichi::train::lm::text_nll(
+        &lm,
+        lm.forward_teacher_text(&data.values, b, t).unwrap(),
+        &data.values,
+        b,
+        t,
+        0.5,
+    ))[0];
+    for (window, weight) in [(1, 1.0), (1, 10.0), (3, 1.0), (5, 20.0)] {
+        let settings = TokenTrain {
+            steps: 1,
+            batch: b,
+            lr: 0.0,
+            pad_weight: 0.5,
+            token_weight: weight,
+            window,
+            seed: 1,
+            log_every: 0,
+        };
+        let got = floats(tokens::token_loss(&lm, &data.values, b, t, v, &settings).unwrap())[0];
+        let mut input = data.values.clone();
+        let mut spans = Vec::new();
+        for r in 0..b {
+            let p = (0..t).find(|&i| data.values[r * k * t + i] == v as i64).unwrap();
+            let end = (p + window).min(t);
+            input[r * k * t + p] = pad;
+            input[r * k * t + end - 1] = v as i64;
+            spans.push((r, p, end));
+        }
+        let logits = floats(lm.forward_teacher_text(&input, b, t).unwrap());
+        let logp = |r: usize, i: usize, tok: usize| {
+            let row = &logits[(r * t + i) * vocab..(r * t + i + 1) * vocab];
+            let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+            row[tok] as f64 - max - z.ln()
+        };
+        let (mut sum, mut total) = (0f64, 0f64);
+        for &(r, p, end) in &spans {
+            let never: f64 = (p..end).map(|i| 1.0 - logp(r, i, v).exp()).product();
+            sum += weight as f64 * (1.0 - never).ln();
+            total += weight as f64;
+            for i in (0..t).filter(|i| !(p..end).contains(i)) {
+                let tok = data.values[r * k * t + i];
+                let wi = if tok == pad { 0.5 } else { 1.0 };
+                sum += wi * logp(r, i, tok as usize);
+                total += wi;
+            }
+        }
+        let want = (-sum / total) as f32;
+        assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "window {window}, weight {weight}: {got} vs {want}");
+        if (window, weight) == (1, 1.0) {
+            assert!((got - plain).abs() < 1e-5, "the plain cross-entropy: {got} vs {plain}");
+        } else {
+            assert!((got - plain).abs() > 1e-3, "window {window}, weight {weight} changed nothing");
+        }
+    }
 }
 
 #[test]

@@ -215,6 +215,7 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     let mut out_pcm = Vec::with_capacity(pcm.len());
     let mut transcript = String::new();
     let dep_q = engine.lm.config.dep_q;
+    let mut debounce = tools::Debounce::default();
     let mut tokens: Vec<Vec<i64>> = Vec::new();
     let t0 = Instant::now();
     for (f, chunk) in pcm.chunks_exact(frame).enumerate() {
@@ -228,7 +229,8 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
             }
         }
         let out = engine.step(&mut [&mut session], chunk)?.pop().context("no output for the frame")?;
-        if let (Some((token, action)), Some(runner)) = (out.text.and_then(|t| tools.get(&t)), &runner) {
+        let bound = out.text.and_then(|t| tools.get(&t)).filter(|(token, _)| debounce.admit(token, f as u64));
+        if let (Some((token, action)), Some(runner)) = (bound, &runner) {
             tracing::info!(%token, frame = f, "special token");
             if !action.command.is_empty() {
                 let job = tools::Job { session: 0, token: token.clone(), action: action.clone() };

@@ -46,6 +46,14 @@ pub struct TrainArgs {
     lr: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Weight of a new token's term in the loss against one ordinary frame's (a new token is
+    /// about one frame in a hundred).
+    #[arg(long, default_value_t = 1.0)]
+    token_weight: f32,
+    /// Frames from a new token's frame in which saying it counts: the loss is the probability
+    /// that it is said at least once in them (1: that frame only).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
 }
 
 pub fn tokens(kind: BackendKind, a: TokensArgs) -> Result<()> {
@@ -56,13 +64,24 @@ pub fn tokens(kind: BackendKind, a: TokensArgs) -> Result<()> {
 
 fn train(kind: BackendKind, a: TrainArgs) -> Result<()> {
     let files = model_dir::resolve(&a.model)?;
-    if a.steps == 0 || a.batch == 0 {
-        bail!("--steps and --batch must be positive");
+    if a.steps == 0 || a.batch == 0 || a.window == 0 {
+        bail!("--steps, --batch and --window must be positive");
+    }
+    if !a.token_weight.is_finite() || a.token_weight <= 0.0 {
+        bail!("--token-weight must be positive");
     }
     let data = TokenSet::read(&a.data.join("tokens.safetensors"), "train")?;
     let device = backend::device(kind, Precision::F32)?.autodiff();
-    let settings =
-        TokenTrain { steps: a.steps, batch: a.batch, lr: a.lr, pad_weight: 0.5, seed: a.seed, log_every: 10 };
+    let settings = TokenTrain {
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        pad_weight: 0.5,
+        token_weight: a.token_weight,
+        window: a.window,
+        seed: a.seed,
+        log_every: 10,
+    };
     let tokenizer = files.tokenizer.as_deref().map(kokichi::tokenizer::Tokenizer::load).transpose()?;
     let t0 = std::time::Instant::now();
     let mut trained = tokens::train(&files.lm, &files.lm_config, a.tokens, &data, &settings, &device)?;
@@ -70,7 +89,8 @@ fn train(kind: BackendKind, a: TrainArgs) -> Result<()> {
     trained.adapter.path = a.out.join(kokichi::adapter::JSON);
     trained.adapter.check(&files.lm_config, tokenizer.as_ref())?;
     let rows: Vec<usize> = (0..data.n).collect();
-    let (hit, false_fire) = tokens::teacher_forced_firing(&trained.lm, &data, &rows, files.lm_config.text_card)?;
+    let (hit, false_fire) =
+        tokens::teacher_forced_firing(&trained.lm, &data, &rows, files.lm_config.text_card, a.window)?;
     trained.adapter.write(&a.out)?;
     let first = trained.losses.iter().take(10).sum::<f32>() / trained.losses.len().min(10) as f32;
     let last = trained.losses.iter().rev().take(10).sum::<f32>() / trained.losses.len().min(10) as f32;

@@ -127,6 +127,8 @@ struct Live {
     pending: Option<Vec<f32>>,
     /// Frames are Mimi latents, not audio.
     latent_input: bool,
+    /// Bound tokens said again right after being acted on are ignored.
+    debounce: tools::Debounce,
     ended: bool,
     started: Instant,
     remote: bool,
@@ -421,6 +423,7 @@ impl Loop {
                         talk: s.talk,
                         pending: None,
                         latent_input: s.latent_input,
+                        debounce: tools::Debounce::default(),
                         ended: false,
                         started: Instant::now(),
                         remote: s.remote,
@@ -585,7 +588,9 @@ impl Loop {
                 for (id, out) in ids.iter().zip(outs) {
                     let piece = out.text.and_then(|t| self.engine.text_piece(t));
                     let bound = out.text.and_then(|t| self.options.tools.get(&t));
-                    if let (Some((token, action)), Some(s)) = (bound, self.sessions.get_mut(id)) {
+                    if let (Some((token, action)), Some(s)) = (bound, self.sessions.get_mut(id))
+                        && s.debounce.admit(token, s.state.frames.saturating_sub(1))
+                    {
                         let frame = s.state.frames.saturating_sub(1);
                         s.sink
                             .event(&serde_json::json!({"event": "token", "token": token, "frame": frame}).to_string());

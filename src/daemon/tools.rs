@@ -1,7 +1,10 @@
 //! Special tokens bound to actions (`[tools]` in the settings file). When a session's inner
 //! monologue emits a bound token, its clients get an event; a bound command then runs on the
 //! tools thread (never the inference thread), without a shell, with a timeout and its output
-//! bounded, and its answer is said by the model in its own voice ([`crate::monologue`]).
+//! bounded, and its answer is said by the model in its own voice ([`crate::monologue`]). A token
+//! said again within [`REPEAT_FRAMES`] frames of the last time it was acted on is ignored
+//! ([`Debounce`]): a token trained to fire anywhere in a window of frames may be said on
+//! neighbouring frames, and one question must run its command once.
 //!
 //! ```toml
 //! [tools."<clock>"]
@@ -43,6 +46,27 @@ pub const MAX_TIMEOUT_MS: u64 = 60_000;
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// Commands waiting to run at most; more are answered "busy" at once.
 const QUEUED: usize = 16;
+
+/// Frames (2 s at 12.5 Hz) after a bound token was acted on in which the same token is ignored.
+pub const REPEAT_FRAMES: u64 = 25;
+
+/// Which of a session's bound tokens to act on: not one acted on less than [`REPEAT_FRAMES`]
+/// frames before.
+#[derive(Debug, Default)]
+pub struct Debounce {
+    last: BTreeMap<String, u64>,
+}
+
+impl Debounce {
+    /// Whether `token`, said at `frame`, is acted on (and if so, remembered).
+    pub fn admit(&mut self, token: &str, frame: u64) -> bool {
+        if self.last.get(token).is_some_and(|&at| frame.saturating_sub(at) < REPEAT_FRAMES) {
+            return false;
+        }
+        self.last.insert(token.to_string(), frame);
+        true
+    }
+}
 
 /// Checks the `[tools]` table, naming the offending entry.
 pub fn validate(tools: &BTreeMap<String, ToolAction>) -> Result<()> {
@@ -172,6 +196,17 @@ pub fn run(action: &ToolAction) -> std::result::Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_said_again_soon_is_acted_on_once() {
+        let mut d = Debounce::default();
+        assert!(d.admit("<clock>", 10));
+        assert!(!d.admit("<clock>", 11));
+        assert!(!d.admit("<clock>", 10 + REPEAT_FRAMES - 1));
+        assert!(d.admit("<other>", 11), "another token is not held back");
+        assert!(d.admit("<clock>", 10 + REPEAT_FRAMES));
+        assert!(!d.admit("<clock>", 11 + REPEAT_FRAMES));
+    }
 
     fn action(command: &[&str], timeout_ms: u64) -> ToolAction {
         ToolAction { command: command.iter().map(|s| s.to_string()).collect(), timeout_ms, max_output_bytes: 16 }

@@ -4,9 +4,19 @@
 //!
 //! The model is built on an autodiff device with every parameter frozen but the two text
 //! tables; after each backward pass the new rows' gradients are read out and Adam moves those
-//! rows alone on the host, so no other row, even of those two tables, can change. The loss is
-//! the teacher-forced text cross-entropy (padding weighted down as in [`super::lm`]); the audio
+//! rows alone on the host, so no other row, even of those two tables, can change. The audio
 //! streams are inputs only, since the new tokens' audio path is the padding token's.
+//!
+//! The loss ([`token_loss`]) is the teacher-forced text cross-entropy (padding weighted down as
+//! in [`super::lm`]) but at the new tokens' frames. A tool call need not land on one exact frame,
+//! and a new token is rare (about one frame in a hundred), so a new token at frame p opens a
+//! window of `window` frames, p..p + window, whose targets are replaced by one term weighted
+//! `token_weight`: the log-probability that the token is said at least once in the window,
+//! `log(1 - Π(1 - p_i))`, summed as the chance that it is first said at frame i,
+//! `p_i Π_{j<i}(1 - p_j)`, so that tiny probabilities lose nothing to rounding. Inside the window
+//! the inputs read padding (the token has not been said yet); the token is read at the window's
+//! last frame, so the frames after it learn what follows it (quiet). A window of 1 and a weight
+//! of 1 is the plain cross-entropy of the token at its frame.
 
 use super::HostAdam;
 use std::path::Path;
@@ -15,8 +25,9 @@ use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::DType;
+use burn::tensor::activation::log_softmax;
 
-use super::lm::{TokenSet, text_nll};
+use super::lm::TokenSet;
 use crate::adapter::{Adapter, TEXT_EMB};
 use crate::backend;
 use crate::error::{Error, Result};
@@ -30,6 +41,10 @@ pub struct TokenTrain {
     pub batch: usize,
     pub lr: f64,
     pub pad_weight: f32,
+    /// Weight of each new token's term against one ordinary frame's.
+    pub token_weight: f32,
+    /// Frames from a new token's frame in which saying it counts (1: that frame only).
+    pub window: usize,
     pub seed: u64,
     pub log_every: usize,
 }
@@ -55,6 +70,9 @@ pub fn train(
     device: &Device,
 ) -> Result<Trained> {
     let (v, n, d) = (config.text_card, names.len(), config.dim);
+    if settings.window == 0 || !settings.token_weight.is_finite() || settings.token_weight <= 0.0 {
+        return Err(Error::input("the window and the token weight must be positive".to_string()));
+    }
     if data.k != config.n_q + 1 {
         return Err(Error::config("lm.n_q", format!("tokens have {} streams, the model {}", data.k, config.n_q + 1)));
     }
@@ -102,8 +120,7 @@ pub fn train(
         use rand::Rng;
         let rows: Vec<usize> = (0..settings.batch).map(|_| rng.random_range(0..data.n)).collect();
         let codes = data.batch(&rows);
-        let logits = lm.forward_teacher_text(&codes, settings.batch, data.t)?;
-        let loss = text_nll(&lm, logits, &codes, settings.batch, data.t, settings.pad_weight);
+        let loss = token_loss(&lm, &codes, settings.batch, data.t, v, settings)?;
         let value = backend::read_floats(loss.clone())?[0];
         losses.push(value);
         let mut grads = GradientsParams::from_grads(loss.backward(), &lm);
@@ -135,27 +152,133 @@ pub fn train(
     Ok(Trained { adapter, lm, slots, losses })
 }
 
-/// The share of the frames whose target is one of the adapter's tokens at which the model's
-/// greedy text token is that token, and the share of the other frames at which it is one of the
-/// new tokens (teacher-forced on `data`, rows `rows`).
-pub fn teacher_forced_firing(lm: &LmModel, data: &TokenSet, rows: &[usize], first_new: usize) -> Result<(f64, f64)> {
+/// Where a new token may fire: `token` at frames `start..end` of row `row`.
+struct Window {
+    row: usize,
+    start: usize,
+    end: usize,
+    token: i64,
+}
+
+/// The teacher-forcing input of `codes` `[B, K, T]` and the windows of its new tokens (ids from
+/// `first_new` on): each new token at frame p opens frames p..p + `window` (cut at the last valid
+/// frame), and is read as padding there but at the window's last frame.
+fn windows(
+    lm: &LmModel,
+    codes: &[i64],
+    b: usize,
+    t: usize,
+    first_new: usize,
+    window: usize,
+) -> (Vec<i64>, Vec<Window>) {
+    let c = &lm.config;
+    let (k, v, pad) = (c.n_q + 1, c.text_out(), c.existing_text_padding_id as i64);
+    let valid = (0..t).take_while(|&i| lm.valid_mask(0, i, t)).count();
+    let mut input = codes.to_vec();
+    let mut found = Vec::new();
+    for row in 0..b {
+        for (start, &token) in codes[row * k * t..row * k * t + valid].iter().enumerate() {
+            if token >= first_new as i64 && (token as usize) < v {
+                let end = (start + window.max(1)).min(valid);
+                input[row * k * t + start] = pad;
+                input[row * k * t + end - 1] = token;
+                found.push(Window { row, start, end, token });
+            }
+        }
+    }
+    (input, found)
+}
+
+/// The training loss of a batch `codes` `[B, K, T]` (text first; ids from `first_new` on are new
+/// tokens) for `lm`, the adapted model: the module docs say what it is.
+pub fn token_loss(
+    lm: &LmModel,
+    codes: &[i64],
+    b: usize,
+    t: usize,
+    first_new: usize,
+    settings: &TokenTrain,
+) -> Result<Tensor<1>> {
+    let c = &lm.config;
+    let (k, v, pad, w_len) = (c.n_q + 1, c.text_out(), c.existing_text_padding_id, settings.window);
+    let (input, windows) = windows(lm, codes, b, t, first_new, w_len);
+    let (mut idx, mut weights) = (vec![0i64; b * t], vec![0f32; b * t]);
+    let valid = (0..t).take_while(|&i| lm.valid_mask(0, i, t)).count();
+    for r in 0..b {
+        for (i, &tok) in codes[r * k * t..r * k * t + valid].iter().enumerate() {
+            let covered = windows.iter().any(|w| w.row == r && (w.start..w.end).contains(&i));
+            if !covered && tok >= 0 && (tok as usize) < v {
+                idx[r * t + i] = tok;
+                weights[r * t + i] = if tok as usize == pad { settings.pad_weight } else { 1.0 };
+            }
+        }
+    }
+    let device = lm.device();
+    let logits = lm.forward_teacher_text(&input, b, t)?;
+    let lp = log_softmax(logits.reshape([b * t, v]), 1);
+    let dtype = lp.dtype();
+    let ordinary = lp.clone().gather(1, backend::ints(idx, [b * t, 1], &device));
+    let total_w = weights.iter().sum::<f32>() + settings.token_weight * windows.len() as f32;
+    let ordinary = (ordinary * backend::floats(weights, [b * t, 1], &device, dtype)).sum();
+    if windows.is_empty() {
+        return Ok(ordinary.neg().div_scalar(total_w.max(1.0)));
+    }
+    // [G, W]: log p(token) at each window frame; short windows padded with a frame masked out.
+    let g = windows.len();
+    let (mut rows, mut cols, mut mask) = (vec![0i64; g * w_len], vec![0i64; g * w_len], vec![0f32; g * w_len]);
+    for (j, w) in windows.iter().enumerate() {
+        for (f, i) in (w.start..w.end).enumerate() {
+            rows[j * w_len + f] = (w.row * t + i) as i64;
+            cols[j * w_len + f] = w.token;
+            mask[j * w_len + f] = 1.0;
+        }
+    }
+    let lp_tok = lp
+        .select(0, backend::ints(rows, [g * w_len], &device))
+        .gather(1, backend::ints(cols, [g * w_len, 1], &device))
+        .reshape([g, w_len]);
+    let mask = backend::floats(mask, [g, w_len], &device, dtype);
+    // log(1 - p_j) (p kept below 1 so that its log stays finite), summed over the frames before
+    // each frame with a strictly upper-triangular [W, W] of ones.
+    let not_said = (lp_tok.clone().exp().clamp_max(1.0 - 1e-6).neg() + 1.0).log() * mask.clone();
+    let before: Vec<f32> = (0..w_len * w_len).map(|x| if x / w_len < x % w_len { 1.0 } else { 0.0 }).collect();
+    let before = backend::floats(before, [w_len, w_len], &device, dtype);
+    // First said at frame i: log p_i + Σ_{j<i} log(1 - p_j); masked frames at -1e4.
+    let first = lp_tok + not_said.matmul(before) + (mask - 1.0) * 1e4;
+    let top = first.clone().max_dim(1).detach();
+    let said = (first - top.clone()).exp().sum_dim(1).log() + top;
+    let total = ordinary + said.sum() * settings.token_weight;
+    Ok(total.neg().div_scalar(total_w.max(1.0)))
+}
+
+/// Teacher-forced on `data` (rows `rows`), with the inputs of the training loss for `window`:
+/// the share of the new tokens' windows in which the model's greedy text token is that token at
+/// some frame, and the share of the frames outside them at which it is one of the new tokens.
+/// With a window of 1, the share of the tokens' own frames at which they are the greedy choice.
+pub fn teacher_forced_firing(
+    lm: &LmModel,
+    data: &TokenSet,
+    rows: &[usize],
+    first_new: usize,
+    window: usize,
+) -> Result<(f64, f64)> {
     let (mut hit, mut pos, mut false_fire, mut neg) = (0usize, 0usize, 0usize, 0usize);
+    let valid = (0..data.t).take_while(|&i| lm.valid_mask(0, i, data.t)).count();
     for chunk in rows.chunks(8) {
         let codes = data.batch(chunk);
-        let logits = lm.forward_teacher_text(&codes, chunk.len(), data.t)?;
-        let [b, t, vocab] = logits.dims();
+        let (input, windows) = windows(lm, &codes, chunk.len(), data.t, first_new, window);
+        let logits = lm.forward_teacher_text(&input, chunk.len(), data.t)?;
+        let [b, t, _] = logits.dims();
         let picks = backend::read_ints(logits.argmax(2).flatten::<1>(0, 2))?;
+        for w in &windows {
+            pos += 1;
+            hit += usize::from((w.start..w.end).any(|i| picks[w.row * t + i] == w.token));
+        }
         for r in 0..b {
-            for i in 0..t {
-                let target = codes[r * data.k * data.t + i];
-                let pick = picks[r * t + i];
-                debug_assert!((pick as usize) < vocab);
-                if target >= first_new as i64 {
-                    pos += 1;
-                    hit += usize::from(pick == target);
-                } else {
+            for i in 0..valid {
+                if !windows.iter().any(|w| w.row == r && (w.start..w.end).contains(&i)) {
                     neg += 1;
-                    false_fire += usize::from(pick >= first_new as i64);
+                    false_fire += usize::from(picks[r * t + i] >= first_new as i64);
                 }
             }
         }
