@@ -2,7 +2,10 @@
 //! the share of time questions on which `<clock>` (or `--token`) appears anywhere in the inner
 //! monologue, and the share of other questions and of quiet windows on which it does. Also how
 //! many clips it fired on more than once, and how many frames after the question's end it first
-//! fired (a tool call's latency).
+//! fired (a tool call's latency), the clips fired on per synthesizer, and the clips whose
+//! monologue (the new tokens left out) is the model's without the adapter: what the adapter's
+//! gist, if it has one, changed in the model's other answers; and, where `eval.jsonl` records
+//! the answers, how many other questions the monologue answers right with and without it.
 //!
 //!   cargo run --release --example token_fires -- --adapter DIR --data DATA [--model M] [--token NAME]
 //!
@@ -33,22 +36,45 @@ fn main() -> Result<()> {
     let files = kokichi::model_dir::resolve(&model)?;
     let device = backend::device(BackendKind::Cpu, Precision::F32)?;
     let engine = Engine::load_with_adapter(&files, &device, Precision::F32, Some(Adapter::read(&adapter)?))?;
+    // The model without the adapter, to count the clips whose monologue the adapter changed.
+    let base = Engine::load_with_adapter(&files, &device, Precision::F32, None)?;
     let id = engine.special_id(&token).with_context(|| format!("{token} is not a token of the adapter"))?;
     let list = std::fs::read_to_string(data.join("eval.jsonl")).context("eval.jsonl")?;
     // Per kind: clips fired on, clips, clips fired on more than once, first-fire delays (frames).
     let mut counts: std::collections::BTreeMap<String, (usize, usize, usize, Vec<i64>)> = Default::default();
+    // Per synthesizer and kind: clips fired on, clips.
+    let mut by_engine: std::collections::BTreeMap<(String, String), (usize, usize)> = Default::default();
+    // Per kind: clips whose monologue, the new tokens left out, is the base model's.
+    let mut same: std::collections::BTreeMap<String, usize> = Default::default();
+    // Other questions with a recorded answer: (clips, answered right, right without the adapter).
+    let mut right = (0usize, 0usize, 0usize);
     for line in list.lines() {
         let rec: serde_json::Value = serde_json::from_str(line)?;
         let kind = rec["kind"].as_str().unwrap_or("?").to_string();
         let pcm = kokichi::audio::read_audio(&data.join(rec["file"].as_str().unwrap_or_default()), 24000)?;
         let mut s = engine.init_session(GenConfig::greedy())?;
         let frame = engine.frame_size();
-        let mut fires = Vec::new();
+        let mut b = base.init_session(GenConfig::greedy())?;
+        let (mut fires, mut said, mut base_said) = (Vec::new(), Vec::new(), Vec::new());
         for (f, c) in pcm.chunks_exact(frame).enumerate() {
-            if engine.step(&mut [&mut s], c)?.remove(0).text == Some(id) {
-                fires.push(f as i64);
+            // Words only: padding and control tokens are None.
+            match engine.step(&mut [&mut s], c)?.remove(0).text {
+                Some(t) if t == id => fires.push(f as i64),
+                Some(t) => said.extend(engine.text_piece(t)),
+                None => {}
             }
+            base_said.extend(base.step(&mut [&mut b], c)?.remove(0).text.and_then(|t| base.text_piece(t)));
         }
+        *same.entry(kind.clone()).or_default() += usize::from(said == base_said);
+        if let Some(answer) = rec["answer"].as_str().filter(|a| kind == "other" && !a.is_empty()) {
+            right.0 += 1;
+            right.1 += usize::from(says(&said, answer));
+            right.2 += usize::from(says(&base_said, answer));
+        }
+        let engine = rec["voice"].as_str().and_then(|v| v.split(':').next()).unwrap_or_default();
+        let e = by_engine.entry((engine.to_string(), kind.clone())).or_default();
+        e.0 += usize::from(!fires.is_empty());
+        e.1 += 1;
         let e = counts.entry(kind).or_default();
         e.0 += usize::from(!fires.is_empty());
         e.1 += 1;
@@ -64,6 +90,26 @@ fn main() -> Result<()> {
             "{kind}: {token} fired on {fired}/{n} = {:.1}% (more than once on {again}; first fire a median {median} frames after the question)",
             100.0 * fired as f64 / n as f64
         );
+        println!(
+            "  monologue, {token} left out, as without the adapter on {}/{n}",
+            same.get(&kind).copied().unwrap_or(0)
+        );
+    }
+    if right.0 > 0 {
+        println!(
+            "other questions answered right (the answer's words in the monologue): {}/{} with the adapter, {}/{} without",
+            right.1, right.0, right.2, right.0
+        );
+    }
+    for ((engine, kind), (fired, n)) in by_engine.into_iter().filter(|((e, _), _)| !e.is_empty()) {
+        println!("  {engine} {kind}: {fired}/{n}");
     }
     Ok(())
+}
+
+/// Whether the monologue `pieces` holds the words of `answer` in a row.
+fn says(pieces: &[String], answer: &str) -> bool {
+    let words = |t: &str| t.split_whitespace().map(str::to_lowercase).collect::<Vec<_>>();
+    let (said, answer) = (words(&pieces.concat()), words(answer));
+    !answer.is_empty() && said.windows(answer.len()).any(|w| w == answer.as_slice())
 }

@@ -287,11 +287,13 @@ fn marker_data(config: &LmConfig, n: usize, t: usize, new: i64) -> TokenSet {
     TokenSet { values, n, k, t }
 }
 
-#[test]
-fn training_moves_only_the_new_rows_and_lowers_the_loss() {
+/// Trains `<tick>` on marker data of a random tiny model with a gist of `gist` vectors; checks
+/// that the loss went down, that every exported weight is the file's bit for bit but the new rows,
+/// and that the adapter round-trips. Returns the trained adapter and model, and the data.
+fn train_and_check(name: &str, gist: usize) -> (tokens::Trained, TokenSet) {
     let config = LmConfig::tiny();
     let device = burn::prelude::Device::flex();
-    let dir = scratch("adapter", "train");
+    let dir = scratch("adapter", name);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.safetensors");
     let (lm, slots) = LmModel::random(config.clone(), &device, 3).expect("random model");
@@ -305,6 +307,7 @@ fn training_moves_only_the_new_rows_and_lowers_the_loss() {
         pad_weight: 0.5,
         token_weight: 1.0,
         window: 1,
+        gist,
         seed: 1,
         log_every: 0,
     };
@@ -361,22 +364,48 @@ fn training_moves_only_the_new_rows_and_lowers_the_loss() {
     trained.adapter.write(&adir).unwrap();
     let back = Adapter::read(&adir).unwrap();
     assert_eq!(
-        (back.tokens.clone(), back.text_emb.clone()),
-        (trained.adapter.tokens.clone(), trained.adapter.text_emb.clone())
+        (back.tokens.clone(), back.text_emb.clone(), back.gist.clone()),
+        (trained.adapter.tokens.clone(), trained.adapter.text_emb.clone(), trained.adapter.gist.clone())
     );
+    (trained, data)
+}
+
+#[test]
+fn training_moves_only_the_new_rows_and_lowers_the_loss() {
+    let (trained, data) = train_and_check("train", 0);
+    assert!(trained.adapter.gist.is_none());
     // Teacher-forced, the trained token is the greedy choice more often where the marker says
     // than elsewhere (a random model's other logits are flat, so it still wins often elsewhere).
     let rows: Vec<usize> = (0..data.n).collect();
-    let (hit, false_fire) = tokens::teacher_forced_firing(&trained.lm, &data, &rows, v, 1).unwrap();
+    let v = LmConfig::tiny().text_card;
+    let (hit, false_fire) = tokens::teacher_forced_firing(&trained.lm, None, &data, &rows, v, 1).unwrap();
+    assert!(hit > 0.5 && hit > false_fire + 0.2, "hits {hit}, false fires {false_fire}");
+}
+
+/// With `gist` K, a prefix of K vectors learns with the rows (from K copies of the first frame's
+/// input vector) and goes into the adapter; the model's weights stay as loaded all the same.
+#[test]
+fn training_with_a_gist_learns_the_prefix_and_no_weight() {
+    let (trained, data) = train_and_check("train-gist", 2);
+    let lm = &trained.lm;
+    let gist = trained.adapter.gist.clone().expect("the adapter holds the gist");
+    assert_eq!((gist.k, gist.dim), (2, lm.config.dim));
+    let start = kokichi::train::gist::init_from_prompt(lm, &vec![0; lm.config.n_q + 1], 1, 2).unwrap();
+    let moved = gist.values.iter().zip(&start).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved > 1e-3, "the gist did not move from its start ({moved})");
+    let rows: Vec<usize> = (0..data.n).collect();
+    let v = LmConfig::tiny().text_card;
+    let (hit, false_fire) = tokens::teacher_forced_firing(lm, Some(&gist), &data, &rows, v, 1).unwrap();
     assert!(hit > 0.5 && hit > false_fire + 0.2, "hits {hit}, false fires {false_fire}");
 }
 
 /// The training loss against its definition computed on the host from the model's
 /// teacher-forced logits: ordinary frames' cross-entropy (padding weighted 0.5) and, for each new
-/// token, `weight * log(1 - Π(1 - p_i))` over its window, with the token read at the window's
-/// last frame; a window of 1 and a weight of 1 is the plain text cross-entropy.
+/// token, `weight * log Σ_i p_i Π_{j<i} q_j` over its window (the token said first, padding
+/// before it), with the token read at the window's last frame; a window of 1 and a weight of 1
+/// is the plain text cross-entropy.
 #[test]
-fn the_token_loss_is_the_chance_of_firing_in_the_window() {
+fn the_token_loss_is_the_chance_of_firing_first_in_the_window() {
     let config = LmConfig::tiny();
     let device = burn::prelude::Device::flex();
     let dir = scratch("adapter", "loss");
@@ -407,10 +436,11 @@ fn the_token_loss_is_the_chance_of_firing_in_the_window() {
             pad_weight: 0.5,
             token_weight: weight,
             window,
+            gist: 0,
             seed: 1,
             log_every: 0,
         };
-        let got = floats(tokens::token_loss(&lm, &data.values, b, t, v, &settings).unwrap())[0];
+        let got = floats(tokens::token_loss(&lm, None, &data.values, b, t, v, &settings).unwrap())[0];
         let mut input = data.values.clone();
         let mut spans = Vec::new();
         for r in 0..b {
@@ -429,8 +459,10 @@ fn the_token_loss_is_the_chance_of_firing_in_the_window() {
         };
         let (mut sum, mut total) = (0f64, 0f64);
         for &(r, p, end) in &spans {
-            let never: f64 = (p..end).map(|i| 1.0 - logp(r, i, v).exp()).product();
-            sum += weight as f64 * (1.0 - never).ln();
+            // The token said first: at frame i after padding at every frame before it.
+            let first: f64 =
+                (p..end).map(|i| (logp(r, i, v) + (p..i).map(|j| logp(r, j, pad as usize)).sum::<f64>()).exp()).sum();
+            sum += weight as f64 * first.ln();
             total += weight as f64;
             for i in (0..t).filter(|i| !(p..end).contains(i)) {
                 let tok = data.values[r * k * t + i];
@@ -458,4 +490,13 @@ fn forward_teacher_text_matches_forward_teacher() {
     let (text, _) = lm.forward_teacher(&data.values, 2, 7).expect("teacher");
     let alone = lm.forward_teacher_text(&data.values, 2, 7).expect("text");
     assert_close("text logits", &floats(alone), &floats(text), 1e-5);
+    // After a gist prefix too.
+    let values: Vec<f32> = (0..3 * config.dim).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let prefix = || kokichi::backend::floats(values.clone(), [3, config.dim], &device, burn::tensor::DType::F32);
+    let full = lm.forward_teacher_prefixed(Some(prefix()), &data.values, 2, 7).expect("teacher prefixed");
+    let alone = lm.forward_teacher_text_prefixed(Some(prefix()), &data.values, 2, 7).expect("text prefixed");
+    assert_close("text logits after a gist", &floats(alone.clone()), &floats(full.text), 1e-5);
+    let plain = floats(lm.forward_teacher_text(&data.values, 2, 7).expect("text"));
+    let diff = floats(alone).iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff > 1e-3, "the gist changed nothing ({diff})");
 }

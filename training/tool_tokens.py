@@ -8,9 +8,10 @@ time questions with the token in the text stream where the answer would begin, a
 
 Writes DIR/tokens.safetensors (`train` [N, 1 + 2 * 6, 100] int16, for `kokichi tokens train
 --data DIR`; the token's id is the model's text_card, the first id an adapter adds) and
-DIR/eval/NNNN.wav with DIR/eval.jsonl (kind: time, other or quiet; question; voice), 8 s clips of
-a held-out voice (voices.eval_voices) asking at a random lead, for the firing measurement
-(`cargo run --release --example token_fires`). Training questions use voices.train_voices only.
+DIR/eval/NNNN.wav with DIR/eval.jsonl (kind: time, other or quiet; question; answer, the right
+answer to another question; voice), 8 s clips of a held-out voice (voices.eval_voices) asking at
+a random lead, for the firing measurement (`cargo run --example token_fires`). Training
+questions use voices.train_voices only.
 
 Layout as train_lm.py tokenize: the question at a random lead in the user stream, the answer
 frame after a natural gap (train_lm.layout); a time question's text stream is padding with the
@@ -152,7 +153,7 @@ def main():
         if i >= args.train:
             name = f"eval/{i - args.train:04d}.wav"
             make_data.write_wav(out / name, user)
-            evals.append({"file": name, "kind": kind, "question": q, "voice": voice,
+            evals.append({"file": name, "kind": kind, "question": q, "answer": a, "voice": voice,
                           "question_end_frame": (lead + q_len) // FRAME, "answer_frame": af})
             continue
         model = silence.copy()

@@ -493,22 +493,7 @@ impl LmModel {
         let take = |from: usize| -> Vec<i64> {
             (0..b * k).flat_map(|row| delayed[row * (t + 1) + from..row * (t + 1) + from + t].iter().copied()).collect()
         };
-        let (out, text_logits) = match prefix {
-            None => self.forward_text(&take(0), b, t, None)?,
-            Some(prefix) => {
-                let [n, dim] = prefix.dims();
-                if dim != c.dim || n == 0 {
-                    return Err(Error::input(format!("prefix of [{n}, {dim}], expected [K > 0, {}]", c.dim)));
-                }
-                let prefix = prefix.cast(self.dtype()).unsqueeze_dim::<3>(0).repeat_dim(0, b);
-                let x = Tensor::cat(vec![prefix, self.input_embeddings(&take(0), b, t)?], 1);
-                // The prefix stays visible to every frame, as it does pinned in a streaming session.
-                let out = self.transformer.forward_pinned(x, None, n)?.narrow(1, n, t);
-                let out = self.out_norm.forward(out);
-                let logits = lin(out.clone(), &self.text_linear);
-                (out, logits)
-            }
-        };
+        let (out, text_logits) = self.forward_text_prefixed(prefix, &take(0), b, t)?;
         let next = take(1);
         // Depformer over the dep_q steps of every time step at once: [B * T, dep_q, depformer_dim].
         let mut inputs = Vec::with_capacity(c.dep_q);
@@ -534,9 +519,44 @@ impl LmModel {
         Ok(TeacherOut { hidden: out, text, audio: Tensor::cat(parts, 1) })
     }
 
+    /// [`LmModel::forward_text`] (no state) after `prefix` `[K, dim]`, read as input vectors at
+    /// positions 0..K and dropped from the output: [`LmModel::forward_teacher_prefixed`].
+    fn forward_text_prefixed(
+        &self,
+        prefix: Option<Tensor<2>>,
+        tokens: &[i64],
+        b: usize,
+        t: usize,
+    ) -> Result<(Tensor<3>, Tensor<3>)> {
+        let Some(prefix) = prefix else { return self.forward_text(tokens, b, t, None) };
+        let [n, dim] = prefix.dims();
+        if dim != self.config.dim || n == 0 {
+            return Err(Error::input(format!("prefix of [{n}, {dim}], expected [K > 0, {}]", self.config.dim)));
+        }
+        let prefix = prefix.cast(self.dtype()).unsqueeze_dim::<3>(0).repeat_dim(0, b);
+        let x = Tensor::cat(vec![prefix, self.input_embeddings(tokens, b, t)?], 1);
+        // The prefix stays visible to every frame, as it does pinned in a streaming session.
+        let out = self.transformer.forward_pinned(x, None, n)?.narrow(1, n, t);
+        let out = self.out_norm.forward(out);
+        let logits = lin(out.clone(), &self.text_linear);
+        Ok((out, logits))
+    }
+
     /// The text logits of [`LmModel::forward_teacher`] alone `[B, T, text_out]`, without the
     /// depth transformer (training a vocabulary adapter's text rows, [`crate::train::tokens`]).
     pub fn forward_teacher_text(&self, codes: &[i64], b: usize, t: usize) -> Result<Tensor<3>> {
+        self.forward_teacher_text_prefixed(None, codes, b, t)
+    }
+
+    /// [`LmModel::forward_teacher_text`] after an optional gist `prefix` `[K, dim]`, as
+    /// [`LmModel::forward_teacher_prefixed`] reads it.
+    pub fn forward_teacher_text_prefixed(
+        &self,
+        prefix: Option<Tensor<2>>,
+        codes: &[i64],
+        b: usize,
+        t: usize,
+    ) -> Result<Tensor<3>> {
         let c = &self.config;
         let k = c.n_q + 1;
         if codes.len() != b * k * t {
@@ -554,7 +574,7 @@ impl LmModel {
                 }
             }
         }
-        let (_, text_logits) = self.forward_text(&input, b, t, None)?;
+        let (_, text_logits) = self.forward_text_prefixed(prefix, &input, b, t)?;
         Ok(shift_left(text_logits.unsqueeze_dim(1), c.delays[0]).squeeze_dim(1))
     }
 

@@ -11,12 +11,19 @@
 //! in [`super::lm`]) but at the new tokens' frames. A tool call need not land on one exact frame,
 //! and a new token is rare (about one frame in a hundred), so a new token at frame p opens a
 //! window of `window` frames, p..p + window, whose targets are replaced by one term weighted
-//! `token_weight`: the log-probability that the token is said at least once in the window,
-//! `log(1 - Π(1 - p_i))`, summed as the chance that it is first said at frame i,
-//! `p_i Π_{j<i}(1 - p_j)`, so that tiny probabilities lose nothing to rounding. Inside the window
-//! the inputs read padding (the token has not been said yet); the token is read at the window's
-//! last frame, so the frames after it learn what follows it (quiet). A window of 1 and a weight
-//! of 1 is the plain cross-entropy of the token at its frame.
+//! `token_weight`: the log-probability that the token is the first thing said in the window,
+//! `log Σ_i p_i Π_{j<i} q_j` with `p_i` the token's probability at frame i and `q_j` padding's.
+//! Waiting is fine, but only in silence: a model that says its own answer first has already
+//! answered (a small model does, with a word it guesses), and its input has left what the
+//! window assumes. Inside the window the inputs read padding (nothing said yet); the token is
+//! read at the window's last frame, so the frames after it learn what follows it (quiet). A
+//! window of 1 and a weight of 1 is the plain cross-entropy of the token at its frame.
+//!
+//! Two rows only read the frozen model's last hidden state out linearly, which on a small model
+//! may not tell a time question from another question well enough. With `gist` K > 0 a prefix of
+//! K input vectors ([`crate::gist`]) learns with the rows, through the same loss, and goes into
+//! the adapter: every session then starts after it, so the model's own layers can be steered to
+//! carry what the new rows read, while the ordinary frames' cross-entropy keeps its other answers.
 
 use super::HostAdam;
 use std::path::Path;
@@ -31,6 +38,7 @@ use super::lm::TokenSet;
 use crate::adapter::{Adapter, TEXT_EMB};
 use crate::backend;
 use crate::error::{Error, Result};
+use crate::gist::Gist;
 use crate::lm::{LmConfig, LmModel};
 use crate::weights::{Slots, WeightFile};
 
@@ -45,6 +53,8 @@ pub struct TokenTrain {
     pub token_weight: f32,
     /// Frames from a new token's frame in which saying it counts (1: that frame only).
     pub window: usize,
+    /// Prefix vectors learned with the rows and stored in the adapter (0: none; at most 64).
+    pub gist: usize,
     pub seed: u64,
     pub log_every: usize,
 }
@@ -72,6 +82,9 @@ pub fn train(
     let (v, n, d) = (config.text_card, names.len(), config.dim);
     if settings.window == 0 || !settings.token_weight.is_finite() || settings.token_weight <= 0.0 {
         return Err(Error::input("the window and the token weight must be positive".to_string()));
+    }
+    if settings.gist > crate::gist::MAX_K {
+        return Err(Error::input(format!("a gist of {} vectors; at most {}", settings.gist, crate::gist::MAX_K)));
     }
     if data.k != config.n_q + 1 {
         return Err(Error::config("lm.n_q", format!("tokens have {} streams, the model {}", data.k, config.n_q + 1)));
@@ -114,16 +127,32 @@ pub fn train(
     lm.text_linear.weight = upload(&lm.text_linear.weight, &head_all, [d, v + n]);
     let mut opt_emb = HostAdam::new(n * d);
     let mut opt_head = HostAdam::new(n * d);
+    // The prefix starts as K copies of the input vector of a session's first frame (every
+    // stream's initial token), which a model has always read first.
+    let k_gist = settings.gist;
+    let mut gist_values = match k_gist {
+        0 => Vec::new(),
+        k => super::gist::init_from_prompt(&lm, &vec![0; config.n_q + 1], 1, k)?,
+    };
+    let mut opt_gist = HostAdam::new(gist_values.len());
     let mut rng = crate::lm::sampling::rng(Some(settings.seed));
     let mut losses = Vec::with_capacity(settings.steps);
     for step in 0..settings.steps {
         use rand::Rng;
         let rows: Vec<usize> = (0..settings.batch).map(|_| rng.random_range(0..data.n)).collect();
         let codes = data.batch(&rows);
-        let loss = token_loss(&lm, &codes, settings.batch, data.t, v, settings)?;
+        let prefix = (k_gist > 0).then(|| super::gist::prefix_tensor(&lm, &gist_values, k_gist));
+        let loss = token_loss(&lm, prefix.clone(), &codes, settings.batch, data.t, v, settings)?;
         let value = backend::read_floats(loss.clone())?[0];
         losses.push(value);
-        let mut grads = GradientsParams::from_grads(loss.backward(), &lm);
+        let grads = loss.backward();
+        let g_gist = match &prefix {
+            Some(p) => Some(backend::read_floats(
+                p.grad(&grads).ok_or_else(|| Error::Backend("no gradient reached the gist".into()))?,
+            )?),
+            None => None,
+        };
+        let mut grads = GradientsParams::from_grads(grads, &lm);
         let g_emb = grads
             .remove::<2>(lm.text_emb.weight.id)
             .ok_or_else(|| Error::Backend("no gradient for the text embedding".into()))?;
@@ -137,6 +166,9 @@ pub fn train(
         let lr = super::cosine_lr(step, settings.steps, settings.lr, settings.steps / 10 + 1) as f32;
         opt_emb.step(&mut adapter.text_emb, &g_emb, lr);
         opt_head.step(&mut adapter.text_linear, &g_head, lr);
+        if let Some(g) = g_gist {
+            opt_gist.step(&mut gist_values, &g, lr);
+        }
         emb_all[v * d..(v + n) * d].copy_from_slice(&adapter.text_emb);
         for j in 0..n {
             for i in 0..d {
@@ -149,6 +181,12 @@ pub fn train(
             tracing::info!(step = step + 1, text = value, "tokens-train");
         }
     }
+    if k_gist > 0 {
+        adapter.gist = Some(Gist::new(gist_values, k_gist, d)?);
+    }
+    // The trained tables no longer tracked, so that evaluating the model records no graph.
+    lm.text_emb.weight = Param::initialized(lm.text_emb.weight.id, lm.text_emb.weight.val().detach());
+    lm.text_linear.weight = Param::initialized(lm.text_linear.weight.id, lm.text_linear.weight.val().detach());
     Ok(Trained { adapter, lm, slots, losses })
 }
 
@@ -190,9 +228,11 @@ fn windows(
 }
 
 /// The training loss of a batch `codes` `[B, K, T]` (text first; ids from `first_new` on are new
-/// tokens) for `lm`, the adapted model: the module docs say what it is.
+/// tokens) for `lm`, the adapted model, after the gist `prefix` if any: the module docs say what
+/// it is.
 pub fn token_loss(
     lm: &LmModel,
+    prefix: Option<Tensor<2>>,
     codes: &[i64],
     b: usize,
     t: usize,
@@ -214,7 +254,7 @@ pub fn token_loss(
         }
     }
     let device = lm.device();
-    let logits = lm.forward_teacher_text(&input, b, t)?;
+    let logits = lm.forward_teacher_text_prefixed(prefix, &input, b, t)?;
     let lp = log_softmax(logits.reshape([b * t, v]), 1);
     let dtype = lp.dtype();
     let ordinary = lp.clone().gather(1, backend::ints(idx, [b * t, 1], &device));
@@ -233,18 +273,17 @@ pub fn token_loss(
             mask[j * w_len + f] = 1.0;
         }
     }
-    let lp_tok = lp
-        .select(0, backend::ints(rows, [g * w_len], &device))
-        .gather(1, backend::ints(cols, [g * w_len, 1], &device))
-        .reshape([g, w_len]);
+    let frames = lp.select(0, backend::ints(rows, [g * w_len], &device));
+    let lp_pad = frames.clone().slice([0..g * w_len, pad..pad + 1]).reshape([g, w_len]);
+    let lp_tok = frames.gather(1, backend::ints(cols, [g * w_len, 1], &device)).reshape([g, w_len]);
     let mask = backend::floats(mask, [g, w_len], &device, dtype);
-    // log(1 - p_j) (p kept below 1 so that its log stays finite), summed over the frames before
-    // each frame with a strictly upper-triangular [W, W] of ones.
-    let not_said = (lp_tok.clone().exp().clamp_max(1.0 - 1e-6).neg() + 1.0).log() * mask.clone();
+    // log q_j summed over the frames before each frame, with a strictly upper-triangular [W, W]
+    // of ones.
+    let silent = lp_pad * mask.clone();
     let before: Vec<f32> = (0..w_len * w_len).map(|x| if x / w_len < x % w_len { 1.0 } else { 0.0 }).collect();
     let before = backend::floats(before, [w_len, w_len], &device, dtype);
-    // First said at frame i: log p_i + Σ_{j<i} log(1 - p_j); masked frames at -1e4.
-    let first = lp_tok + not_said.matmul(before) + (mask - 1.0) * 1e4;
+    // Said first at frame i: log p_i + Σ_{j<i} log q_j; masked frames at -1e4.
+    let first = lp_tok + silent.matmul(before) + (mask - 1.0) * 1e4;
     let top = first.clone().max_dim(1).detach();
     let said = (first - top.clone()).exp().sum_dim(1).log() + top;
     let total = ordinary + said.sum() * settings.token_weight;
@@ -252,11 +291,13 @@ pub fn token_loss(
 }
 
 /// Teacher-forced on `data` (rows `rows`), with the inputs of the training loss for `window`:
-/// the share of the new tokens' windows in which the model's greedy text token is that token at
-/// some frame, and the share of the frames outside them at which it is one of the new tokens.
+/// the share of the new tokens' windows in which the first greedy text token other than padding
+/// is that token, and the share of the frames outside them at which it is one of the new tokens.
 /// With a window of 1, the share of the tokens' own frames at which they are the greedy choice.
+/// Sessions start after `gist` when given (the adapter's).
 pub fn teacher_forced_firing(
     lm: &LmModel,
+    gist: Option<&Gist>,
     data: &TokenSet,
     rows: &[usize],
     first_new: usize,
@@ -264,15 +305,18 @@ pub fn teacher_forced_firing(
 ) -> Result<(f64, f64)> {
     let (mut hit, mut pos, mut false_fire, mut neg) = (0usize, 0usize, 0usize, 0usize);
     let valid = (0..data.t).take_while(|&i| lm.valid_mask(0, i, data.t)).count();
+    let pad = lm.config.existing_text_padding_id as i64;
     for chunk in rows.chunks(8) {
         let codes = data.batch(chunk);
         let (input, windows) = windows(lm, &codes, chunk.len(), data.t, first_new, window);
-        let logits = lm.forward_teacher_text(&input, chunk.len(), data.t)?;
+        let prefix = gist.map(|g| backend::floats(g.values.clone(), [g.k, g.dim], &lm.device(), DType::F32));
+        let logits = lm.forward_teacher_text_prefixed(prefix, &input, chunk.len(), data.t)?;
         let [b, t, _] = logits.dims();
         let picks = backend::read_ints(logits.argmax(2).flatten::<1>(0, 2))?;
         for w in &windows {
             pos += 1;
-            hit += usize::from((w.start..w.end).any(|i| picks[w.row * t + i] == w.token));
+            let first = (w.start..w.end).map(|i| picks[w.row * t + i]).find(|&p| p != pad);
+            hit += usize::from(first == Some(w.token));
         }
         for r in 0..b {
             for i in 0..valid {
