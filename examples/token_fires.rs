@@ -7,7 +7,10 @@
 //! gist, if it has one, changed in the model's other answers; and, where `eval.jsonl` records
 //! the answers, how many other questions the monologue answers right with and without it.
 //!
-//!   cargo run --release --example token_fires -- --adapter DIR --data DATA [--model M] [--token NAME]
+//!   cargo run --example token_fires -- --adapter DIR --data DATA [--model M] [--token NAME] [--no-compare] [--list]
+//!
+//! `--no-compare` skips the model without the adapter (half the time; its counts read 0);
+//! `--list` prints each time question it missed and each other clip it fired on.
 //!
 //! DATA is training/tool_tokens.py's output (`eval.jsonl` and `eval/*.wav`).
 
@@ -22,6 +25,7 @@ use kokichi::session::Engine;
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut adapter, mut data, mut model, mut token) = (None, None, "kokichi-tiny".to_string(), "<clock>".to_string());
+    let (mut compare, mut show) = (true, false);
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -29,6 +33,8 @@ fn main() -> Result<()> {
             "--data" => data = Some(PathBuf::from(value()?)),
             "--model" => model = value()?,
             "--token" => token = value()?,
+            "--no-compare" => compare = false,
+            "--list" => show = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -63,13 +69,19 @@ fn main() -> Result<()> {
                 Some(t) => said.extend(engine.text_piece(t)),
                 None => {}
             }
-            base_said.extend(base.step(&mut [&mut b], c)?.remove(0).text.and_then(|t| base.text_piece(t)));
+            if compare {
+                base_said.extend(base.step(&mut [&mut b], c)?.remove(0).text.and_then(|t| base.text_piece(t)));
+            }
         }
-        *same.entry(kind.clone()).or_default() += usize::from(said == base_said);
+        *same.entry(kind.clone()).or_default() += usize::from(compare && said == base_said);
+        if show && (fires.is_empty() == (kind == "time")) {
+            let missed = if kind == "time" { "missed" } else { "fired" };
+            println!("{missed}: {} ({kind}, {}): {:?}", rec["file"], rec["question"], said.concat());
+        }
         if let Some(answer) = rec["answer"].as_str().filter(|a| kind == "other" && !a.is_empty()) {
             right.0 += 1;
             right.1 += usize::from(says(&said, answer));
-            right.2 += usize::from(says(&base_said, answer));
+            right.2 += usize::from(compare && says(&base_said, answer));
         }
         let engine = rec["voice"].as_str().and_then(|v| v.split(':').next()).unwrap_or_default();
         let e = by_engine.entry((engine.to_string(), kind.clone())).or_default();

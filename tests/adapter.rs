@@ -378,8 +378,8 @@ fn training_moves_only_the_new_rows_and_lowers_the_loss() {
     // than elsewhere (a random model's other logits are flat, so it still wins often elsewhere).
     let rows: Vec<usize> = (0..data.n).collect();
     let v = LmConfig::tiny().text_card;
-    let (hit, false_fire) = tokens::teacher_forced_firing(&trained.lm, None, &data, &rows, v, 1).unwrap();
-    assert!(hit > 0.5 && hit > false_fire + 0.2, "hits {hit}, false fires {false_fire}");
+    let f = tokens::teacher_forced_firing(&trained.lm, None, &data, &rows, v, 1).unwrap();
+    assert!(f.hits > 0.5 && f.hits > f.false_frames + 0.2, "{f:?}");
 }
 
 /// With `gist` K, a prefix of K vectors learns with the rows (from K copies of the first frame's
@@ -395,8 +395,8 @@ fn training_with_a_gist_learns_the_prefix_and_no_weight() {
     assert!(moved > 1e-3, "the gist did not move from its start ({moved})");
     let rows: Vec<usize> = (0..data.n).collect();
     let v = LmConfig::tiny().text_card;
-    let (hit, false_fire) = tokens::teacher_forced_firing(lm, Some(&gist), &data, &rows, v, 1).unwrap();
-    assert!(hit > 0.5 && hit > false_fire + 0.2, "hits {hit}, false fires {false_fire}");
+    let f = tokens::teacher_forced_firing(lm, Some(&gist), &data, &rows, v, 1).unwrap();
+    assert!(f.hits > 0.5 && f.hits > f.false_frames + 0.2, "{f:?}");
 }
 
 /// The training loss against its definition computed on the host from the model's
@@ -499,4 +499,32 @@ fn forward_teacher_text_matches_forward_teacher() {
     let plain = floats(lm.forward_teacher_text(&data.values, 2, 7).expect("text"));
     let diff = floats(alone).iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff > 1e-3, "the gist changed nothing ({diff})");
+}
+
+/// `tokens train --data A --data B` trains on the rows of both: appended in order; a file whose
+/// rows have another shape is refused, naming it.
+#[test]
+fn token_sets_append_and_refuse_other_shapes() {
+    let dir = scratch("adapter", "append");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, shape: [usize; 3], first: i64| {
+        let path = dir.join(name);
+        let n = shape.iter().product::<usize>();
+        let values: Vec<i64> = (0..n as i64).map(|i| first + i).collect();
+        weights::write_tensors(&path, vec![("train".into(), shape.to_vec(), OutTensor::I64(values))]).unwrap();
+        path
+    };
+    let (a, b, c) = (
+        write("a.safetensors", [2, 3, 4], 0),
+        write("b.safetensors", [1, 3, 4], 100),
+        write("c.safetensors", [1, 3, 5], 0),
+    );
+    let mut set = TokenSet::read(&a, "train").unwrap();
+    set.append(&b, "train").unwrap();
+    assert_eq!((set.n, set.k, set.t), (3, 3, 4));
+    let expected: Vec<i64> = (0..24).chain(100..112).collect();
+    assert_eq!(set.values, expected);
+    let err = set.append(&c, "train").unwrap_err().to_string();
+    assert!(err.contains("c.safetensors") && err.contains("[3, 5]"), "{err}");
+    assert_eq!(set.n, 3, "a refused file adds nothing");
 }

@@ -29,9 +29,9 @@ pub struct TrainArgs {
     #[arg(long, default_value = model_dir::EMBEDDED)]
     model: String,
     /// Folder with `tokens.safetensors` (`train` [N, 1 + n_q, T], text first; new token j is id
-    /// text_card + j), e.g. from training/tool_tokens.py.
-    #[arg(long)]
-    data: PathBuf,
+    /// text_card + j), e.g. from training/tool_tokens.py; repeatable (the rows of all of them).
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
     /// A new token's name, in id order; repeatable.
     #[arg(long = "token", required = true)]
     tokens: Vec<String>,
@@ -74,7 +74,11 @@ fn train(kind: BackendKind, a: TrainArgs) -> Result<()> {
     if !a.token_weight.is_finite() || a.token_weight <= 0.0 {
         bail!("--token-weight must be positive");
     }
-    let data = TokenSet::read(&a.data.join("tokens.safetensors"), "train")?;
+    let file = |dir: &PathBuf| dir.join("tokens.safetensors");
+    let mut data = TokenSet::read(&file(&a.data[0]), "train")?;
+    for dir in &a.data[1..] {
+        data.append(&file(dir), "train")?;
+    }
     let device = backend::device(kind, Precision::F32)?.autodiff();
     let settings = TokenTrain {
         steps: a.steps,
@@ -96,7 +100,7 @@ fn train(kind: BackendKind, a: TrainArgs) -> Result<()> {
     trained.adapter.write(&a.out)?;
     // Teacher-forced firing on (at most 800 of) the training rows, evenly spread.
     let rows: Vec<usize> = (0..data.n.min(800)).map(|i| i * data.n / data.n.min(800)).collect();
-    let (hit, false_fire) = tokens::teacher_forced_firing(
+    let firing = tokens::teacher_forced_firing(
         &trained.lm,
         trained.adapter.gist.as_ref(),
         &data,
@@ -110,8 +114,9 @@ fn train(kind: BackendKind, a: TrainArgs) -> Result<()> {
         seconds = t0.elapsed().as_secs_f64(),
         loss_first10 = first,
         loss_last10 = last,
-        teacher_forced_hits = hit,
-        teacher_forced_false_fires = false_fire,
+        teacher_forced_hits = firing.hits,
+        teacher_forced_false_frames = firing.false_frames,
+        teacher_forced_false_rows = firing.false_rows,
         out = %a.out.display(),
         "adapter written"
     );

@@ -39,6 +39,21 @@ impl TokenSet {
         Ok(Self { values, n, k, t })
     }
 
+    /// The rows of `path`'s `name` after this set's; their shapes must agree but for N.
+    pub fn append(&mut self, path: &Path, name: &str) -> Result<()> {
+        let more = Self::read(path, name)?;
+        if (more.k, more.t) != (self.k, self.t) {
+            return Err(Error::Tensor {
+                path: path.to_path_buf(),
+                name: name.into(),
+                msg: format!("rows of [{}, {}], the first file's are [{}, {}]", more.k, more.t, self.k, self.t),
+            });
+        }
+        self.values.extend(more.values);
+        self.n += more.n;
+        Ok(())
+    }
+
     pub(crate) fn batch(&self, rows: &[usize]) -> Vec<i64> {
         let len = self.k * self.t;
         rows.iter().flat_map(|&r| self.values[r * len..(r + 1) * len].iter().copied()).collect()

@@ -290,11 +290,20 @@ pub fn token_loss(
     Ok(total.neg().div_scalar(total_w.max(1.0)))
 }
 
+/// How often new tokens are the greedy pick, teacher-forced ([`teacher_forced_firing`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Firing {
+    /// The share of the new tokens' windows in which the first greedy text token other than
+    /// padding is that token (window 1: the share of their own frames at which they are picked).
+    pub hits: f64,
+    /// The share of the frames outside the windows at which a new token is picked.
+    pub false_frames: f64,
+    /// The share of the rows without a new token (negatives) on which one is picked at some frame.
+    pub false_rows: f64,
+}
+
 /// Teacher-forced on `data` (rows `rows`), with the inputs of the training loss for `window`:
-/// the share of the new tokens' windows in which the first greedy text token other than padding
-/// is that token, and the share of the frames outside them at which it is one of the new tokens.
-/// With a window of 1, the share of the tokens' own frames at which they are the greedy choice.
-/// Sessions start after `gist` when given (the adapter's).
+/// [`Firing`]. Sessions start after `gist` when given (the adapter's).
 pub fn teacher_forced_firing(
     lm: &LmModel,
     gist: Option<&Gist>,
@@ -302,8 +311,9 @@ pub fn teacher_forced_firing(
     rows: &[usize],
     first_new: usize,
     window: usize,
-) -> Result<(f64, f64)> {
+) -> Result<Firing> {
     let (mut hit, mut pos, mut false_fire, mut neg) = (0usize, 0usize, 0usize, 0usize);
+    let (mut fired_rows, mut neg_rows) = (0usize, 0usize);
     let valid = (0..data.t).take_while(|&i| lm.valid_mask(0, i, data.t)).count();
     let pad = lm.config.existing_text_padding_id as i64;
     for chunk in rows.chunks(8) {
@@ -319,13 +329,20 @@ pub fn teacher_forced_firing(
             hit += usize::from(first == Some(w.token));
         }
         for r in 0..b {
+            let negative = !windows.iter().any(|w| w.row == r);
+            let mut fired = false;
             for i in 0..valid {
                 if !windows.iter().any(|w| w.row == r && (w.start..w.end).contains(&i)) {
                     neg += 1;
-                    false_fire += usize::from(picks[r * t + i] >= first_new as i64);
+                    let new = picks[r * t + i] >= first_new as i64;
+                    false_fire += usize::from(new);
+                    fired |= new;
                 }
             }
+            neg_rows += usize::from(negative);
+            fired_rows += usize::from(negative && fired);
         }
     }
-    Ok((hit as f64 / pos.max(1) as f64, false_fire as f64 / neg.max(1) as f64))
+    let share = |a: usize, b: usize| a as f64 / b.max(1) as f64;
+    Ok(Firing { hits: share(hit, pos), false_frames: share(false_fire, neg), false_rows: share(fired_rows, neg_rows) })
 }
