@@ -43,7 +43,7 @@ fn main() -> Result<()> {
     let device = backend::device(BackendKind::Cpu, Precision::F32)?;
     let engine = Engine::load_with_adapter(&files, &device, Precision::F32, Some(Adapter::read(&adapter)?))?;
     // The model without the adapter, to count the clips whose monologue the adapter changed.
-    let base = Engine::load_with_adapter(&files, &device, Precision::F32, None)?;
+    let base = compare.then(|| Engine::load_with_adapter(&files, &device, Precision::F32, None)).transpose()?;
     let id = engine.special_id(&token).with_context(|| format!("{token} is not a token of the adapter"))?;
     let list = std::fs::read_to_string(data.join("eval.jsonl")).context("eval.jsonl")?;
     // Per kind: clips fired on, clips, clips fired on more than once, first-fire delays (frames).
@@ -60,7 +60,7 @@ fn main() -> Result<()> {
         let pcm = kokichi::audio::read_audio(&data.join(rec["file"].as_str().unwrap_or_default()), 24000)?;
         let mut s = engine.init_session(GenConfig::greedy())?;
         let frame = engine.frame_size();
-        let mut b = base.init_session(GenConfig::greedy())?;
+        let mut b = base.as_ref().map(|e| e.init_session(GenConfig::greedy())).transpose()?;
         let (mut fires, mut said, mut base_said) = (Vec::new(), Vec::new(), Vec::new());
         for (f, c) in pcm.chunks_exact(frame).enumerate() {
             // Words only: padding and control tokens are None.
@@ -69,8 +69,8 @@ fn main() -> Result<()> {
                 Some(t) => said.extend(engine.text_piece(t)),
                 None => {}
             }
-            if compare {
-                base_said.extend(base.step(&mut [&mut b], c)?.remove(0).text.and_then(|t| base.text_piece(t)));
+            if let (Some(base), Some(b)) = (&base, b.as_mut()) {
+                base_said.extend(base.step(&mut [b], c)?.remove(0).text.and_then(|t| base.text_piece(t)));
             }
         }
         *same.entry(kind.clone()).or_default() += usize::from(compare && said == base_said);

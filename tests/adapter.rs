@@ -528,3 +528,72 @@ fn token_sets_append_and_refuse_other_shapes() {
     assert!(err.contains("c.safetensors") && err.contains("[3, 5]"), "{err}");
     assert_eq!(set.n, 3, "a refused file adds nothing");
 }
+
+/// The teacher-forced firing figures against their definitions computed on the host from the
+/// model's greedy picks: windows whose first pick other than padding is the token, frames
+/// outside the windows whose pick is a new token, and rows without a token that pick one at
+/// some frame. Half the rows are negatives (the token's frame is padding there).
+#[test]
+fn teacher_forced_firing_counts_as_defined() {
+    let config = LmConfig::tiny();
+    let device = burn::prelude::Device::flex();
+    let dir = scratch("adapter", "firing");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    let (lm, slots) = LmModel::random(config.clone(), &device, 11).expect("random model");
+    weights::export(&lm, &slots, &path, false).expect("export");
+    let mut a = adapter(&["<tick>"], config.dim, 5);
+    // Scaled so that the token wins some frames but not all.
+    a.text_linear.iter_mut().for_each(|x| *x *= 0.6);
+    let mut w = WeightFile::open(&path, &device, DType::F32).unwrap();
+    let extended = a.apply(&mut w, &config).expect("apply");
+    let lm = LmModel::build(&mut w, extended).expect("build");
+    let (v, pad) = (config.text_card as i64, config.existing_text_padding_id as i64);
+    let (n, t, window) = (16, 12, 3);
+    let mut data = marker_data(&config, n, t, v);
+    let k = data.k;
+    for r in (0..n).step_by(2) {
+        data.values[r * k * t..r * k * t + t].iter_mut().filter(|x| **x == v).for_each(|x| *x = pad);
+    }
+    let rows: Vec<usize> = (0..n).collect();
+    let got = tokens::teacher_forced_firing(&lm, None, &data, &rows, v as usize, window).unwrap();
+    // The loss's inputs: in a window, padding but the token at its last frame.
+    let mut input = data.values.clone();
+    let mut spans = vec![None; n];
+    for r in (1..n).step_by(2) {
+        let p = (0..t).find(|&i| data.values[r * k * t + i] == v).unwrap();
+        let end = (p + window).min(t);
+        input[r * k * t + p] = pad;
+        input[r * k * t + end - 1] = v;
+        spans[r] = Some((p, end));
+    }
+    let vocab = lm.config.text_out();
+    let logits = floats(lm.forward_teacher_text(&input, n, t).unwrap());
+    let pick = |r: usize, i: usize| {
+        let row = &logits[(r * t + i) * vocab..(r * t + i + 1) * vocab];
+        (0..vocab).fold(0, |best, j| if row[j] > row[best] { j } else { best }) as i64
+    };
+    let valid = (0..t).take_while(|&i| lm.valid_mask(0, i, t)).count();
+    let (mut hits, mut windows, mut false_frames, mut outside, mut false_rows) = (0, 0, 0, 0, 0);
+    for r in 0..n {
+        let inside = |i: usize| spans[r].is_some_and(|(p, e)| (p..e).contains(&i));
+        if let Some((p, end)) = spans[r] {
+            windows += 1;
+            hits += usize::from((p..end).map(|i| pick(r, i)).find(|&x| x != pad) == Some(v));
+        }
+        let fired: Vec<bool> = (0..valid).filter(|&i| !inside(i)).map(|i| pick(r, i) >= v).collect();
+        outside += fired.len();
+        false_frames += fired.iter().filter(|&&f| f).count();
+        false_rows += usize::from(spans[r].is_none() && fired.contains(&true));
+    }
+    let want = tokens::Firing {
+        hits: hits as f64 / windows as f64,
+        false_frames: false_frames as f64 / outside as f64,
+        false_rows: false_rows as f64 / (n / 2) as f64,
+    };
+    assert_eq!(got, want);
+    // Neither all nor nothing, so that each count is put to the test.
+    for (name, x) in [("hits", want.hits), ("false frames", want.false_frames), ("false rows", want.false_rows)] {
+        assert!(x > 0.0 && x < 1.0, "{name}: {x} ({want:?})");
+    }
+}

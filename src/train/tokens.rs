@@ -316,11 +316,11 @@ pub fn teacher_forced_firing(
     let (mut fired_rows, mut neg_rows) = (0usize, 0usize);
     let valid = (0..data.t).take_while(|&i| lm.valid_mask(0, i, data.t)).count();
     let pad = lm.config.existing_text_padding_id as i64;
+    let prefix = gist.map(|g| backend::floats(g.values.clone(), [g.k, g.dim], &lm.device(), DType::F32));
     for chunk in rows.chunks(8) {
         let codes = data.batch(chunk);
         let (input, windows) = windows(lm, &codes, chunk.len(), data.t, first_new, window);
-        let prefix = gist.map(|g| backend::floats(g.values.clone(), [g.k, g.dim], &lm.device(), DType::F32));
-        let logits = lm.forward_teacher_text_prefixed(prefix, &input, chunk.len(), data.t)?;
+        let logits = lm.forward_teacher_text_prefixed(prefix.clone(), &input, chunk.len(), data.t)?;
         let [b, t, _] = logits.dims();
         let picks = backend::read_ints(logits.argmax(2).flatten::<1>(0, 2))?;
         for w in &windows {
