@@ -204,6 +204,19 @@ impl Engine {
         Prompter { lm: &self.lm, mimi: &self.mimi, tokenizer: self.tokenizer.as_ref() }
     }
 
+    /// [`Engine::set_system_prompt`] from a voice recording (any audio file) and a role text,
+    /// when either is given; logs the frames stepped and the time taken. Returns the frames.
+    pub fn load_system_prompt(&mut self, voice: Option<&std::path::Path>, text: Option<&str>) -> Result<usize> {
+        let prompt = SystemPrompt::load(voice, text, self.sample_rate() as u32)?;
+        if prompt.is_empty() {
+            return Ok(0);
+        }
+        let t0 = std::time::Instant::now();
+        let frames = self.set_system_prompt(prompt)?;
+        tracing::info!(frames, ms = t0.elapsed().as_millis() as u64, "system prompt stepped");
+        Ok(frames)
+    }
+
     /// The system prompt sessions start with, if any.
     pub fn system_prompt(&self) -> Option<&SystemPrompt> {
         self.system_prompt.as_ref().map(|(p, _)| p)

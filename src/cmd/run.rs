@@ -16,7 +16,6 @@ use kokichi::latent_frame::DEFAULT_TOP_LOGITS;
 use kokichi::lm::sampling::SamplingOverrides;
 use kokichi::model_dir;
 use kokichi::session::{Engine, Taps};
-use kokichi::system_prompt::SystemPrompt;
 use kokichi::weights::{self, OutTensor};
 
 /// Sampling flags shared by `run` and `serve`. Unset ones keep the model's recommendation (its
@@ -129,21 +128,6 @@ pub struct SystemPromptArgs {
     pub text_prompt: Option<String>,
 }
 
-impl SystemPromptArgs {
-    /// Gives `engine` the prompt, if any; logs how long stepping it took.
-    pub fn apply(&self, engine: &mut Engine) -> Result<()> {
-        let rate = engine.sample_rate() as u32;
-        let prompt = SystemPrompt::load(self.voice_prompt.as_deref(), self.text_prompt.as_deref(), rate)?;
-        if prompt.is_empty() {
-            return Ok(());
-        }
-        let t0 = Instant::now();
-        let frames = engine.set_system_prompt(prompt)?;
-        tracing::info!(frames, ms = t0.elapsed().as_millis() as u64, "system prompt stepped");
-        Ok(())
-    }
-}
-
 pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()> {
     let overrides = a.sampling.overrides()?;
     if !audio::gain_db_ok(a.input_gain) {
@@ -157,7 +141,7 @@ pub fn run(backend_kind: BackendKind, dtype: Precision, a: RunArgs) -> Result<()
     let adapter = a.adapter.as_deref().map(kokichi::adapter::Adapter::read).transpose()?;
     let mut engine = Engine::load_with_adapter(&files, &device, dtype, adapter)?;
     tracing::info!(ms = t0.elapsed().as_millis() as u64, "model loaded");
-    a.prompt.apply(&mut engine)?;
+    engine.load_system_prompt(a.prompt.voice_prompt.as_deref(), a.prompt.text_prompt.as_deref())?;
     let mut pcm = audio::read_audio(&a.input, engine.sample_rate() as u32)?;
     if pcm.is_empty() {
         bail!("{}: no audio samples", a.input.display());

@@ -36,7 +36,6 @@ use crate::error::{Error, Result};
 use crate::gist::Gist;
 use crate::model_dir;
 use crate::session::Engine;
-use crate::system_prompt::SystemPrompt;
 use io::{AudioSink, FileSink, FileSource, GainSource};
 use metrics::Metrics;
 use runtime::{NewSession, Runtime, RuntimeOptions};
@@ -103,13 +102,7 @@ pub async fn serve(
             tracing::info!(tokens = ?a.tokens, path = %a.path.display(), "adapter");
         }
         let mut engine = Engine::load_with_adapter(&files, &device, runtime.dtype, adapter)?;
-        let rate = engine.sample_rate() as u32;
-        let prompt = SystemPrompt::load(runtime.voice_prompt.as_deref(), runtime.text_prompt.as_deref(), rate)?;
-        if !prompt.is_empty() {
-            let t0 = std::time::Instant::now();
-            let frames = engine.set_system_prompt(prompt)?;
-            tracing::info!(frames, ms = t0.elapsed().as_millis() as u64, "system prompt stepped");
-        }
+        engine.load_system_prompt(runtime.voice_prompt.as_deref(), runtime.text_prompt.as_deref())?;
         // On wgpu, kernels compile and autotune on their first use: here, before anyone is
         // listening, not in the first conversation (the CPU backend has nothing to warm).
         if !backend::is_cpu(&device) {
