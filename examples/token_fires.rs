@@ -7,10 +7,14 @@
 //! gist, if it has one, changed in the model's other answers; and, where `eval.jsonl` records
 //! the answers, how many other questions the monologue answers right with and without it.
 //!
-//!   cargo run --example token_fires -- --adapter DIR --data DATA [--model M] [--token NAME] [--no-compare] [--list]
+//!   cargo run --example token_fires -- --adapter DIR --data DATA [--model M] [--token NAME] [--no-compare] [--list] [--margins FILE]
 //!
 //! `--no-compare` skips the model without the adapter (half the time; its counts read 0);
-//! `--list` prints each time question it missed and each other clip it fired on.
+//! `--list` prints each time question it missed and each other clip it fired on; `--margins`
+//! writes each clip's largest margin of the token's logit over the best other one (file, kind,
+//! voice, margin; tab-separated): a clip fires when it is above 0, and the shares above other
+//! thresholds show about what a decision threshold on the token would trade (about: after a
+//! fire the clip goes on from the token, where it would have gone on from another pick).
 //!
 //! DATA is training/tool_tokens.py's output (`eval.jsonl` and `eval/*.wav`).
 
@@ -25,7 +29,8 @@ use kokichi::session::Engine;
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut adapter, mut data, mut model, mut token) = (None, None, "kokichi-tiny".to_string(), "<clock>".to_string());
-    let (mut compare, mut show) = (true, false);
+    let (mut compare, mut show, mut margins) = (true, false, None::<PathBuf>);
+    let mut margin_lines = String::new();
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -35,6 +40,7 @@ fn main() -> Result<()> {
             "--token" => token = value()?,
             "--no-compare" => compare = false,
             "--list" => show = true,
+            "--margins" => margins = Some(PathBuf::from(value()?)),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -59,12 +65,22 @@ fn main() -> Result<()> {
         let kind = rec["kind"].as_str().unwrap_or("?").to_string();
         let pcm = kokichi::audio::read_audio(&data.join(rec["file"].as_str().unwrap_or_default()), 24000)?;
         let mut s = engine.init_session(GenConfig::greedy())?;
+        s.taps.logits = if margins.is_some() { usize::MAX } else { 0 };
+        let mut best_margin = f32::NEG_INFINITY;
         let frame = engine.frame_size();
         let mut b = base.as_ref().map(|e| e.init_session(GenConfig::greedy())).transpose()?;
         let (mut fires, mut said, mut base_said) = (Vec::new(), Vec::new(), Vec::new());
         for (f, c) in pcm.chunks_exact(frame).enumerate() {
             // Words only: padding and control tokens are None.
-            match engine.step(&mut [&mut s], c)?.remove(0).text {
+            let out = engine.step(&mut [&mut s], c)?.remove(0);
+            if let Some(top) = &out.latents.logits {
+                let own = top.ids.iter().position(|&i| i as i64 == id).map(|j| top.values[j]);
+                let other = top.ids.iter().zip(&top.values).find(|(i, _)| **i as i64 != id).map(|(_, v)| *v);
+                if let (Some(own), Some(other)) = (own, other) {
+                    best_margin = best_margin.max(own - other);
+                }
+            }
+            match out.text {
                 Some(t) if t == id => fires.push(f as i64),
                 Some(t) => said.extend(engine.text_piece(t)),
                 None => {}
@@ -73,6 +89,11 @@ fn main() -> Result<()> {
                 base_said.extend(base.step(&mut [b], c)?.remove(0).text.and_then(|t| base.text_piece(t)));
             }
         }
+        margin_lines.push_str(&format!(
+            "{}\t{kind}\t{}\t{best_margin}\n",
+            rec["file"].as_str().unwrap_or_default(),
+            rec["voice"].as_str().unwrap_or_default()
+        ));
         *same.entry(kind.clone()).or_default() += usize::from(compare && said == base_said);
         if show && (fires.is_empty() == (kind == "time")) {
             let missed = if kind == "time" { "missed" } else { "fired" };
@@ -94,6 +115,9 @@ fn main() -> Result<()> {
         if let (Some(first), Some(end)) = (fires.first(), rec["question_end_frame"].as_i64()) {
             e.3.push(first - end);
         }
+    }
+    if let Some(path) = &margins {
+        std::fs::write(path, &margin_lines).with_context(|| format!("{}", path.display()))?;
     }
     for (kind, (fired, n, again, mut delays)) in counts {
         delays.sort_unstable();

@@ -307,6 +307,7 @@ fn train_and_check(name: &str, gist: usize) -> (tokens::Trained, TokenSet) {
         pad_weight: 0.5,
         token_weight: 1.0,
         window: 1,
+        negative_weight: 1.0,
         gist,
         seed: 1,
         log_every: 0,
@@ -402,8 +403,9 @@ fn training_with_a_gist_learns_the_prefix_and_no_weight() {
 /// The training loss against its definition computed on the host from the model's
 /// teacher-forced logits: ordinary frames' cross-entropy (padding weighted 0.5) and, for each new
 /// token, `weight * log Σ_i p_i Π_{j<i} q_j` over its window (the token said first, padding
-/// before it), with the token read at the window's last frame; a window of 1 and a weight of 1
-/// is the plain text cross-entropy.
+/// before it), with the token read at the window's last frame, and the frames of rows without a
+/// new token weighted `negative_weight`; a window of 1 and weights of 1 is the plain text
+/// cross-entropy.
 #[test]
 fn the_token_loss_is_the_chance_of_firing_first_in_the_window() {
     let config = LmConfig::tiny();
@@ -418,8 +420,12 @@ fn the_token_loss_is_the_chance_of_firing_first_in_the_window() {
     let lm = LmModel::build(&mut w, extended).expect("build");
     let (v, pad) = (config.text_card, config.existing_text_padding_id as i64);
     let (b, t) = (6, 12);
-    let data = marker_data(&config, b, t, v as i64);
+    let mut data = marker_data(&config, b, t, v as i64);
     let (k, vocab) = (data.k, lm.config.text_out());
+    // The last two rows are negatives: no new token, padding where it was.
+    for r in b - 2..b {
+        data.values[r * k * t..r * k * t + t].iter_mut().for_each(|x| *x = pad);
+    }
     let plain = floats(kokichi::train::lm::text_nll(
         &lm,
         lm.forward_teacher_text(&data.values, b, t).unwrap(),
@@ -428,7 +434,7 @@ fn the_token_loss_is_the_chance_of_firing_first_in_the_window() {
         t,
         0.5,
     ))[0];
-    for (window, weight) in [(1, 1.0), (1, 10.0), (3, 1.0), (5, 20.0)] {
+    for (window, weight, negative) in [(1, 1.0, 1.0), (1, 10.0, 1.0), (3, 1.0, 1.0), (5, 20.0, 1.0), (3, 2.0, 4.0)] {
         let settings = TokenTrain {
             steps: 1,
             batch: b,
@@ -436,20 +442,24 @@ fn the_token_loss_is_the_chance_of_firing_first_in_the_window() {
             pad_weight: 0.5,
             token_weight: weight,
             window,
+            negative_weight: negative,
             gist: 0,
             seed: 1,
             log_every: 0,
         };
         let got = floats(tokens::token_loss(&lm, None, &data.values, b, t, v, &settings).unwrap())[0];
         let mut input = data.values.clone();
-        let mut spans = Vec::new();
-        for r in 0..b {
-            let p = (0..t).find(|&i| data.values[r * k * t + i] == v as i64).unwrap();
-            let end = (p + window).min(t);
-            input[r * k * t + p] = pad;
-            input[r * k * t + end - 1] = v as i64;
-            spans.push((r, p, end));
+        // Per row: the new token's window, if the row has one.
+        let mut spans = vec![None; b];
+        for (r, span) in spans.iter_mut().enumerate() {
+            if let Some(p) = (0..t).find(|&i| data.values[r * k * t + i] == v as i64) {
+                let end = (p + window).min(t);
+                input[r * k * t + p] = pad;
+                input[r * k * t + end - 1] = v as i64;
+                *span = Some((p, end));
+            }
         }
+        assert_eq!(spans.iter().filter(|s| s.is_none()).count(), 2);
         let logits = floats(lm.forward_teacher_text(&input, b, t).unwrap());
         let logp = |r: usize, i: usize, tok: usize| {
             let row = &logits[(r * t + i) * vocab..(r * t + i + 1) * vocab];
@@ -458,22 +468,27 @@ fn the_token_loss_is_the_chance_of_firing_first_in_the_window() {
             row[tok] as f64 - max - z.ln()
         };
         let (mut sum, mut total) = (0f64, 0f64);
-        for &(r, p, end) in &spans {
-            // The token said first: at frame i after padding at every frame before it.
-            let first: f64 =
-                (p..end).map(|i| (logp(r, i, v) + (p..i).map(|j| logp(r, j, pad as usize)).sum::<f64>()).exp()).sum();
-            sum += weight as f64 * first.ln();
-            total += weight as f64;
+        for (r, span) in spans.iter().enumerate() {
+            let (p, end) = span.unwrap_or((t, t));
+            if span.is_some() {
+                // The token said first: at frame i after padding at every frame before it.
+                let first: f64 = (p..end)
+                    .map(|i| (logp(r, i, v) + (p..i).map(|j| logp(r, j, pad as usize)).sum::<f64>()).exp())
+                    .sum();
+                sum += weight as f64 * first.ln();
+                total += weight as f64;
+            }
+            let row_weight = if span.is_some() { 1.0 } else { negative as f64 };
             for i in (0..t).filter(|i| !(p..end).contains(i)) {
                 let tok = data.values[r * k * t + i];
-                let wi = if tok == pad { 0.5 } else { 1.0 };
+                let wi = row_weight * if tok == pad { 0.5 } else { 1.0 };
                 sum += wi * logp(r, i, tok as usize);
                 total += wi;
             }
         }
         let want = (-sum / total) as f32;
         assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "window {window}, weight {weight}: {got} vs {want}");
-        if (window, weight) == (1, 1.0) {
+        if (window, weight, negative) == (1, 1.0, 1.0) {
             assert!((got - plain).abs() < 1e-5, "the plain cross-entropy: {got} vs {plain}");
         } else {
             assert!((got - plain).abs() > 1e-3, "window {window}, weight {weight} changed nothing");
@@ -596,4 +611,45 @@ fn teacher_forced_firing_counts_as_defined() {
     for (name, x) in [("hits", want.hits), ("false frames", want.false_frames), ("false rows", want.false_rows)] {
         assert!(x > 0.0 && x < 1.0, "{name}: {x} ({want:?})");
     }
+}
+
+/// Training settings that make no sense are refused before anything is read.
+#[test]
+fn training_refuses_settings_that_are_not_positive() {
+    let config = LmConfig::tiny();
+    let device = burn::prelude::Device::flex().autodiff();
+    let data = marker_data(&config, 2, 8, config.text_card as i64);
+    let good = TokenTrain {
+        steps: 1,
+        batch: 1,
+        lr: 1e-2,
+        pad_weight: 0.5,
+        token_weight: 1.0,
+        window: 1,
+        negative_weight: 1.0,
+        gist: 0,
+        seed: 1,
+        log_every: 0,
+    };
+    let bad = [
+        TokenTrain { window: 0, ..good.clone() },
+        TokenTrain { token_weight: 0.0, ..good.clone() },
+        TokenTrain { negative_weight: 0.0, ..good.clone() },
+        TokenTrain { negative_weight: f32::NAN, ..good.clone() },
+        TokenTrain { negative_weight: -1.0, ..good.clone() },
+    ];
+    let missing = std::path::Path::new("/nonexistent/model.safetensors");
+    for settings in bad {
+        let err = match tokens::train(missing, &config, vec!["<tick>".into()], &data, &settings, &device) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{settings:?} was accepted"),
+        };
+        assert!(err.contains("must be positive"), "{settings:?}: {err}");
+    }
+    // The same settings made positive get past the check, to the missing file.
+    let err = match tokens::train(missing, &config, vec!["<tick>".into()], &data, &good, &device) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a missing model file was accepted"),
+    };
+    assert!(err.contains("nonexistent"), "{err}");
 }

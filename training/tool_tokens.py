@@ -19,6 +19,7 @@ token at the answer frame and its model stream silence; a negative's holds its a
 their onsets and its answer's codes in the model's voice.
 """
 import argparse
+import importlib.util
 import json
 import multiprocessing as mp
 import random
@@ -70,6 +71,8 @@ def installed(vlist):
     program = {"espeak": "espeak-ng", "flite": "flite", "festival": "text2wave", "pico": "pico2wave",
                "rhvoice": "RHVoice-test"}
     ok = [v for v in vlist if v.engine in program and shutil.which(program[v.engine])]
+    # Piper's voices are Python packages.
+    ok += [v for v in vlist if v.engine == "piper" and importlib.util.find_spec(voices.PIPER_PACKAGES[v.name])]
     # espeak's mb-* voices need mbrola.
     return [v for v in ok if not v.name.startswith("mb-") or shutil.which("mbrola")]
 
@@ -109,6 +112,11 @@ def main():
     ap.add_argument("--answer-codes", type=Path, default=Path("training/stages/answer-codes/lm24.npz"))
     ap.add_argument("--seed", type=int, default=53)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--wide", action="store_true", help="more espeak-ng variants in training (voices.ESPEAK_WIDE)")
+    ap.add_argument("--neural", action="store_true", help="Piper's neural voice in training too (make venv-tiny)")
+    ap.add_argument("--eval-voices", choices=["held-out", "train"], default="held-out",
+                    help="`train`: the held-out clips in training voices (new dialogues), to measure what "
+                         "held-out voices cost")
     args = ap.parse_args()
     import torch
     torch.set_num_threads(1)
@@ -124,7 +132,8 @@ def main():
     (out / "eval").mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     items = [draw(rng) for _ in range(args.train + args.eval)]
-    tv, ev = installed(voices.train_voices()), installed(voices.eval_voices())
+    tv = installed(voices.train_voices(wide=args.wide, neural=args.neural))
+    ev = tv if args.eval_voices == "train" else installed(voices.eval_voices())
     if not tv or not ev:
         sys.exit("no installed synthesizer has training and held-out voices (voices.py)")
     jobs = [(i, args.seed * 1_000_003 + i, q, tv if i < args.train else ev)
@@ -168,7 +177,8 @@ def main():
         seq[1 + k:] = train_lm.encode(mimi, user)
         seqs.append(seq)
     from safetensors.numpy import save_file
-    save_file({"train": np.stack(seqs)}, str(out / "tokens.safetensors"))
+    if seqs:
+        save_file({"train": np.stack(seqs)}, str(out / "tokens.safetensors"))
     (out / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
     kinds = {kd: sum(1 for e in evals if e["kind"] == kd) for kd in ("time", "other", "quiet")}
     print(f"{len(seqs)} training dialogues (token id {token}), held-out clips {kinds}", file=sys.stderr)

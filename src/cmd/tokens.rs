@@ -54,6 +54,10 @@ pub struct TrainArgs {
     /// that it is the first thing said in them, padding before it (1: that frame only).
     #[arg(long, default_value_t = 1)]
     window: usize,
+    /// Weight of each frame of a dialogue without a new token (the negatives: other questions,
+    /// quiet windows) against the same frame of one with a new token.
+    #[arg(long, default_value_t = 1.0)]
+    negative_weight: f32,
     /// Also learn a prefix of this many input vectors (a gist, at most 64) that every session of
     /// the adapted model starts after (0: the two rows per token only).
     #[arg(long, default_value_t = 0)]
@@ -74,6 +78,9 @@ fn train(kind: BackendKind, a: TrainArgs) -> Result<()> {
     if !a.token_weight.is_finite() || a.token_weight <= 0.0 {
         bail!("--token-weight must be positive");
     }
+    if !a.negative_weight.is_finite() || a.negative_weight <= 0.0 {
+        bail!("--negative-weight must be positive");
+    }
     let file = |dir: &PathBuf| dir.join("tokens.safetensors");
     let mut data = TokenSet::read(&file(&a.data[0]), "train")?;
     for dir in &a.data[1..] {
@@ -87,6 +94,7 @@ fn train(kind: BackendKind, a: TrainArgs) -> Result<()> {
         pad_weight: 0.5,
         token_weight: a.token_weight,
         window: a.window,
+        negative_weight: a.negative_weight,
         gist: a.gist,
         seed: a.seed,
         log_every: 10,

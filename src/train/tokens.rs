@@ -17,7 +17,9 @@
 //! answered (a small model does, with a word it guesses), and its input has left what the
 //! window assumes. Inside the window the inputs read padding (nothing said yet); the token is
 //! read at the window's last frame, so the frames after it learn what follows it (quiet). A
-//! window of 1 and a weight of 1 is the plain cross-entropy of the token at its frame.
+//! window of 1 and a weight of 1 is the plain cross-entropy of the token at its frame. Rows
+//! without a new token (the negatives) can weigh more than the others (`negative_weight`): their
+//! frames are where a false fire would be.
 //!
 //! Two rows only read the frozen model's last hidden state out linearly, which on a small model
 //! may not tell a time question from another question well enough. With `gist` K > 0 a prefix of
@@ -53,6 +55,9 @@ pub struct TokenTrain {
     pub token_weight: f32,
     /// Frames from a new token's frame in which saying it counts (1: that frame only).
     pub window: usize,
+    /// Weight of each frame of a row without a new token (another question, a quiet window)
+    /// against the same frame in a row with one (1: alike).
+    pub negative_weight: f32,
     /// Prefix vectors learned with the rows and stored in the adapter (0: none; at most 64).
     pub gist: usize,
     pub seed: u64,
@@ -80,8 +85,9 @@ pub fn train(
     device: &Device,
 ) -> Result<Trained> {
     let (v, n, d) = (config.text_card, names.len(), config.dim);
-    if settings.window == 0 || !settings.token_weight.is_finite() || settings.token_weight <= 0.0 {
-        return Err(Error::input("the window and the token weight must be positive".to_string()));
+    let positive = |x: f32| x.is_finite() && x > 0.0;
+    if settings.window == 0 || !positive(settings.token_weight) || !positive(settings.negative_weight) {
+        return Err(Error::input("the window, the token weight and the negative weight must be positive".to_string()));
     }
     if settings.gist > crate::gist::MAX_K {
         return Err(Error::input(format!("a gist of {} vectors; at most {}", settings.gist, crate::gist::MAX_K)));
@@ -245,11 +251,12 @@ pub fn token_loss(
     let (mut idx, mut weights) = (vec![0i64; b * t], vec![0f32; b * t]);
     let valid = (0..t).take_while(|&i| lm.valid_mask(0, i, t)).count();
     for r in 0..b {
+        let row_weight = if windows.iter().any(|w| w.row == r) { 1.0 } else { settings.negative_weight };
         for (i, &tok) in codes[r * k * t..r * k * t + valid].iter().enumerate() {
             let covered = windows.iter().any(|w| w.row == r && (w.start..w.end).contains(&i));
             if !covered && tok >= 0 && (tok as usize) < v {
                 idx[r * t + i] = tok;
-                weights[r * t + i] = if tok as usize == pad { settings.pad_weight } else { 1.0 };
+                weights[r * t + i] = row_weight * if tok as usize == pad { settings.pad_weight } else { 1.0 };
             }
         }
     }
