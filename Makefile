@@ -40,12 +40,14 @@ export KOKICHI_ASSETS ?= $(CURDIR)/assets
 test:
 	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
 	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
 	python3 -m unittest discover -s training -p 'test_*.py'
 	python3 scripts/import_cycles.py
 	cargo test --no-fail-fast -- --test-threads=2
 	$(MAKE) test-browser
 
-# Formats the Rust sources (rustfmt.toml: 120 columns); `make test` checks they are.
+# Formats the Rust sources (rustfmt.toml: 120 columns); `make test` checks they are, and that
+# clippy finds nothing (clippy.toml).
 fmt:
 	cargo fmt
 

@@ -135,7 +135,7 @@ async fn main() -> Result<()> {
     let cfg = Settings {
         runtime: RuntimeSettings {
             model: model.clone(),
-            backend: backend,
+            backend,
             dtype: Precision::F32,
             max_sessions: max_n,
             ..RuntimeSettings::default()

@@ -270,15 +270,16 @@ fn main() -> Result<()> {
             }
         }
         // Extrapolate the LM's counts to the configured depth from two depths.
-        if let [(l1, c1), (l2, c2), ..] = &per_layers[..] {
-            if l2 > l1 && full_layers > 0 {
-                let per_layer = c2.lm.minus(&c1.lm).per(l2 - l1);
-                let full = c1.lm.plus_times(&per_layer, (full_layers - l1) as f64);
-                println!("  LM per temporal layer: {}", per_layer.summary());
-                println!("  LM extrapolated to {full_layers} layers: {}", full.summary());
-                let step = c1.encode.plus_times(&full, 1.0).plus_times(&c1.decode, 1.0);
-                println!("  step extrapolated to {full_layers} layers: {}", step.summary());
-            }
+        if let [(l1, c1), (l2, c2), ..] = &per_layers[..]
+            && l2 > l1
+            && full_layers > 0
+        {
+            let per_layer = c2.lm.minus(&c1.lm).per(l2 - l1);
+            let full = c1.lm.plus_times(&per_layer, (full_layers - l1) as f64);
+            println!("  LM per temporal layer: {}", per_layer.summary());
+            println!("  LM extrapolated to {full_layers} layers: {}", full.summary());
+            let step = c1.encode.plus_times(&full, 1.0).plus_times(&c1.decode, 1.0);
+            println!("  step extrapolated to {full_layers} layers: {}", step.summary());
         }
     }
     Ok(())

@@ -116,7 +116,7 @@ impl Adapter {
         let n = tokens.len();
         let tensor_err = |name: &str, msg: String| Error::Tensor { path: st_path.clone(), name: name.into(), msg };
         for name in st.names() {
-            if !["text_emb", "text_linear", "text_linear_bias", gist::TENSOR].contains(&name.as_ref()) {
+            if !["text_emb", "text_linear", "text_linear_bias", gist::TENSOR].contains(&name) {
                 return Err(tensor_err(name, "unexpected tensor".into()));
             }
         }
@@ -141,7 +141,7 @@ impl Adapter {
         let text_linear =
             floats("text_linear", &[n, d_model])?.ok_or_else(|| tensor_err("text_linear", "missing".into()))?;
         let text_linear_bias = floats("text_linear_bias", &[n])?;
-        let gist = if st.names().iter().any(|n| *n == gist::TENSOR) {
+        let gist = if st.names().contains(&gist::TENSOR) {
             let g = Gist::from_bytes(&bytes, &st_path)?;
             g.check_width(d_model, &st_path)?;
             Some(g)

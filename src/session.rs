@@ -313,7 +313,7 @@ impl Engine {
     /// padding, start/end and other control tokens.
     pub fn text_piece(&self, token: i64) -> Option<String> {
         let c = &self.lm.config;
-        if token < 0 || token == 0 || token as usize == c.existing_text_padding_id || token as usize >= c.text_out() {
+        if token <= 0 || token as usize == c.existing_text_padding_id || token as usize >= c.text_out() {
             return None;
         }
         if let Some(name) = self.special_token(token) {

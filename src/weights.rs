@@ -192,28 +192,29 @@ impl WeightFile {
     /// The values of `name` in the target dtype: 16-bit sources go straight to f16 when the
     /// model computes in f16, without an f32 copy of the whole tensor.
     fn data(&mut self, name: &str, shape: &[usize]) -> Result<HostData> {
-        if self.dtype == DType::F16 && !self.overlay.contains_key(name) {
-            if let Some(e) = self.entries.get(name) {
-                if e.shape == shape && matches!(e.dtype, Dtype::F16 | Dtype::BF16) {
-                    let bytes = &self.data[e.start..e.end];
-                    let n: usize = shape.iter().product();
-                    let bf16 = e.dtype == Dtype::BF16;
-                    let f = |b: &[u8]| {
-                        if bf16 {
-                            half::f16::from_f32(half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                        } else {
-                            half::f16::from_le_bytes([b[0], b[1]])
-                        }
-                    };
-                    let (values, all_finite) = decode(bytes, n, 2, f, half::f16::is_finite)
-                        .ok_or_else(|| self.err(name, "data size does not match its shape and dtype"))?;
-                    if !all_finite {
-                        self.check_finite(name, first_non_finite(&values, half::f16::is_finite))?;
-                    }
-                    self.taken.insert(name.to_string());
-                    return Ok(HostData::F16(values));
+        if self.dtype == DType::F16
+            && !self.overlay.contains_key(name)
+            && let Some(e) = self.entries.get(name)
+            && e.shape == shape
+            && matches!(e.dtype, Dtype::F16 | Dtype::BF16)
+        {
+            let bytes = &self.data[e.start..e.end];
+            let n: usize = shape.iter().product();
+            let bf16 = e.dtype == Dtype::BF16;
+            let f = |b: &[u8]| {
+                if bf16 {
+                    half::f16::from_f32(half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                } else {
+                    half::f16::from_le_bytes([b[0], b[1]])
                 }
+            };
+            let (values, all_finite) = decode(bytes, n, 2, f, half::f16::is_finite)
+                .ok_or_else(|| self.err(name, "data size does not match its shape and dtype"))?;
+            if !all_finite {
+                self.check_finite(name, first_non_finite(&values, half::f16::is_finite))?;
             }
+            self.taken.insert(name.to_string());
+            return Ok(HostData::F16(values));
         }
         Ok(HostData::F32(self.host(name, shape)?))
     }
@@ -417,7 +418,7 @@ impl dyn Weights + '_ {
     /// says so ([`Weights::q8`]) and `out` is a multiple of 4 (four values pack a word).
     pub fn product(&mut self, name: &str, stored: &[usize], out: usize, inp: usize) -> Result<Matrix> {
         // Four columns pack one word: a width that does not divide stays float.
-        if !self.q8() || out % 4 != 0 {
+        if !self.q8() || !out.is_multiple_of(4) {
             return Ok(Matrix::new(self.linear(name, stored, out, inp)?));
         }
         let (values, scales) = match self.take_q8(name, inp, out)? {
@@ -433,7 +434,7 @@ impl dyn Weights + '_ {
     /// `sets` products' weights `[rows, cols]` stacked in one stored tensor ([`Self::linear_parts`]),
     /// held in 8 bits where the source says so.
     pub fn product_parts(&mut self, name: &str, sets: usize, rows: usize, cols: usize) -> Result<Vec<Matrix>> {
-        if !self.q8() || rows % 4 != 0 {
+        if !self.q8() || !rows.is_multiple_of(4) {
             return Ok(self.linear_parts(name, sets, rows, cols)?.into_iter().map(Matrix::new).collect());
         }
         let stored = [sets * rows, cols];
@@ -464,7 +465,7 @@ impl dyn Weights + '_ {
 
     /// A table `[rows, width]` stored as `name`, held in 8 bits where the source says so.
     pub fn table(&mut self, name: &str, rows: usize, width: usize) -> Result<Matrix> {
-        if !self.q8() || width % 4 != 0 {
+        if !self.q8() || !width.is_multiple_of(4) {
             return Ok(Matrix::new(self.param(name, [rows, width])?));
         }
         let (values, scales) = match self.take_q8(name, rows, width)? {

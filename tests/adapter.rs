@@ -196,7 +196,9 @@ fn bad_adapters_are_one_clear_line() {
     std::fs::write(&st, &bytes[..bytes.len() - 7]).unwrap();
     check("truncated", err_of(&dir, &files), &["adapter.safetensors", "truncated or corrupt"]);
     // Missing tensor, wrong shape, bias, unexpected tensor.
-    let cases: Vec<(&str, Vec<(String, Vec<usize>, OutTensor)>, &[&str])> = vec![
+    // (case, the tensors written, what the error must name)
+    type Case<'a> = (&'a str, Vec<(String, Vec<usize>, OutTensor)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         ("missing", vec![("text_emb".into(), vec![1, d], OutTensor::F32(vec![0.0; d]))], &["`text_linear`", "missing"]),
         (
             "shape",
@@ -590,16 +592,16 @@ fn teacher_forced_firing_counts_as_defined() {
     };
     let valid = (0..t).take_while(|&i| lm.valid_mask(0, i, t)).count();
     let (mut hits, mut windows, mut false_frames, mut outside, mut false_rows) = (0, 0, 0, 0, 0);
-    for r in 0..n {
-        let inside = |i: usize| spans[r].is_some_and(|(p, e)| (p..e).contains(&i));
-        if let Some((p, end)) = spans[r] {
+    for (r, span) in spans.iter().enumerate().take(n) {
+        let inside = |i: usize| span.is_some_and(|(p, e)| (p..e).contains(&i));
+        if let Some((p, end)) = *span {
             windows += 1;
             hits += usize::from((p..end).map(|i| pick(r, i)).find(|&x| x != pad) == Some(v));
         }
         let fired: Vec<bool> = (0..valid).filter(|&i| !inside(i)).map(|i| pick(r, i) >= v).collect();
         outside += fired.len();
         false_frames += fired.iter().filter(|&&f| f).count();
-        false_rows += usize::from(spans[r].is_none() && fired.contains(&true));
+        false_rows += usize::from(span.is_none() && fired.contains(&true));
     }
     let want = tokens::Firing {
         hits: hits as f64 / windows as f64,

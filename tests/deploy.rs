@@ -151,7 +151,7 @@ struct Client {
 
 async fn client(proxy: SocketAddr, i: usize) -> Client {
     // Half pass the token in the query string, half in the Authorization header.
-    let mut request = if i % 2 == 0 {
+    let mut request = if i.is_multiple_of(2) {
         format!("ws://{proxy}/api/pcm?token={TOKEN}").into_client_request().unwrap()
     } else {
         let mut r = format!("ws://{proxy}/api/pcm").into_client_request().unwrap();

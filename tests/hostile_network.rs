@@ -167,9 +167,8 @@ async fn slowloris_is_dropped_by_the_header_timeout() {
                     break;
                 }
                 let mut buf = [0u8; 256];
-                match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
-                    Ok(Ok(0) | Err(_)) => break,
-                    Ok(Ok(_)) | Err(_) => {}
+                if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                    break;
                 }
                 if t.elapsed() > Duration::from_secs(20) {
                     return None;

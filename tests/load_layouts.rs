@@ -50,7 +50,7 @@ fn sparse_bf16(path: &Path, tensors: &[(String, Vec<usize>)]) {
         offset += bytes;
     }
     let mut h = serde_json::Value::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut f = std::fs::File::create(path).unwrap();

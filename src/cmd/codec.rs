@@ -1,6 +1,6 @@
 //! `kokichi encode` and `kokichi decode`: the Mimi codec over files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -69,7 +69,7 @@ fn load_config(path: Option<&PathBuf>) -> Result<(MimiConfig, Option<usize>)> {
 fn load_mimi(
     backend_kind: BackendKind,
     dtype: Precision,
-    path: &PathBuf,
+    path: &Path,
     config: Option<&PathBuf>,
     codebooks: Option<usize>,
 ) -> Result<Mimi> {

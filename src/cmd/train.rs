@@ -62,7 +62,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    Ok(serde_json::from_value(v).with_context(|| format!("{}", path.display()))?)
+    serde_json::from_value(v).with_context(|| format!("{}", path.display()))
 }
 
 pub fn codec(kind: BackendKind, a: CodecArgs) -> Result<()> {

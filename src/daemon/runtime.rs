@@ -546,10 +546,10 @@ impl Loop {
         ids.sort_unstable();
         let mut frames: Vec<(Vec<f32>, bool)> = Vec::with_capacity(ids.len());
         for id in &ids {
-            if let Some(s) = self.sessions.get_mut(id) {
-                if let Some(p) = s.pending.take() {
-                    frames.push((p, s.latent_input));
-                }
+            if let Some(s) = self.sessions.get_mut(id)
+                && let Some(p) = s.pending.take()
+            {
+                frames.push((p, s.latent_input));
             }
         }
         let inputs: Vec<FrameIn> =
@@ -571,7 +571,7 @@ impl Loop {
         self.steps += 1;
         self.step_avg = if self.steps == 1 { ms } else { 0.9 * self.step_avg + 0.1 * ms };
         let frame_ms = frame_time.as_secs_f64() * 1000.0;
-        if self.steps % 125 == 0 {
+        if self.steps.is_multiple_of(125) {
             tracing::debug!(step_ms = self.step_avg, rtf = self.step_avg / frame_ms, batch = ids.len(), "inference");
         }
         let (avg, steps, batch) = (self.step_avg, self.steps, ids.len());
@@ -606,10 +606,10 @@ impl Loop {
                         }
                     }
                     if let Some(s) = self.sessions.get_mut(id) {
-                        if self.options.log_transcripts {
-                            if let Some(p) = &piece {
-                                tracing::info!(id, text = %p, "transcript");
-                            }
+                        if self.options.log_transcripts
+                            && let Some(p) = &piece
+                        {
+                            tracing::info!(id, text = %p, "transcript");
                         }
                         // A frame's latents come before its audio.
                         if out.latents != Default::default() {

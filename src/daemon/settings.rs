@@ -487,10 +487,10 @@ impl Settings {
                 ),
             ));
         }
-        if let Some(t) = &network.token {
-            if t.len() < 8 {
-                return Err(Error::config("token", "use at least 8 characters"));
-            }
+        if let Some(t) = &network.token
+            && t.len() < 8
+        {
+            return Err(Error::config("token", "use at least 8 characters"));
         }
         for (name, v) in [
             ("max_sessions", runtime.max_sessions),

@@ -43,6 +43,8 @@ pub struct App {
 }
 
 /// Token and origin checks, shared by every endpoint.
+// The error is the refusal's HTTP response itself, built once per refused request.
+#[allow(clippy::result_large_err)]
 pub fn authorize(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<(), Response> {
     let network = &app.settings.network;
     if let Some(token) = &network.token {
@@ -108,12 +110,12 @@ impl PeerSlot {
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        if let Ok(mut peers) = self.peers.lock() {
-            if let Some(n) = peers.get_mut(&self.ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    peers.remove(&self.ip);
-                }
+        if let Ok(mut peers) = self.peers.lock()
+            && let Some(n) = peers.get_mut(&self.ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                peers.remove(&self.ip);
             }
         }
     }

@@ -209,10 +209,10 @@ impl LmConfig {
                 "the depth transformer needs weights per step (its cache has no context)".into(),
             );
         }
-        if let Some(s) = &self.depformer_weights_per_step_schedule {
-            if s.len() != self.dep_q {
-                return fail("depformer_weights_per_step_schedule", format!("needs {} entries", self.dep_q));
-            }
+        if let Some(s) = &self.depformer_weights_per_step_schedule
+            && s.len() != self.dep_q
+        {
+            return fail("depformer_weights_per_step_schedule", format!("needs {} entries", self.dep_q));
         }
         if Ffn::parse(&self.depformer_gating)? == Ffn::Mlp {
             return fail("depformer_gating", "weights per step need a gated FFN".into());

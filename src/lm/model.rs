@@ -87,7 +87,7 @@ fn input_tables(
 ) -> Result<(Vec<Matrix>, Option<InputTable>)> {
     let device = w.device().clone();
     let stacks = crate::kernels::launches_on(&device);
-    if !w.q8() || dim % 4 != 0 {
+    if !w.q8() || !dim.is_multiple_of(4) {
         let mut tables =
             names.iter().map(|(n, rows)| w.param(n, [*rows, dim]).map(Matrix::new)).collect::<Result<Vec<_>>>()?;
         let rows: Vec<usize> = names.iter().map(|(_, r)| *r).collect();

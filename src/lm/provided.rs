@@ -37,7 +37,7 @@ impl LmModel {
     pub fn step_provided(&self, state: &mut LmState, provided: &[Provided]) -> Result<Option<StepOut>> {
         let c = &self.config;
         let b = state.rows.len();
-        if !c.predicts_user() || c.n_q % 2 != 0 {
+        if !c.predicts_user() || !c.n_q.is_multiple_of(2) {
             return Err(Error::input(format!(
                 "the provided schedule needs a depth transformer that predicts all of an even number of streams \
                  (this LM: {} of {})",

@@ -253,7 +253,7 @@ impl MimiConfig {
             return fail("frame_rate", "must be positive".into());
         }
         let frame = self.sample_rate as f64 / self.frame_rate;
-        if frame.fract() != 0.0 || self.frame_size() % self.hop() != 0 {
+        if frame.fract() != 0.0 || !self.frame_size().is_multiple_of(self.hop()) {
             return fail(
                 "frame_rate",
                 format!("frame of {frame} samples is not a multiple of the SEANet hop {}", self.hop()),

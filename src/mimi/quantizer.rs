@@ -112,10 +112,10 @@ impl SplitRvq {
 
     /// Latents `[B, C, T]` to codes `[B, n, T]`.
     pub fn encode(&self, x: Tensor<3>, n: usize) -> Tensor<3, Int> {
-        if let Some((first, rest)) = &self.stacked {
-            if rvq::uses_kernel(&x.device(), x.dtype(), first, rest, n, self.bins) {
-                return rvq::encode(x, first, rest, n, self.bins);
-            }
+        if let Some((first, rest)) = &self.stacked
+            && rvq::uses_kernel(&x.device(), x.dtype(), first, rest, n, self.bins)
+        {
+            return rvq::encode(x, first, rest, n, self.bins);
         }
         let x = x.swap_dims(1, 2);
         let n_first = self.first.codebooks.len().min(n);
@@ -132,10 +132,10 @@ impl SplitRvq {
         if n == 0 || n > self.total_codebooks() {
             return Err(Error::input(format!("{n} codebooks given, the codec has {}", self.total_codebooks())));
         }
-        if let Some((first, rest)) = &self.stacked {
-            if rvq::uses_kernel(&codes.device(), first.books.dtype(), first, rest, n, self.bins) {
-                return Ok(rvq::decode(codes, first, rest, self.bins));
-            }
+        if let Some((first, rest)) = &self.stacked
+            && rvq::uses_kernel(&codes.device(), first.books.dtype(), first, rest, n, self.bins)
+        {
+            return Ok(rvq::decode(codes, first, rest, self.bins));
         }
         let codes = codes.swap_dims(1, 2);
         let n_first = self.first.codebooks.len().min(n);

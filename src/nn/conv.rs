@@ -292,8 +292,8 @@ fn load_params(
 
 fn check_spec(spec: &ConvSpec) -> Result<()> {
     if spec.groups == 0
-        || spec.in_channels % spec.groups != 0
-        || spec.out_channels % spec.groups != 0
+        || !spec.in_channels.is_multiple_of(spec.groups)
+        || !spec.out_channels.is_multiple_of(spec.groups)
         || spec.stride == 0
         || spec.kernel == 0
         || spec.dilation == 0

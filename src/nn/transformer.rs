@@ -114,7 +114,10 @@ impl TransformerSpec {
     }
 
     fn check(&self) -> Result<()> {
-        if self.num_heads == 0 || self.d_model % self.num_heads != 0 || (self.d_model / self.num_heads) % 2 != 0 {
+        if self.num_heads == 0
+            || !self.d_model.is_multiple_of(self.num_heads)
+            || !(self.d_model / self.num_heads).is_multiple_of(2)
+        {
             return Err(Error::config(
                 "num_heads",
                 format!("d_model {} must split into an even head size over {} heads", self.d_model, self.num_heads),
@@ -445,10 +448,12 @@ impl Transformer {
         pinned: usize,
     ) -> Result<Tensor<3>> {
         let [b, t, c] = x.dims();
-        if let Some(s) = state.as_deref_mut() {
-            if self.steps_fused(t) && s.rows.len() == b && c == self.spec.d_model {
-                return Ok(self.step(x, None, s, None, None)?.0);
-            }
+        if let Some(s) = state.as_deref_mut()
+            && self.steps_fused(t)
+            && s.rows.len() == b
+            && c == self.spec.d_model
+        {
+            return Ok(self.step(x, None, s, None, None)?.0);
         }
         if c != self.spec.d_model {
             return Err(Error::input(format!("transformer input width {c}, expected {}", self.spec.d_model)));

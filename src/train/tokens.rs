@@ -96,7 +96,7 @@ pub fn train(
         return Err(Error::config("lm.n_q", format!("tokens have {} streams, the model {}", data.k, config.n_q + 1)));
     }
     if let Some(bad) = data.values.iter().enumerate().find_map(|(i, &tok)| {
-        let text = (i / data.t) % data.k == 0;
+        let text = (i / data.t).is_multiple_of(data.k);
         (text && (tok < 0 || tok as usize >= v + n)).then_some(tok)
     }) {
         return Err(Error::input(format!("text token {bad} outside the extended vocabulary 0..{}", v + n)));

@@ -88,6 +88,8 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     let mut at = 0;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let d = (g - w).abs();
+        // True for NaN too, which must count as the worst.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(d <= worst) {
             worst = d;
             at = i;

@@ -49,11 +49,11 @@ impl AudioSource for EchoCancelSource {
         // Before the model's first frame (and after a dropped one) the speaker was silent.
         let n = self.far.pop_slice(&mut self.reference);
         self.reference[n..].fill(0.0);
-        if let Err(e) = self.aec.process(frame, &self.reference) {
-            if !self.failed {
-                tracing::warn!("echo cancellation off: {e}");
-                self.failed = true;
-            }
+        if let Err(e) = self.aec.process(frame, &self.reference)
+            && !self.failed
+        {
+            tracing::warn!("echo cancellation off: {e}");
+            self.failed = true;
         }
         poll
     }
