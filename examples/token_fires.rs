@@ -14,7 +14,9 @@
 //! writes each clip's largest margin of the token's logit over the best other one (file, kind,
 //! voice, margin; tab-separated): a clip fires when it is above 0, and the shares above other
 //! thresholds show about what a decision threshold on the token would trade (about: after a
-//! fire the clip goes on from the token, where it would have gone on from another pick).
+//! fire the clip goes on from the token, where it would have gone on from another pick). It
+//! also prints the two thresholds the target names: at least 90% of time questions fired, and
+//! at most 2% of other questions.
 //!
 //! DATA is training/tool_tokens.py's output (`eval.jsonl` and `eval/*.wav`).
 
@@ -31,6 +33,8 @@ fn main() -> Result<()> {
     let (mut adapter, mut data, mut model, mut token) = (None, None, "kokichi-tiny".to_string(), "<clock>".to_string());
     let (mut compare, mut show, mut margins) = (true, false, None::<PathBuf>);
     let mut margin_lines = String::new();
+    // Per kind: each clip's largest margin.
+    let mut by_kind: std::collections::BTreeMap<String, Vec<f32>> = Default::default();
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -94,6 +98,7 @@ fn main() -> Result<()> {
             rec["file"].as_str().unwrap_or_default(),
             rec["voice"].as_str().unwrap_or_default()
         ));
+        by_kind.entry(kind.clone()).or_default().push(best_margin);
         *same.entry(kind.clone()).or_default() += usize::from(compare && said == base_said);
         if show && (fires.is_empty() == (kind == "time")) {
             let missed = if kind == "time" { "missed" } else { "fired" };
@@ -118,6 +123,8 @@ fn main() -> Result<()> {
     }
     if let Some(path) = &margins {
         std::fs::write(path, &margin_lines).with_context(|| format!("{}", path.display()))?;
+        let (time, other) = (by_kind.remove("time").unwrap_or_default(), by_kind.remove("other").unwrap_or_default());
+        print_thresholds(time, other);
     }
     for (kind, (fired, n, again, mut delays)) in counts {
         delays.sort_unstable();
@@ -141,6 +148,39 @@ fn main() -> Result<()> {
         println!("  {engine} {kind}: {fired}/{n}");
     }
     Ok(())
+}
+
+/// The two decision thresholds on the margin the target names: the highest at which at least 90%
+/// of time questions fire, and the lowest at which at most 2% of other questions do, with what
+/// each lets through.
+fn print_thresholds(mut time: Vec<f32>, mut other: Vec<f32>) {
+    if time.is_empty() || other.is_empty() {
+        return;
+    }
+    let descending = |v: &mut Vec<f32>| v.sort_by(|a, b| b.total_cmp(a));
+    descending(&mut time);
+    descending(&mut other);
+    let (nt, no) = (time.len(), other.len());
+    // Fires at threshold x: margin >= x.
+    let x = time[(nt * 9).div_ceil(10) - 1];
+    let count = |v: &[f32], x: f32| v.iter().filter(|&&m| m >= x).count();
+    println!(
+        "threshold {x:.2} (time questions fired {}/{nt}): other questions fired {}/{no} = {:.1}%",
+        count(&time, x),
+        count(&other, x),
+        100.0 * count(&other, x) as f64 / no as f64
+    );
+    // Fires above the margin of the (allowed + 1)-th highest other question.
+    let allowed = no * 2 / 100;
+    if let Some(&y) = other.get(allowed) {
+        let above = |v: &[f32]| v.iter().filter(|&&m| m > y).count();
+        println!(
+            "threshold above {y:.2} (other questions fired {}/{no}): time questions fired {}/{nt} = {:.1}%",
+            above(&other),
+            above(&time),
+            100.0 * above(&time) as f64 / nt as f64
+        );
+    }
 }
 
 /// Whether the monologue `pieces` holds the words of `answer` in a row.

@@ -302,18 +302,7 @@ fn train_and_check(name: &str, gist: usize) -> (tokens::Trained, TokenSet) {
     weights::export(&lm, &slots, &path, false).expect("export");
     let v = config.text_card;
     let data = marker_data(&config, 16, 12, v as i64);
-    let settings = TokenTrain {
-        steps: 40,
-        batch: 4,
-        lr: 3e-2,
-        pad_weight: 0.5,
-        token_weight: 1.0,
-        window: 1,
-        negative_weight: 1.0,
-        gist,
-        seed: 1,
-        log_every: 0,
-    };
+    let settings = TokenTrain { steps: 40, batch: 4, lr: 3e-2, gist, ..plain_training() };
     let trained = tokens::train(&path, &config, vec!["<tick>".into()], &data, &settings, &device.clone().autodiff())
         .expect("train");
     let l = &trained.losses;
@@ -402,6 +391,60 @@ fn training_with_a_gist_learns_the_prefix_and_no_weight() {
     assert!(f.hits > 0.5 && f.hits > f.false_frames + 0.2, "{f:?}");
 }
 
+/// One step of batch 1 whose loss is the plain text cross-entropy (padding weighted 0.5).
+fn plain_training() -> TokenTrain {
+    TokenTrain {
+        steps: 1,
+        batch: 1,
+        lr: 1e-2,
+        pad_weight: 0.5,
+        token_weight: 1.0,
+        window: 1,
+        negative_weight: 1.0,
+        gist: 0,
+        seed: 1,
+        log_every: 0,
+    }
+}
+
+/// A random tiny model (seed `seed`, written under the scratch folder `name`) extended by `a`.
+fn adapted_random_model(config: &LmConfig, name: &str, seed: u64, a: &Adapter) -> LmModel {
+    let device = burn::prelude::Device::flex();
+    let dir = scratch("adapter", name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    let (lm, slots) = LmModel::random(config.clone(), &device, seed).expect("random model");
+    weights::export(&lm, &slots, &path, false).expect("export");
+    let mut w = WeightFile::open(&path, &device, DType::F32).unwrap();
+    let extended = a.apply(&mut w, config).expect("apply");
+    LmModel::build(&mut w, extended).expect("build")
+}
+
+/// The teacher-forcing input the loss builds from `values` `[n, k, t]` with new token `v`: in
+/// each token's window of `window` frames, padding but the token at its last frame; and each
+/// row's window, if it has a token.
+fn window_inputs(
+    values: &[i64],
+    n: usize,
+    k: usize,
+    t: usize,
+    v: i64,
+    pad: i64,
+    window: usize,
+) -> (Vec<i64>, Vec<Option<(usize, usize)>>) {
+    let mut input = values.to_vec();
+    let mut spans = vec![None; n];
+    for (r, span) in spans.iter_mut().enumerate() {
+        if let Some(p) = (0..t).find(|&i| values[r * k * t + i] == v) {
+            let end = (p + window).min(t);
+            input[r * k * t + p] = pad;
+            input[r * k * t + end - 1] = v;
+            *span = Some((p, end));
+        }
+    }
+    (input, spans)
+}
+
 /// The training loss against its definition computed on the host from the model's
 /// teacher-forced logits: ordinary frames' cross-entropy (padding weighted 0.5) and, for each new
 /// token, `weight * log Σ_i p_i Π_{j<i} q_j` over its window (the token said first, padding
@@ -411,15 +454,7 @@ fn training_with_a_gist_learns_the_prefix_and_no_weight() {
 #[test]
 fn the_token_loss_is_the_chance_of_firing_first_in_the_window() {
     let config = LmConfig::tiny();
-    let device = burn::prelude::Device::flex();
-    let dir = scratch("adapter", "loss");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("model.safetensors");
-    let (lm, slots) = LmModel::random(config.clone(), &device, 7).expect("random model");
-    weights::export(&lm, &slots, &path, false).expect("export");
-    let mut w = WeightFile::open(&path, &device, DType::F32).unwrap();
-    let extended = adapter(&["<tick>"], config.dim, 4).apply(&mut w, &config).expect("apply");
-    let lm = LmModel::build(&mut w, extended).expect("build");
+    let lm = adapted_random_model(&config, "loss", 7, &adapter(&["<tick>"], config.dim, 4));
     let (v, pad) = (config.text_card, config.existing_text_padding_id as i64);
     let (b, t) = (6, 12);
     let mut data = marker_data(&config, b, t, v as i64);
@@ -438,29 +473,15 @@ fn the_token_loss_is_the_chance_of_firing_first_in_the_window() {
     ))[0];
     for (window, weight, negative) in [(1, 1.0, 1.0), (1, 10.0, 1.0), (3, 1.0, 1.0), (5, 20.0, 1.0), (3, 2.0, 4.0)] {
         let settings = TokenTrain {
-            steps: 1,
             batch: b,
             lr: 0.0,
-            pad_weight: 0.5,
             token_weight: weight,
             window,
             negative_weight: negative,
-            gist: 0,
-            seed: 1,
-            log_every: 0,
+            ..plain_training()
         };
         let got = floats(tokens::token_loss(&lm, None, &data.values, b, t, v, &settings).unwrap())[0];
-        let mut input = data.values.clone();
-        // Per row: the new token's window, if the row has one.
-        let mut spans = vec![None; b];
-        for (r, span) in spans.iter_mut().enumerate() {
-            if let Some(p) = (0..t).find(|&i| data.values[r * k * t + i] == v as i64) {
-                let end = (p + window).min(t);
-                input[r * k * t + p] = pad;
-                input[r * k * t + end - 1] = v as i64;
-                *span = Some((p, end));
-            }
-        }
+        let (input, spans) = window_inputs(&data.values, b, k, t, v as i64, pad, window);
         assert_eq!(spans.iter().filter(|s| s.is_none()).count(), 2);
         let logits = floats(lm.forward_teacher_text(&input, b, t).unwrap());
         let logp = |r: usize, i: usize, tok: usize| {
@@ -553,18 +574,10 @@ fn token_sets_append_and_refuse_other_shapes() {
 #[test]
 fn teacher_forced_firing_counts_as_defined() {
     let config = LmConfig::tiny();
-    let device = burn::prelude::Device::flex();
-    let dir = scratch("adapter", "firing");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("model.safetensors");
-    let (lm, slots) = LmModel::random(config.clone(), &device, 11).expect("random model");
-    weights::export(&lm, &slots, &path, false).expect("export");
     let mut a = adapter(&["<tick>"], config.dim, 5);
     // Scaled so that the token wins some frames but not all.
     a.text_linear.iter_mut().for_each(|x| *x *= 0.6);
-    let mut w = WeightFile::open(&path, &device, DType::F32).unwrap();
-    let extended = a.apply(&mut w, &config).expect("apply");
-    let lm = LmModel::build(&mut w, extended).expect("build");
+    let lm = adapted_random_model(&config, "firing", 11, &a);
     let (v, pad) = (config.text_card as i64, config.existing_text_padding_id as i64);
     let (n, t, window) = (16, 12, 3);
     let mut data = marker_data(&config, n, t, v);
@@ -575,15 +588,8 @@ fn teacher_forced_firing_counts_as_defined() {
     let rows: Vec<usize> = (0..n).collect();
     let got = tokens::teacher_forced_firing(&lm, None, &data, &rows, v as usize, window).unwrap();
     // The loss's inputs: in a window, padding but the token at its last frame.
-    let mut input = data.values.clone();
-    let mut spans = vec![None; n];
-    for r in (1..n).step_by(2) {
-        let p = (0..t).find(|&i| data.values[r * k * t + i] == v).unwrap();
-        let end = (p + window).min(t);
-        input[r * k * t + p] = pad;
-        input[r * k * t + end - 1] = v;
-        spans[r] = Some((p, end));
-    }
+    let (input, spans) = window_inputs(&data.values, n, k, t, v, pad, window);
+    assert!(spans.iter().enumerate().all(|(r, s)| s.is_some() == (r % 2 == 1)));
     let vocab = lm.config.text_out();
     let logits = floats(lm.forward_teacher_text(&input, n, t).unwrap());
     let pick = |r: usize, i: usize| {
@@ -621,18 +627,7 @@ fn training_refuses_settings_that_are_not_positive() {
     let config = LmConfig::tiny();
     let device = burn::prelude::Device::flex().autodiff();
     let data = marker_data(&config, 2, 8, config.text_card as i64);
-    let good = TokenTrain {
-        steps: 1,
-        batch: 1,
-        lr: 1e-2,
-        pad_weight: 0.5,
-        token_weight: 1.0,
-        window: 1,
-        negative_weight: 1.0,
-        gist: 0,
-        seed: 1,
-        log_every: 0,
-    };
+    let good = plain_training();
     let bad = [
         TokenTrain { window: 0, ..good.clone() },
         TokenTrain { token_weight: 0.0, ..good.clone() },

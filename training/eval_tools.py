@@ -40,24 +40,12 @@ def main():
     data = Path(a.data)
     clips = [json.loads(line) for line in (data / "eval.jsonl").read_text().splitlines() if line.strip()]
     clips = [c for c in clips if c["kind"] == "time"]
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         judge = Judge(work)
         config = work / "tools.toml"
         config.write_text(f'[tools."{a.token}"]\ncommand = ["echo", "{a.word}"]\ntimeout_ms = 2000\n')
-        if a.serve:
-            results = served(a, config, data, clips, judge)
-        for c in [] if a.serve else clips:
-            out, text = work / "out.wav", work / "out.txt"
-            cmd = [a.bin, "--backend", "cpu", "run", "--model", a.model, "--greedy", "--adapter", a.adapter,
-                   "--config", str(config), "--input", str(data / c["file"]), "--output", str(out),
-                   "--transcript", str(text)]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-            transcript = text.read_text().strip()
-            heard = judge.words(read_wav(out).astype(np.float32) / 32768)
-            results.append({"file": c["file"], "transcript": transcript, "heard": heard,
-                            "fired": a.token in transcript, "said": a.word in heard})
+        results = (served if a.serve else ran)(a, config, data, clips, judge, work)
     n = len(results)
     fired = [r for r in results if r["fired"]]
     print(f"{a.token} fired on {len(fired)}/{n} held-out time questions")
@@ -65,6 +53,22 @@ def main():
           f"{sum(r['said'] for r in results)}/{n} of all")
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1))
+
+
+def ran(a, config, data, clips, judge, work):
+    """Each clip through its own `kokichi run`."""
+    results = []
+    for c in clips:
+        out, text = work / "out.wav", work / "out.txt"
+        cmd = [a.bin, "--backend", "cpu", "run", "--model", a.model, "--greedy", "--adapter", a.adapter,
+               "--config", str(config), "--input", str(data / c["file"]), "--output", str(out),
+               "--transcript", str(text)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        transcript = text.read_text().strip()
+        heard = judge.words(read_wav(out).astype(np.float32) / 32768)
+        results.append({"file": c["file"], "transcript": transcript, "heard": heard,
+                        "fired": a.token in transcript, "said": a.word in heard})
+    return results
 
 
 FRAME = 1920  # samples of one 80 ms frame at 24 kHz
@@ -76,7 +80,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def served(a, config, data, clips, judge):
+def served(a, config, data, clips, judge, _work):
     """Each clip through one `/api/pcm` session of a daemon started for them all: the clip's
     frames sent at real time, the audio frames and text messages received until as many frames
     came back as were sent."""
